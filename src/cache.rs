@@ -1,0 +1,702 @@
+//! The public handle: [`Cache`] and its [`CacheBuilder`].
+
+use crate::clock::{Clock, EngineTime, SystemClock};
+use crate::config::{Durability, Limits, NamespacePolicy};
+use crate::engine::Shared;
+use crate::error::{Error, OpenError, ReadError, WriteError};
+use crate::hot::HotTier;
+use crate::namespace::Namespaces;
+use crate::stats::{self, EngineCounters, NamespaceStats, Stats};
+use crate::store::open;
+use crate::store::pending::Pending;
+use crate::store::writer::{Op, Writer};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a key still lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The entry never expires.
+    Never,
+    /// The entry expires after this long.
+    Remaining(Duration),
+}
+
+/// Options of one write. `WriteOptions::default()` uses the namespace's
+/// default TTL and the cache's durability mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteOptions {
+    /// TTL of this write; `None` = the namespace default.
+    pub ttl: Option<Duration>,
+    /// Return only once the write is fsynced, whatever the durability mode.
+    pub durable: bool,
+}
+
+impl WriteOptions {
+    /// A write with this TTL.
+    pub fn ttl(ttl: Duration) -> Self {
+        WriteOptions {
+            ttl: Some(ttl),
+            durable: false,
+        }
+    }
+    /// Makes the write wait for its fsync.
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+}
+
+/// Configures and opens a [`Cache`]. Every setting has a default; `open()`
+/// validates them all.
+///
+/// ```
+/// use embercache::{Cache, Durability, NamespacePolicy};
+/// use std::time::Duration;
+/// let dir = tempfile::tempdir().unwrap();
+/// let cache = Cache::builder()
+///     .dir(dir.path())
+///     .hot_capacity(64 << 20)
+///     .durability(Durability::Sync)
+///     .namespace("price", NamespacePolicy::default().ttl(Duration::from_secs(180)))
+///     .open()
+///     .unwrap();
+/// cache.set("price", b"BTC", b"97000.5".to_vec()).unwrap();
+/// assert_eq!(cache.get("price", b"BTC").unwrap().as_deref(), Some(&b"97000.5"[..]));
+/// cache.close().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheBuilder {
+    dir: Option<PathBuf>,
+    hot_capacity: u64,
+    warm_capacity: u64,
+    durability: Durability,
+    namespaces: HashMap<String, NamespacePolicy>,
+    default_policy: NamespacePolicy,
+    clock: Option<Arc<dyn Clock>>,
+    shards: Option<usize>,
+    strict: bool,
+    limits: Limits,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            dir: None,
+            hot_capacity: 64 << 20,
+            warm_capacity: 1 << 30,
+            durability: Durability::default(),
+            namespaces: HashMap::new(),
+            default_policy: NamespacePolicy::default(),
+            clock: None,
+            shards: None,
+            strict: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// Data directory; created if missing. Without it (or with
+    /// [`CacheBuilder::in_memory`]) the warm tier lives in memory: nothing
+    /// touches the disk and nothing survives the process. Default: in memory.
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+    /// No disk at all: the warm tier is an in-memory redb. Default.
+    pub fn in_memory(mut self) -> Self {
+        self.dir = None;
+        self
+    }
+    /// Hot-tier bound in bytes (key + value + `ENTRY_OVERHEAD` per entry).
+    /// Default: 64 MiB.
+    pub fn hot_capacity(mut self, bytes: u64) -> Self {
+        self.hot_capacity = bytes;
+        self
+    }
+    /// Warm-tier bound in bytes of keys and records. Default: 1 GiB.
+    pub fn warm_capacity(mut self, bytes: u64) -> Self {
+        self.warm_capacity = bytes;
+        self
+    }
+    /// Default: `Durability::Buffered { max_delay: 10 ms }`.
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+    /// Declares a namespace with its policy. Undeclared namespaces get the
+    /// default policy on first use.
+    pub fn namespace(mut self, name: impl Into<String>, policy: NamespacePolicy) -> Self {
+        self.namespaces.insert(name.into(), policy);
+        self
+    }
+    /// Policy of namespaces not declared. Default: `NamespacePolicy::default()`.
+    pub fn default_policy(mut self, policy: NamespacePolicy) -> Self {
+        self.default_policy = policy;
+        self
+    }
+    /// Time source. Default: [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Some(Arc::new(clock));
+        self
+    }
+    /// Hot-tier shards, a power of two. Default: 4 × cores, rounded up.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = Some(n);
+        self
+    }
+    /// Fail `open` with `OpenError::Corrupt` instead of moving a damaged
+    /// database file aside and starting empty. Default: false.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+    /// Limits and write-path tuning. Default: `Limits::default()`.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn validate(&self, shards: usize) -> Result<(), OpenError> {
+        let bad = |setting, reason: String| Err(OpenError::InvalidConfig { setting, reason });
+        if !shards.is_power_of_two() || shards > 1 << 16 {
+            return bad(
+                "shards",
+                format!("{shards} is not a power of two in 1..=65536"),
+            );
+        }
+        let min_hot = shards as u64 * 4096;
+        if self.hot_capacity < min_hot {
+            return bad(
+                "hot_capacity",
+                format!(
+                    "{} bytes is below {min_hot} (4 KiB per shard)",
+                    self.hot_capacity
+                ),
+            );
+        }
+        if self.warm_capacity < 1 << 20 {
+            return bad(
+                "warm_capacity",
+                format!("{} bytes is below 1 MiB", self.warm_capacity),
+            );
+        }
+        if let Durability::Buffered { max_delay } = self.durability
+            && max_delay > Duration::from_secs(60)
+        {
+            return bad(
+                "durability",
+                format!("max_delay {max_delay:?} is above 60 s"),
+            );
+        }
+        let l = &self.limits;
+        if l.max_key_len == 0 || l.max_key_len > 1 << 20 {
+            return bad(
+                "limits.max_key_len",
+                format!("{} is not in 1..=1 MiB", l.max_key_len),
+            );
+        }
+        if l.max_value_len == 0 || l.max_value_len > u32::MAX as usize {
+            return bad(
+                "limits.max_value_len",
+                format!("{} is not in 1..=4 GiB", l.max_value_len),
+            );
+        }
+        if l.queue_capacity == 0
+            || l.group_max_ops == 0
+            || l.group_max_bytes == 0
+            || l.sweep_batch == 0
+        {
+            return bad(
+                "limits",
+                "queue_capacity, group_max_ops, group_max_bytes and sweep_batch must be positive"
+                    .into(),
+            );
+        }
+        if l.max_namespace_len == 0 {
+            return bad("limits.max_namespace_len", "must be positive".into());
+        }
+        for (name, p) in self
+            .namespaces
+            .iter()
+            .map(|(n, p)| (n.as_str(), p))
+            .chain([("<default>", &self.default_policy)])
+        {
+            if name != "<default>"
+                && let Err(reason) = Namespaces::check_name(name, l.max_namespace_len)
+            {
+                return bad("namespace", format!("{name:?} {reason}"));
+            }
+            if let Some(level) = p.compression_level
+                && !(1..=22).contains(&level)
+            {
+                return bad(
+                    "compression_level",
+                    format!("{level} for namespace {name} is not in 1..=22"),
+                );
+            }
+            if p.default_ttl == Some(Duration::ZERO) || p.max_ttl == Some(Duration::ZERO) {
+                return bad(
+                    "ttl",
+                    format!("a zero TTL for namespace {name} would expire everything at once"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the cache: validates settings, opens or creates the database
+    /// (moving a damaged file aside unless `strict`), starts the writer and
+    /// the warm-up. Never waits for the warm-up.
+    pub fn open(self) -> Result<Cache, OpenError> {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = self.shards.unwrap_or((cores * 4).next_power_of_two());
+        self.validate(shards)?;
+        let opened = open::open(self.dir.as_deref(), self.strict)?;
+        let clock = self
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemClock::default()));
+        let meta = opened.meta;
+        let ns = Namespaces::new(
+            self.namespaces.clone(),
+            self.default_policy.clone(),
+            self.limits.max_namespace_len,
+        );
+        for name in self.namespaces.keys() {
+            ns.get(name).map_err(|e| OpenError::InvalidConfig {
+                setting: "namespace",
+                reason: e.to_string(),
+            })?;
+        }
+        let mut purge = Vec::new();
+        for (name, epoch) in &meta.epochs {
+            if let Ok(n) = ns.get(name) {
+                n.epoch.store(*epoch, Ordering::Release);
+                purge.push(name.clone());
+            }
+        }
+        let mut decoders = HashMap::new();
+        for (id, (_, bytes)) in &meta.dicts {
+            decoders.insert(*id, Arc::new(zstd::dict::DecoderDictionary::copy(bytes)));
+        }
+        for (name, id) in &meta.dict_current {
+            if let (Ok(n), Some((_, bytes))) = (ns.get(name), meta.dicts.get(id)) {
+                let level = n.policy.compression_level.unwrap_or(3);
+                *n.dict.write() = Some((
+                    *id,
+                    Arc::new(zstd::dict::EncoderDictionary::copy(bytes, level)),
+                ));
+            }
+        }
+        let counters = EngineCounters::default();
+        counters.records.store(meta.records, Ordering::Relaxed);
+        counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(self.limits.queue_capacity);
+        let shared = Arc::new(Shared {
+            db: opened.db,
+            hot: HotTier::new(self.hot_capacity as usize, shards),
+            hot_capacity: self.hot_capacity as usize,
+            pending: Pending::new(shards),
+            ns,
+            time: EngineTime::new(clock, meta.engine_time),
+            limits: self.limits.clone(),
+            durability: self.durability,
+            next_version: AtomicU64::new(meta.version_hw.max(1)),
+            commit_seq: AtomicU64::new(0),
+            counters,
+            commit_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+            ),
+            last_error: Mutex::new(None),
+            moved_aside: opened.moved_aside,
+            file: opened.file,
+            warm_capacity: self.warm_capacity,
+            decoders: RwLock::new(decoders),
+            next_dict_id: AtomicU32::new(meta.dicts.keys().max().map_or(1, |m| m + 1)),
+            tx,
+            closed: AtomicBool::new(false),
+        });
+        let writer = Writer::new(shared.clone(), rx, purge);
+        let spawn_err = |source| OpenError::Io {
+            dir: self.dir.clone().unwrap_or_default(),
+            source,
+        };
+        let w = std::thread::Builder::new()
+            .name("embercache-writer".into())
+            .spawn(move || writer.run())
+            .map_err(spawn_err)?;
+        let s2 = shared.clone();
+        let warm = std::thread::Builder::new()
+            .name("embercache-warmup".into())
+            .spawn(move || s2.warm_up())
+            .map_err(spawn_err)?;
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                shared,
+                threads: Mutex::new(vec![w, warm]),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn close(&self) -> Result<(), WriteError> {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let r = self.shared.request(Op::Close);
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        r
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping without close() still commits every accepted write.
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing embercache on drop failed");
+        }
+    }
+}
+
+/// A persistent embedded cache. Cheap to clone: clones share one engine.
+/// See the crate docs for the tiers and the guarantees.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("file", &self.inner.shared.file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A builder with every default.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    fn sh(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The value of `key` in `ns`, if present, live and of the current epoch.
+    pub fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        Ok(self.sh().get(ns, key)?.map(|f| f.value))
+    }
+
+    /// Whether `key` is present and live.
+    pub fn contains(&self, ns: &str, key: &[u8]) -> Result<bool, ReadError> {
+        Ok(self.sh().get(ns, key)?.is_some())
+    }
+
+    /// How long `key` still lives; `None` when absent.
+    pub fn ttl(&self, ns: &str, key: &[u8]) -> Result<Option<Ttl>, ReadError> {
+        let now = self.sh().time.now_ms();
+        Ok(self.sh().get(ns, key)?.map(|f| match f.expires_at {
+            u64::MAX => Ttl::Never,
+            t => Ttl::Remaining(Duration::from_millis(t.saturating_sub(now))),
+        }))
+    }
+
+    /// Stores `value` with the namespace's default TTL.
+    pub fn set(&self, ns: &str, key: &[u8], value: impl Into<Bytes>) -> Result<(), WriteError> {
+        self.sh().set(ns, key, value.into(), None, false)
+    }
+
+    /// Stores `value` expiring after `ttl` (capped by the namespace's max TTL).
+    pub fn set_with_ttl(
+        &self,
+        ns: &str,
+        key: &[u8],
+        value: impl Into<Bytes>,
+        ttl: Duration,
+    ) -> Result<(), WriteError> {
+        self.sh().set(ns, key, value.into(), Some(ttl), false)
+    }
+
+    /// Stores `value` with explicit options (TTL, per-call durability).
+    pub fn set_with(
+        &self,
+        ns: &str,
+        key: &[u8],
+        value: impl Into<Bytes>,
+        opts: WriteOptions,
+    ) -> Result<(), WriteError> {
+        self.sh().set(ns, key, value.into(), opts.ttl, opts.durable)
+    }
+
+    /// Removes `key`. Removing an absent key is not an error.
+    pub fn delete(&self, ns: &str, key: &[u8]) -> Result<(), WriteError> {
+        self.sh().delete(ns, key, false)
+    }
+
+    /// Removes `key` and waits until the removal is fsynced.
+    pub fn delete_durable(&self, ns: &str, key: &[u8]) -> Result<(), WriteError> {
+        self.sh().delete(ns, key, true)
+    }
+
+    /// Looks up many keys at once; the results are in the order of `keys`.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        ns: &str,
+        keys: &[K],
+    ) -> Result<Vec<Option<Bytes>>, ReadError> {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        Ok(self
+            .sh()
+            .get_many(ns, &keys)?
+            .into_iter()
+            .map(|f| f.map(|f| f.value))
+            .collect())
+    }
+
+    /// Stores many entries. With `opts.durable` (or `Sync` mode) returns
+    /// once all are fsynced. Stops at the first invalid entry; the ones
+    /// before it are stored.
+    pub fn set_many<K: AsRef<[u8]>, V: Into<Bytes>>(
+        &self,
+        ns: &str,
+        items: impl IntoIterator<Item = (K, V)>,
+        opts: WriteOptions,
+    ) -> Result<(), WriteError> {
+        for (k, v) in items {
+            self.sh().set(ns, k.as_ref(), v.into(), opts.ttl, false)?;
+        }
+        if opts.durable || self.sh().durability == Durability::Sync {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Removes many keys; see [`Cache::set_many`] for durability.
+    pub fn delete_many<K: AsRef<[u8]>>(
+        &self,
+        ns: &str,
+        keys: &[K],
+        durable: bool,
+    ) -> Result<(), WriteError> {
+        for k in keys {
+            self.sh().delete(ns, k.as_ref(), false)?;
+        }
+        if durable || self.sh().durability == Durability::Sync {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Live entries of `ns` whose key starts with `prefix`, in key order.
+    /// Materializes the result; corrupt records are skipped and counted.
+    pub fn scan(&self, ns: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Bytes)>, ReadError> {
+        Ok(self
+            .sh()
+            .scan(ns, prefix)?
+            .into_iter()
+            .map(|(k, f)| (k, f.value))
+            .collect())
+    }
+
+    /// Hides every entry of `ns` at once by bumping its epoch (O(1)); the
+    /// old entries are purged in the background. Returns the new epoch. In
+    /// `Sync` mode returns once the bump is fsynced.
+    pub fn invalidate_namespace(&self, ns: &str) -> Result<u64, WriteError> {
+        self.sh().invalidate_namespace(ns, false)
+    }
+
+    /// Returns when every write accepted so far is fsynced.
+    pub fn flush(&self) -> Result<(), WriteError> {
+        self.sh().request(Op::Flush)
+    }
+
+    /// Runs the maintenance pass now (expiry sweep, disk bound, purge of
+    /// old epochs) and returns when it is done. It also runs on its own
+    /// every `Limits::maintenance_interval`.
+    pub fn run_maintenance(&self) -> Result<(), WriteError> {
+        self.sh().request(Op::Maintain)
+    }
+
+    /// Flushes, writes the hot-set snapshot, stops and joins the background
+    /// threads. Other clones see `Closed` errors afterwards.
+    pub fn close(self) -> Result<(), WriteError> {
+        self.inner.close()
+    }
+
+    /// Trains a zstd dictionary from up to 4 MiB of the namespace's current
+    /// values; later writes use it. Records keep naming the dictionary they
+    /// were written with, so old ones stay readable. Returns its id.
+    pub fn train_dictionary(&self, ns: &str) -> Result<u32, Error> {
+        let sh = self.sh();
+        let entries = sh.scan(ns, b"")?;
+        let mut samples = Vec::new();
+        let mut total = 0;
+        for (_, f) in entries {
+            if total > 4 << 20 {
+                break;
+            }
+            total += f.value.len();
+            samples.push(f.value);
+        }
+        if samples.len() < 8 {
+            return Err(Error::Maintenance(format!(
+                "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",
+                samples.len()
+            )));
+        }
+        let dict = zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| {
+            Error::Maintenance(format!(
+                "dictionary training failed: {e}; store more varied values first"
+            ))
+        })?;
+        let n = sh.ns.get(ns)?;
+        let id = sh.next_dict_id.fetch_add(1, Ordering::SeqCst);
+        sh.decoders
+            .write()
+            .insert(id, Arc::new(zstd::dict::DecoderDictionary::copy(&dict)));
+        // Persist first: no record may name a dictionary that is not durable.
+        sh.request(|done| Op::Dict {
+            ns: n.clone(),
+            id,
+            bytes: dict.clone(),
+            done: Some(done),
+        })?;
+        let level = n.policy.compression_level.unwrap_or(3);
+        *n.dict.write() = Some((
+            id,
+            Arc::new(zstd::dict::EncoderDictionary::copy(&dict, level)),
+        ));
+        Ok(id)
+    }
+
+    // ----- typed layer ----------------------------------------------------
+
+    /// Reads and deserializes (postcard) a value stored with [`Cache::set_as`].
+    pub fn get_as<T: DeserializeOwned>(&self, ns: &str, key: &[u8]) -> Result<Option<T>, Error> {
+        match self.get(ns, key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(postcard::from_bytes(&b)?)),
+        }
+    }
+
+    /// Serializes `value` with postcard and stores it.
+    pub fn set_as<T: Serialize + ?Sized>(
+        &self,
+        ns: &str,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(value)?;
+        Ok(self.set(ns, key, bytes)?)
+    }
+
+    /// Like [`Cache::set_as`] with options.
+    pub fn set_as_with<T: Serialize + ?Sized>(
+        &self,
+        ns: &str,
+        key: &[u8],
+        value: &T,
+        opts: WriteOptions,
+    ) -> Result<(), Error> {
+        let bytes = postcard::to_allocvec(value)?;
+        Ok(self.set_with(ns, key, bytes, opts)?)
+    }
+
+    // ----- observability --------------------------------------------------
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> Stats {
+        let sh = self.sh();
+        let c = &sh.counters;
+        let commits = stats::get(&c.commits);
+        let namespaces = sh
+            .ns
+            .all()
+            .into_iter()
+            .map(|n| {
+                let k = &n.counters;
+                NamespaceStats {
+                    name: n.name.to_string(),
+                    epoch: n.epoch(),
+                    hot_hits: stats::get(&k.hot_hits),
+                    warm_hits: stats::get(&k.warm_hits),
+                    misses: stats::get(&k.misses),
+                    sets: stats::get(&k.sets),
+                    deletes: stats::get(&k.deletes),
+                    hot_evictions: stats::get(&k.hot_evictions),
+                    warm_evictions: stats::get(&k.warm_evictions),
+                    expirations: stats::get(&k.expirations),
+                    invalidations: stats::get(&k.invalidations),
+                    raw_bytes_written: stats::get(&k.raw_bytes),
+                    stored_bytes_written: stats::get(&k.stored_bytes),
+                }
+            })
+            .collect();
+        Stats {
+            namespaces,
+            hot_bytes: sh.hot.used_bytes() as u64,
+            hot_capacity: sh.hot_capacity as u64,
+            hot_entries: sh.hot.len() as u64,
+            disk_records: stats::get(&c.records),
+            disk_bytes: stats::get(&c.disk_bytes),
+            disk_capacity: sh.warm_capacity,
+            file_bytes: sh
+                .file
+                .as_ref()
+                .and_then(|f| std::fs::metadata(f).ok())
+                .map_or(0, |m| m.len()),
+            queue_depth: sh.tx.len() as u64,
+            commits,
+            committed_ops: stats::get(&c.committed_ops),
+            commit_latency_avg: Duration::from_micros(
+                stats::get(&c.commit_micros_total)
+                    .checked_div(commits)
+                    .unwrap_or(0),
+            ),
+            commit_latency_max: Duration::from_micros(stats::get(&c.commit_micros_max)),
+            write_errors: stats::get(&c.write_errors),
+            last_write_error: sh.last_error.lock().clone(),
+            corrupt_reads: stats::get(&c.corrupt_reads),
+            moved_aside: sh.moved_aside.clone(),
+            warmup_loaded: stats::get(&c.warmup_loaded),
+            warmup_total: stats::get(&c.warmup_total),
+            warmup_done: stats::get(&c.warmup_done) == 1,
+        }
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.stats(), &self.sh().commit_latency)
+    }
+
+    /// The database file, or `None` in memory-only mode.
+    pub fn file(&self) -> Option<&Path> {
+        self.sh().file.as_deref()
+    }
+
+    /// Checks the hot tier's invariants; panics on a violation.
+    #[cfg(any(test, feature = "validate"))]
+    pub fn validate(&self) {
+        self.sh().validate();
+    }
+}

@@ -1,0 +1,180 @@
+//! Time, read through an injectable [`Clock`].
+//!
+//! Expiry is stored as wall-clock unix milliseconds so that it means the same
+//! thing after a restart. Wall clocks jump, though, so the engine never reads
+//! the wall clock directly: it reads an [`EngineTime`], which
+//!
+//! * follows the wall clock when it moves forward (a forward jump makes
+//!   entries expire early, never late), and
+//! * keeps counting with the monotonic clock when the wall clock moves
+//!   backwards, so a backward jump neither extends nor shortens a TTL, and
+//! * starts, after a restart, from `max(wall clock, last time the engine
+//!   persisted)`, so a clock that went backwards while the process was down
+//!   cannot stretch a TTL beyond what the caller set, measured in engine time.
+//!
+//! See docs/ARCHITECTURE.md, "Time".
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// A source of time. Implement it to control time in tests (see
+/// [`ManualClock`]); the default is [`SystemClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Wall-clock time in milliseconds since the unix epoch. May jump.
+    fn wall_ms(&self) -> u64;
+    /// A monotonic millisecond counter with an arbitrary origin. Never goes
+    /// backwards.
+    fn monotonic_ms(&self) -> u64;
+}
+
+/// The operating system's clocks: `SystemTime` and `Instant`.
+#[derive(Debug, Clone)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn wall_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+    fn monotonic_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// A clock that only moves when told to. Clones share the same time.
+///
+/// ```
+/// use embercache::ManualClock;
+/// use std::time::Duration;
+/// let clock = ManualClock::new(1_700_000_000_000);
+/// clock.advance(Duration::from_secs(5)); // both clocks move
+/// clock.jump_wall(-3_600_000); // only the wall clock moves (an NTP step)
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock {
+    wall: Arc<AtomicU64>,
+    mono: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock whose wall time is `wall_ms` (unix milliseconds).
+    pub fn new(wall_ms: u64) -> Self {
+        ManualClock {
+            wall: Arc::new(AtomicU64::new(wall_ms)),
+            mono: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Moves both the wall and the monotonic clock forward: time passes.
+    pub fn advance(&self, by: std::time::Duration) {
+        let ms = by.as_millis() as u64;
+        self.wall.fetch_add(ms, Ordering::SeqCst);
+        self.mono.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Steps only the wall clock by `delta_ms` (negative = backwards), as an
+    /// operator or NTP would. The monotonic clock does not move.
+    pub fn jump_wall(&self, delta_ms: i64) {
+        let cur = self.wall.load(Ordering::SeqCst);
+        self.wall
+            .store(cur.saturating_add_signed(delta_ms), Ordering::SeqCst);
+    }
+
+    /// The current wall time in unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.wall.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for ManualClock {
+    fn wall_ms(&self) -> u64 {
+        self.wall.load(Ordering::SeqCst)
+    }
+    fn monotonic_ms(&self) -> u64 {
+        self.mono.load(Ordering::SeqCst)
+    }
+}
+
+/// The engine's notion of "now" in unix milliseconds: never goes backwards,
+/// follows forward wall-clock jumps, and counts monotonic time through
+/// backward ones. One atomic, no lock: `now = monotonic + offset`, where the
+/// offset only grows.
+#[derive(Debug)]
+pub(crate) struct EngineTime {
+    clock: Arc<dyn Clock>,
+    offset: AtomicI64,
+}
+
+impl EngineTime {
+    /// Starts engine time at `max(wall, floor_ms)`; `floor_ms` is the last
+    /// engine time persisted before a restart (0 when none).
+    pub(crate) fn new(clock: Arc<dyn Clock>, floor_ms: u64) -> Self {
+        let start = clock.wall_ms().max(floor_ms);
+        let offset = start as i64 - clock.monotonic_ms() as i64;
+        EngineTime {
+            clock,
+            offset: AtomicI64::new(offset),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        let mono = self.clock.monotonic_ms() as i64;
+        let engine = mono + self.offset.load(Ordering::Relaxed);
+        let wall = self.clock.wall_ms() as i64;
+        if wall > engine {
+            // Forward jump (or drift): follow the wall clock.
+            self.offset.fetch_max(wall - mono, Ordering::Relaxed);
+            return wall as u64;
+        }
+        engine.max(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backward_jump_keeps_counting() {
+        let c = ManualClock::new(1_000_000);
+        let t = EngineTime::new(Arc::new(c.clone()), 0);
+        assert_eq!(t.now_ms(), 1_000_000);
+        c.jump_wall(-500_000);
+        assert_eq!(t.now_ms(), 1_000_000);
+        c.advance(Duration::from_millis(10));
+        assert_eq!(t.now_ms(), 1_000_010);
+    }
+
+    #[test]
+    fn forward_jump_is_followed() {
+        let c = ManualClock::new(1_000_000);
+        let t = EngineTime::new(Arc::new(c.clone()), 0);
+        c.jump_wall(3_600_000);
+        assert_eq!(t.now_ms(), 4_600_000);
+        c.advance(Duration::from_millis(1));
+        assert_eq!(t.now_ms(), 4_600_001);
+    }
+
+    #[test]
+    fn restart_floor_wins_over_a_wall_clock_that_went_back() {
+        let c = ManualClock::new(1_000_000);
+        let t = EngineTime::new(Arc::new(c.clone()), 2_000_000);
+        assert_eq!(t.now_ms(), 2_000_000);
+        c.advance(Duration::from_millis(5));
+        assert_eq!(t.now_ms(), 2_000_005);
+    }
+}

@@ -1,0 +1,680 @@
+//! The shared engine state and the read and write paths.
+//!
+//! `Cache` (src/cache.rs) is a thin public handle over `Arc<Shared>`; the
+//! writer thread and the warm-up thread hold the same `Arc`.
+//!
+//! Read path: hot tier (shared lock) → pending writes → redb. A value read
+//! from redb fills the hot tier unless a commit happened since the read
+//! started or a newer write of the key is pending (so a fill can never put
+//! back a value older than one already acknowledged).
+//!
+//! Write path: validate → compress (no lock held) → under the key's pending
+//! shard lock: assign the version, finish the record, enqueue it for the
+//! writer, record it as pending, update the hot tier. Taking the version
+//! and enqueueing under one lock makes queue order equal version order per
+//! key, so the writer applies each key's writes in order.
+
+use crate::clock::EngineTime;
+use crate::config::{Durability, Limits};
+use crate::error::{ReadError, WriteError, storage};
+use crate::hot::{Entry, Evicted, HotTier, Insert};
+use crate::namespace::{Namespace, Namespaces};
+use crate::stats::{EngineCounters, add};
+use crate::store::pending::{Pending, PendingKind, PendingOp};
+use crate::store::record::{self, Encoding, Header, Prepared};
+use crate::store::tables::{ENTRIES, META, META_HOT_SNAPSHOT};
+use crate::store::writer::Op;
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::histogram::Histogram;
+use redb::{Database, ReadableDatabase};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use zstd::dict::DecoderDictionary;
+
+/// A value found by a lookup, with its absolute expiry (`u64::MAX` = never).
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub value: Bytes,
+    pub expires_at: u64,
+}
+
+/// Why a record read from redb is being accepted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// A caller's get: count it, fill the hot tier's small queue.
+    Read,
+    /// The warm-up after open: no counters, straight into the main queue
+    /// (these keys were hot before the restart).
+    WarmUp,
+}
+
+/// Outcome of the in-memory part of a lookup.
+enum Fast {
+    Done(Option<Found>),
+    NeedWarm,
+}
+
+pub(crate) struct Shared {
+    pub db: Database,
+    pub hot: HotTier,
+    pub hot_capacity: usize,
+    pub pending: Pending,
+    pub ns: Namespaces,
+    pub time: EngineTime,
+    pub limits: Limits,
+    pub durability: Durability,
+    /// The next per-key version to hand out (global, so unique per write).
+    pub next_version: AtomicU64,
+    /// Bumped after every commit; see the fill rule in the module docs.
+    pub commit_seq: AtomicU64,
+    pub counters: EngineCounters,
+    pub commit_latency: Histogram,
+    pub last_error: Mutex<Option<String>>,
+    pub moved_aside: Option<String>,
+    pub file: Option<PathBuf>,
+    pub warm_capacity: u64,
+    pub decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
+    pub next_dict_id: AtomicU32,
+    pub tx: Sender<Op>,
+    pub closed: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn max_delay(&self) -> Duration {
+        match self.durability {
+            Durability::Buffered { max_delay } => max_delay,
+            Durability::Sync => Duration::ZERO,
+        }
+    }
+
+    fn check_open_w(&self) -> Result<(), WriteError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(WriteError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn namespace_r(&self, name: &str) -> Result<Arc<Namespace>, ReadError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ReadError::Closed);
+        }
+        self.ns.get(name).map_err(|e| match e {
+            WriteError::InvalidNamespace { name, reason } => {
+                ReadError::InvalidNamespace { name, reason }
+            }
+            _ => ReadError::Closed,
+        })
+    }
+
+    pub(crate) fn decoder(&self, id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+        self.decoders.read().get(&id).cloned()
+    }
+
+    pub(crate) fn decode(&self, ns: &str, rec: &[u8]) -> Result<(Header, Vec<u8>), ReadError> {
+        record::decode(rec, self.limits.max_value_len, &|id| self.decoder(id)).map_err(|source| {
+            add(&self.counters.corrupt_reads, 1);
+            ReadError::Corrupt {
+                namespace: ns.to_string(),
+                source,
+            }
+        })
+    }
+
+    /// Absolute expiry for a write: the caller's TTL, else the namespace
+    /// default, capped by the namespace maximum. `None` = never.
+    fn expiry_for(
+        &self,
+        ns: &Namespace,
+        ttl: Option<Duration>,
+        now: u64,
+    ) -> Result<u64, WriteError> {
+        let ttl = ttl.or(ns.policy.default_ttl);
+        if ttl == Some(Duration::ZERO) {
+            return Err(WriteError::InvalidTtl(
+                "a TTL of zero would expire before it is stored; delete instead",
+            ));
+        }
+        let ttl = match (ttl, ns.policy.max_ttl) {
+            (Some(t), Some(m)) => Some(t.min(m)),
+            (None, Some(m)) => Some(m),
+            (t, None) => t,
+        };
+        Ok(match ttl {
+            None => u64::MAX,
+            Some(t) => {
+                // Round up so a 1.5 ms TTL does not become 1 ms; saturate so
+                // a huge TTL means "never" rather than wrapping.
+                let ms = u64::try_from(t.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+                now.saturating_add(ms)
+            }
+        })
+    }
+
+    fn is_dead(&self, now: u64) -> impl Fn(&Entry) -> bool + '_ {
+        move |e: &Entry| e.expires_at <= now || e.epoch != self.ns.epoch_of(e.ns)
+    }
+
+    fn hot_insert(&self, entry: Entry, now: u64) -> Insert {
+        let dead = self.is_dead(now);
+        self.hot.insert(entry, &dead, &mut |e, why| {
+            if let Some(ns) = self.ns.by_id(e.ns) {
+                let c = match why {
+                    Evicted::Capacity => &ns.counters.hot_evictions,
+                    Evicted::Dead if e.expires_at <= now => &ns.counters.expirations,
+                    Evicted::Dead => &ns.counters.hot_evictions,
+                };
+                add(c, 1);
+            }
+        })
+    }
+
+    // ----- writes -------------------------------------------------------
+
+    fn check_sizes(&self, key: &[u8], value_len: usize) -> Result<(), WriteError> {
+        if key.len() > self.limits.max_key_len {
+            return Err(WriteError::KeyTooLarge {
+                len: key.len(),
+                max: self.limits.max_key_len,
+            });
+        }
+        if value_len > self.limits.max_value_len {
+            return Err(WriteError::ValueTooLarge {
+                len: value_len,
+                max: self.limits.max_value_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a write should wait for its commit.
+    fn waits(&self, durable: bool) -> bool {
+        durable || self.durability == Durability::Sync
+    }
+
+    /// Enqueues `make(version, epoch)` under the key's pending lock, then
+    /// runs `apply` (pending + hot update) under the same lock. Retries with
+    /// a fresh version while the queue is full, up to `queue_wait`.
+    fn submit(
+        &self,
+        hash: u64,
+        ns: &Namespace,
+        mut make: impl FnMut(u64, u64) -> Op,
+        mut apply: impl FnMut(&mut crate::store::pending::PendingShard, u64, u64),
+    ) -> Result<(), WriteError> {
+        let start = Instant::now();
+        loop {
+            let mut p = self.pending.lock(hash);
+            let version = self.next_version.fetch_add(1, Ordering::SeqCst);
+            let epoch = ns.epoch();
+            match self.tx.try_send(make(version, epoch)) {
+                Ok(()) => {
+                    apply(&mut p, version, epoch);
+                    return Ok(());
+                }
+                Err(TrySendError::Full(_)) => {
+                    drop(p);
+                    if start.elapsed() >= self.limits.queue_wait {
+                        return Err(WriteError::QueueFull {
+                            waited: start.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(WriteError::Closed),
+            }
+        }
+    }
+
+    fn wait_for(
+        rx: Option<crossbeam_channel::Receiver<Result<(), WriteError>>>,
+    ) -> Result<(), WriteError> {
+        match rx {
+            None => Ok(()),
+            Some(rx) => rx.recv().unwrap_or(Err(WriteError::Closed)),
+        }
+    }
+
+    pub(crate) fn set(
+        &self,
+        ns_name: &str,
+        key: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+        durable: bool,
+    ) -> Result<(), WriteError> {
+        self.check_open_w()?;
+        self.check_sizes(key, value.len())?;
+        let ns = self.ns.get(ns_name)?;
+        let now = self.time.now_ms();
+        let expires_at = self.expiry_for(&ns, ttl, now)?;
+        let hash = self.hot.hash(ns.id, key);
+        let dict = ns.dict.read().clone();
+        let prepared = Prepared::new(
+            &value,
+            &Encoding {
+                level: ns.policy.compression_level,
+                threshold: self.limits.compression_threshold,
+                dict: dict.as_ref().map(|(id, d)| (*id, &**d)),
+            },
+        );
+        let (done, rx) = self.done_pair(durable);
+        self.submit(
+            hash,
+            &ns,
+            |version, epoch| Op::Put {
+                ns: ns.clone(),
+                hash,
+                key: key.into(),
+                record: prepared.finish(expires_at, version, epoch),
+                version,
+                expires_at,
+                done: done.clone(),
+            },
+            |p, version, epoch| {
+                p.put(PendingOp {
+                    hash,
+                    ns: ns.id,
+                    key: key.into(),
+                    version,
+                    kind: PendingKind::Set {
+                        value: value.clone(),
+                        expires_at,
+                        epoch,
+                    },
+                });
+                if ns.policy.hot_admission {
+                    let e = Entry::new(hash, ns.id, key, value.clone(), expires_at, epoch, version);
+                    self.hot_insert(e, now);
+                } else {
+                    self.hot.remove(hash, ns.id, key, version);
+                }
+            },
+        )?;
+        let c = &ns.counters;
+        add(&c.sets, 1);
+        add(&c.raw_bytes, value.len() as u64);
+        add(&c.stored_bytes, prepared.payload_len() as u64);
+        drop(done);
+        Self::wait_for(rx)
+    }
+
+    pub(crate) fn delete(
+        &self,
+        ns_name: &str,
+        key: &[u8],
+        durable: bool,
+    ) -> Result<(), WriteError> {
+        self.check_open_w()?;
+        self.check_sizes(key, 0)?;
+        let ns = self.ns.get(ns_name)?;
+        let hash = self.hot.hash(ns.id, key);
+        let (done, rx) = self.done_pair(durable);
+        self.submit(
+            hash,
+            &ns,
+            |version, _| Op::Delete {
+                ns: ns.clone(),
+                hash,
+                key: key.into(),
+                version,
+                done: done.clone(),
+            },
+            |p, version, _| {
+                p.put(PendingOp {
+                    hash,
+                    ns: ns.id,
+                    key: key.into(),
+                    version,
+                    kind: PendingKind::Delete,
+                });
+                self.hot.remove(hash, ns.id, key, version);
+            },
+        )?;
+        add(&ns.counters.deletes, 1);
+        drop(done);
+        Self::wait_for(rx)
+    }
+
+    fn done_pair(
+        &self,
+        durable: bool,
+    ) -> (
+        Option<crate::store::writer::Done>,
+        Option<crossbeam_channel::Receiver<Result<(), WriteError>>>,
+    ) {
+        if self.waits(durable) {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        }
+    }
+
+    /// Sends a control op, waiting up to `queue_wait` for room.
+    pub(crate) fn send(&self, op: Op) -> Result<(), WriteError> {
+        self.tx
+            .send_timeout(op, self.limits.queue_wait)
+            .map_err(|e| match e {
+                crossbeam_channel::SendTimeoutError::Timeout(_) => WriteError::QueueFull {
+                    waited: self.limits.queue_wait,
+                },
+                crossbeam_channel::SendTimeoutError::Disconnected(_) => WriteError::Closed,
+            })
+    }
+
+    /// Sends an op built around a fresh reply channel and waits for it.
+    pub(crate) fn request(
+        &self,
+        make: impl FnOnce(crate::store::writer::Done) -> Op,
+    ) -> Result<(), WriteError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(make(tx))?;
+        rx.recv().unwrap_or(Err(WriteError::Closed))
+    }
+
+    pub(crate) fn invalidate_namespace(
+        &self,
+        ns_name: &str,
+        durable: bool,
+    ) -> Result<u64, WriteError> {
+        self.check_open_w()?;
+        let ns = self.ns.get(ns_name)?;
+        let epoch = ns.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        add(&ns.counters.invalidations, 1);
+        let (done, rx) = self.done_pair(durable);
+        self.send(Op::Epoch {
+            ns: ns.clone(),
+            epoch,
+            done,
+        })?;
+        Self::wait_for(rx)?;
+        Ok(epoch)
+    }
+
+    // ----- reads --------------------------------------------------------
+
+    /// Hot tier, then pending writes. Counts hot hits and answers from
+    /// pending; leaves redb to the caller.
+    fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], now: u64) -> Fast {
+        let epoch = ns.epoch();
+        if let Some(hit) = self.hot.get(hash, ns.id, key) {
+            // The hot copy, when present, is the newest write of the key
+            // (writes update it, fills never put back an older one).
+            if hit.epoch == epoch && hit.expires_at > now {
+                add(&ns.counters.hot_hits, 1);
+                return Fast::Done(Some(Found {
+                    value: hit.value,
+                    expires_at: hit.expires_at,
+                }));
+            }
+            add(&ns.counters.misses, 1);
+            return Fast::Done(None);
+        }
+        let p = self.pending.lock(hash);
+        if let Some(op) = p.get(hash, ns.id, key) {
+            let found = match &op.kind {
+                PendingKind::Set {
+                    value,
+                    expires_at,
+                    epoch: e,
+                } if *e == epoch && *expires_at > now => Some(Found {
+                    value: value.clone(),
+                    expires_at: *expires_at,
+                }),
+                _ => None,
+            };
+            let c = if found.is_some() {
+                &ns.counters.warm_hits
+            } else {
+                &ns.counters.misses
+            };
+            add(c, 1);
+            return Fast::Done(found);
+        }
+        Fast::NeedWarm
+    }
+
+    /// Decodes a record read from redb, checks it is live, fills the hot tier.
+    fn accept_warm(
+        &self,
+        ns: &Namespace,
+        hash: u64,
+        key: &[u8],
+        rec: Option<&[u8]>,
+        seq: u64,
+        now: u64,
+        fill: Fill,
+    ) -> Result<Option<Found>, ReadError> {
+        let count = |c: &AtomicU64| {
+            if fill == Fill::Read {
+                add(c, 1)
+            }
+        };
+        let Some(rec) = rec else {
+            count(&ns.counters.misses);
+            return Ok(None);
+        };
+        let (h, value) = self.decode(&ns.name, rec)?;
+        if h.epoch != ns.epoch() || h.expires_at <= now {
+            count(&ns.counters.misses);
+            return Ok(None);
+        }
+        count(&ns.counters.warm_hits);
+        let value = Bytes::from(value);
+        if ns.policy.hot_admission {
+            let p = self.pending.lock(hash);
+            if self.commit_seq.load(Ordering::SeqCst) == seq && p.get(hash, ns.id, key).is_none() {
+                let mut e = Entry::new(
+                    hash,
+                    ns.id,
+                    key,
+                    value.clone(),
+                    h.expires_at,
+                    h.epoch,
+                    h.version,
+                );
+                if fill == Fill::WarmUp {
+                    e = e.into_main();
+                }
+                self.hot_insert(e, now);
+            }
+        }
+        Ok(Some(Found {
+            value,
+            expires_at: h.expires_at,
+        }))
+    }
+
+    pub(crate) fn get(&self, ns_name: &str, key: &[u8]) -> Result<Option<Found>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        let now = self.time.now_ms();
+        let hash = self.hot.hash(ns.id, key);
+        let seq = self.commit_seq.load(Ordering::SeqCst);
+        if let Fast::Done(r) = self.lookup_fast(&ns, hash, key, now) {
+            return Ok(r);
+        }
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let t = r
+            .open_table(ENTRIES)
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let rec = t
+            .get((&*ns.name, key))
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        self.accept_warm(
+            &ns,
+            hash,
+            key,
+            rec.as_ref().map(|g| g.value()),
+            seq,
+            now,
+            Fill::Read,
+        )
+    }
+
+    /// Looks up many keys; the redb misses share one read transaction.
+    pub(crate) fn get_many(
+        &self,
+        ns_name: &str,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Found>>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        let now = self.time.now_ms();
+        let seq = self.commit_seq.load(Ordering::SeqCst);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut warm = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let hash = self.hot.hash(ns.id, key);
+            match self.lookup_fast(&ns, hash, key, now) {
+                Fast::Done(r) => out.push(r),
+                Fast::NeedWarm => {
+                    out.push(None);
+                    warm.push((i, hash));
+                }
+            }
+        }
+        if !warm.is_empty() {
+            let r = self
+                .db
+                .begin_read()
+                .map_err(|e| ReadError::Storage(storage(e)))?;
+            let t = r
+                .open_table(ENTRIES)
+                .map_err(|e| ReadError::Storage(storage(e)))?;
+            for (i, hash) in warm {
+                let rec = t
+                    .get((&*ns.name, keys[i]))
+                    .map_err(|e| ReadError::Storage(storage(e)))?;
+                out[i] = self.accept_warm(
+                    &ns,
+                    hash,
+                    keys[i],
+                    rec.as_ref().map(|g| g.value()),
+                    seq,
+                    now,
+                    Fill::Read,
+                )?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every live entry of `ns` whose key starts with `prefix`, in key
+    /// order, including writes not yet committed. Corrupt records are
+    /// skipped and counted (`embercache verify` lists them).
+    pub(crate) fn scan(
+        &self,
+        ns_name: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Found)>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        let now = self.time.now_ms();
+        let epoch = ns.epoch();
+        let mut out: BTreeMap<Vec<u8>, Option<Found>> = BTreeMap::new();
+        let r = self
+            .db
+            .begin_read()
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let t = r
+            .open_table(ENTRIES)
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let range = t
+            .range((&*ns.name, prefix)..)
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        for item in range {
+            let (k, v) = item.map_err(|e| ReadError::Storage(storage(e)))?;
+            let (n, key) = k.value();
+            if n != &*ns.name || !key.starts_with(prefix) {
+                break;
+            }
+            let Ok((h, value)) = self.decode(&ns.name, v.value()) else {
+                continue;
+            };
+            if h.epoch == epoch && h.expires_at > now {
+                out.insert(
+                    key.to_vec(),
+                    Some(Found {
+                        value: value.into(),
+                        expires_at: h.expires_at,
+                    }),
+                );
+            }
+        }
+        // Overlay writes the writer has not committed yet (newest wins: the
+        // pending entry of a key is always its latest write).
+        self.pending.for_each(|op| {
+            if op.ns != ns.id || !op.key.starts_with(prefix) {
+                return;
+            }
+            let v = match &op.kind {
+                PendingKind::Set {
+                    value,
+                    expires_at,
+                    epoch: e,
+                } if *e == epoch && *expires_at > now => Some(Found {
+                    value: value.clone(),
+                    expires_at: *expires_at,
+                }),
+                _ => None,
+            };
+            out.insert(op.key.to_vec(), v);
+        });
+        Ok(out
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Loads the keys that were hot before the restart, hottest first,
+    /// until the hot tier is nearly full. Runs on its own thread after open.
+    pub(crate) fn warm_up(&self) {
+        let snapshot: Vec<(String, Vec<u8>)> = (|| {
+            let r = self.db.begin_read().ok()?;
+            let t = r.open_table(META).ok()?;
+            let v = t.get(META_HOT_SNAPSHOT).ok()??;
+            postcard::from_bytes(v.value()).ok()
+        })()
+        .unwrap_or_default();
+        self.counters
+            .warmup_total
+            .store(snapshot.len() as u64, Ordering::Relaxed);
+        let limit = self.hot_capacity / 100 * 95;
+        for chunk in snapshot.chunks(256) {
+            if self.closed.load(Ordering::Acquire) || self.hot.used_bytes() >= limit {
+                break;
+            }
+            let Ok(r) = self.db.begin_read() else { break };
+            let Ok(t) = r.open_table(ENTRIES) else { break };
+            let seq = self.commit_seq.load(Ordering::SeqCst);
+            let now = self.time.now_ms();
+            for (name, key) in chunk {
+                let Ok(ns) = self.ns.get(name) else { continue };
+                let hash = self.hot.hash(ns.id, key);
+                if self.hot.version_of(hash, ns.id, key).is_some() {
+                    continue;
+                }
+                if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
+                    let _ =
+                        self.accept_warm(&ns, hash, key, Some(g.value()), seq, now, Fill::WarmUp);
+                }
+                add(&self.counters.warmup_loaded, 1);
+            }
+        }
+        self.counters.warmup_done.store(1, Ordering::Release);
+    }
+
+    /// Validates the hot tier's invariants (tests and fuzzing).
+    #[cfg(any(test, feature = "validate"))]
+    pub(crate) fn validate(&self) {
+        self.hot.validate();
+        assert!(self.hot.used_bytes() <= self.hot_capacity);
+    }
+}

@@ -1,0 +1,102 @@
+//! Sharding wrapper around [`super::s3fifo::Shard`].
+
+use super::s3fifo::{Entry, Evicted, Insert, Shard};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use std::hash::BuildHasher;
+
+/// What a hot-tier hit returns.
+#[derive(Debug, Clone)]
+pub(crate) struct HotHit {
+    pub value: Bytes,
+    pub expires_at: u64,
+    pub epoch: u64,
+}
+
+pub(crate) struct HotTier {
+    shards: Box<[RwLock<Shard>]>,
+    mask: u64,
+    /// Randomly seeded per process and per cache: an attacker who picks
+    /// keys cannot aim them at one bucket (hash flooding).
+    hasher: foldhash::quality::RandomState,
+}
+
+impl HotTier {
+    /// `shards` must be a power of two; capacity is split evenly.
+    pub(crate) fn new(capacity: usize, shards: usize) -> Self {
+        debug_assert!(shards.is_power_of_two());
+        let per = capacity / shards;
+        HotTier {
+            shards: (0..shards).map(|_| RwLock::new(Shard::new(per))).collect(),
+            mask: shards as u64 - 1,
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    pub(crate) fn hash(&self, ns: u32, key: &[u8]) -> u64 {
+        self.hasher.hash_one((ns, key))
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        // Bits 32.. pick the shard: the table inside uses the low bits for
+        // the bucket and the top 7 for its tag, so these stay independent.
+        &self.shards[((hash >> 32) & self.mask) as usize]
+    }
+
+    /// A hit under the shard's shared lock. The caller checks expiry and
+    /// epoch (it knows the time and the namespace's current epoch).
+    pub(crate) fn get(&self, hash: u64, ns: u32, key: &[u8]) -> Option<HotHit> {
+        let shard = self.shard(hash).read();
+        shard.get(hash, ns, key).map(|e| HotHit {
+            value: e.value.clone(),
+            expires_at: e.expires_at,
+            epoch: e.epoch,
+        })
+    }
+
+    pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
+        self.shard(hash).read().version_of(hash, ns, key)
+    }
+
+    pub(crate) fn insert(
+        &self,
+        entry: Entry,
+        is_dead: &dyn Fn(&Entry) -> bool,
+        on_evict: &mut dyn FnMut(&Entry, Evicted),
+    ) -> Insert {
+        self.shard(entry.hash)
+            .write()
+            .insert(entry, is_dead, on_evict)
+    }
+
+    pub(crate) fn remove(&self, hash: u64, ns: u32, key: &[u8], version: u64) -> bool {
+        self.shard(hash).write().remove(hash, ns, key, version)
+    }
+
+    /// Bytes charged, summed over shards.
+    pub(crate) fn used_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.read().used()).sum()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    /// Up to `limit` keys, hottest first, as `(namespace id, key)`.
+    pub(crate) fn hottest(&self, limit: usize) -> Vec<(u32, Box<[u8]>)> {
+        let mut all = Vec::new();
+        for s in self.shards.iter() {
+            s.read().hottest(&mut all);
+        }
+        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.truncate(limit);
+        all.into_iter().map(|(_, ns, k)| (ns, k)).collect()
+    }
+
+    #[cfg(any(test, feature = "validate"))]
+    pub(crate) fn validate(&self) {
+        for s in self.shards.iter() {
+            s.read().validate();
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! # embercache
+//!
+//! A persistent embedded cache for one host: a sharded in-memory **hot
+//! tier** (S3-FIFO, bounded in bytes, read hits under a shared lock) over a
+//! **warm tier** in redb (zstd-compressed, checksummed records, a TTL
+//! index, group-committed by one background writer). It survives restarts,
+//! `kill -9` and power loss within its durability mode, and warms the hot
+//! tier from what was hot before the restart.
+//!
+//! ```
+//! use embercache::{Cache, NamespacePolicy};
+//! use std::time::Duration;
+//!
+//! let cache = Cache::builder()
+//!     .in_memory()
+//!     .namespace("price", NamespacePolicy::default().ttl(Duration::from_secs(180)))
+//!     .open()?;
+//! cache.set("price", b"ETH", b"3120.25".to_vec())?;
+//! assert_eq!(cache.get("price", b"ETH")?.as_deref(), Some(&b"3120.25"[..]));
+//! cache.set_as("position", b"alice", &(42u32, "YES".to_string()))?;
+//! let p: Option<(u32, String)> = cache.get_as("position", b"alice")?;
+//! assert_eq!(p, Some((42, "YES".into())));
+//! cache.invalidate_namespace("price")?; // O(1): every price is gone
+//! assert_eq!(cache.get("price", b"ETH")?, None);
+//! cache.close()?;
+//! # Ok::<(), embercache::Error>(())
+//! ```
+//!
+//! ## Memory
+//!
+//! The hot tier charges each entry `key.len() + value.len() + ENTRY_OVERHEAD`
+//! bytes ([`ENTRY_OVERHEAD`] = 160: slab slot, table slot, queue token,
+//! ghost slot and allocator headers) and never holds more than its
+//! capacity. Writes not yet committed are held once more until their
+//! commit (bounded by `Limits::queue_capacity`).
+//!
+//! ## Durability
+//!
+//! See [`Durability`] and docs/DURABILITY.md: `Buffered` (default) loses at
+//! most the last `max_delay` of writes on a crash; `Sync` and durable
+//! writes return after their fsync; `flush()` makes everything before it
+//! durable; dropping the cache commits everything accepted.
+
+mod cache;
+mod clock;
+mod config;
+mod engine;
+mod error;
+mod hot;
+mod metrics;
+mod namespace;
+mod stats;
+mod store;
+
+pub use cache::{Cache, CacheBuilder, Ttl, WriteOptions};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Durability, Limits, NamespacePolicy};
+pub use error::{Error, OpenError, ReadError, RecordError, WriteError};
+pub use hot::{ENTRY_OVERHEAD, charge_of};
+pub use stats::{NamespaceStats, Stats};
+pub use store::open::DB_FILE;
+
+/// The record codec, public for `embercache verify`, the fuzzers and tools
+/// that read the database file directly.
+pub mod record {
+    pub use crate::store::record::{
+        Compression, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
+    };
+}

@@ -1,0 +1,154 @@
+//! Counters and the [`Stats`] snapshot returned by `Cache::stats()`.
+//!
+//! Counters are relaxed atomics bumped on the hot path; `stats()` reads
+//! them into plain structs. `metrics_text()` (src/metrics.rs) renders the
+//! same numbers in the Prometheus text format.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[derive(Default)]
+pub(crate) struct NsCounters {
+    pub hot_hits: AtomicU64,
+    pub warm_hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub sets: AtomicU64,
+    pub deletes: AtomicU64,
+    pub hot_evictions: AtomicU64,
+    pub warm_evictions: AtomicU64,
+    pub expirations: AtomicU64,
+    pub invalidations: AtomicU64,
+    /// Value bytes before compression / record payload bytes after, summed
+    /// over every write: their ratio is the compression ratio.
+    pub raw_bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct EngineCounters {
+    pub commits: AtomicU64,
+    pub committed_ops: AtomicU64,
+    pub commit_micros_total: AtomicU64,
+    pub commit_micros_max: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub corrupt_reads: AtomicU64,
+    pub records: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub warmup_total: AtomicU64,
+    pub warmup_loaded: AtomicU64,
+    pub warmup_done: AtomicU64,
+}
+
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+pub(crate) fn get(c: &AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+/// Counters of one namespace.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct NamespaceStats {
+    pub name: String,
+    pub epoch: u64,
+    /// Gets answered by the hot tier.
+    pub hot_hits: u64,
+    /// Gets answered by the warm tier (redb) or the write queue.
+    pub warm_hits: u64,
+    /// Gets that found nothing (absent, expired, or of an old epoch).
+    pub misses: u64,
+    pub sets: u64,
+    pub deletes: u64,
+    /// Entries pushed out of the hot tier (still on disk).
+    pub hot_evictions: u64,
+    /// Entries dropped from disk to respect the warm-tier byte bound.
+    pub warm_evictions: u64,
+    /// Expired entries removed (hot tier and disk sweeper).
+    pub expirations: u64,
+    /// `invalidate_namespace` calls.
+    pub invalidations: u64,
+    /// Value bytes written before compression.
+    pub raw_bytes_written: u64,
+    /// Payload bytes written after compression.
+    pub stored_bytes_written: u64,
+}
+
+impl NamespaceStats {
+    /// Hits over gets, in [0, 1]; 0 when there was no get.
+    pub fn hit_rate(&self) -> f64 {
+        let gets = self.hot_hits + self.warm_hits + self.misses;
+        if gets == 0 {
+            0.0
+        } else {
+            (self.hot_hits + self.warm_hits) as f64 / gets as f64
+        }
+    }
+    /// Raw over stored bytes of everything written (1.0 when nothing was).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.stored_bytes_written == 0 {
+            1.0
+        } else {
+            self.raw_bytes_written as f64 / self.stored_bytes_written as f64
+        }
+    }
+}
+
+/// A point-in-time copy of every counter. Cheap to take.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    pub namespaces: Vec<NamespaceStats>,
+    /// Bytes charged in the hot tier (see the memory formula in the crate docs).
+    pub hot_bytes: u64,
+    pub hot_capacity: u64,
+    pub hot_entries: u64,
+    /// Records in the warm tier and their bytes (keys + records).
+    pub disk_records: u64,
+    pub disk_bytes: u64,
+    pub disk_capacity: u64,
+    /// Size of the redb file (0 in memory-only mode).
+    pub file_bytes: u64,
+    /// Writes waiting for the writer thread.
+    pub queue_depth: u64,
+    pub commits: u64,
+    pub committed_ops: u64,
+    pub commit_latency_avg: Duration,
+    pub commit_latency_max: Duration,
+    /// Failed commits (disk full, I/O errors); the writer retries.
+    pub write_errors: u64,
+    pub last_write_error: Option<String>,
+    /// Records that failed their checksum or decoding on read.
+    pub corrupt_reads: u64,
+    /// Set when open found a damaged file and moved it aside.
+    pub moved_aside: Option<String>,
+    /// Hot-set warm-up after open: keys loaded / keys in the snapshot.
+    pub warmup_loaded: u64,
+    pub warmup_total: u64,
+    pub warmup_done: bool,
+}
+
+impl Stats {
+    /// Totals over all namespaces.
+    pub fn total(&self) -> NamespaceStats {
+        let mut t = NamespaceStats {
+            name: "*".into(),
+            ..Default::default()
+        };
+        for n in &self.namespaces {
+            t.hot_hits += n.hot_hits;
+            t.warm_hits += n.warm_hits;
+            t.misses += n.misses;
+            t.sets += n.sets;
+            t.deletes += n.deletes;
+            t.hot_evictions += n.hot_evictions;
+            t.warm_evictions += n.warm_evictions;
+            t.expirations += n.expirations;
+            t.invalidations += n.invalidations;
+            t.raw_bytes_written += n.raw_bytes_written;
+            t.stored_bytes_written += n.stored_bytes_written;
+        }
+        t
+    }
+}

@@ -1,0 +1,8 @@
+//! The warm tier: redb tables, the record codec, pending writes, the
+//! background writer, and opening/recovery.
+
+pub(crate) mod open;
+pub(crate) mod pending;
+pub mod record;
+pub(crate) mod tables;
+pub(crate) mod writer;

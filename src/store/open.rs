@@ -1,0 +1,213 @@
+//! Opening the redb file: locking, repair, moving a damaged file aside,
+//! creating tables and loading the meta state.
+
+use super::tables::*;
+use crate::error::{OpenError, storage};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError};
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+/// The file name inside the data directory.
+pub const DB_FILE: &str = "embercache.redb";
+
+/// What open read from the meta table.
+#[derive(Debug, Default)]
+pub(crate) struct MetaState {
+    pub version_hw: u64,
+    pub engine_time: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub epochs: HashMap<String, u64>,
+    /// id → (namespace, dictionary bytes)
+    pub dicts: HashMap<u32, (String, Vec<u8>)>,
+    /// namespace → current dictionary id
+    pub dict_current: HashMap<String, u32>,
+}
+
+pub(crate) struct Opened {
+    pub db: Database,
+    pub meta: MetaState,
+    pub moved_aside: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// How an open attempt failed.
+enum Failure {
+    /// Not the file's fault: report as is.
+    Fatal(OpenError),
+    /// The file is damaged: move aside (or fail in strict mode).
+    Damaged(String),
+}
+
+fn classify(e: DatabaseError, dir: &Path) -> Failure {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            Failure::Fatal(OpenError::AlreadyOpen {
+                dir: dir.to_path_buf(),
+            })
+        }
+        DatabaseError::Storage(StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            Failure::Fatal(OpenError::Io {
+                dir: dir.to_path_buf(),
+                source: io,
+            })
+        }
+        other => Failure::Damaged(other.to_string()),
+    }
+}
+
+/// Opens (or creates) the database in `dir`, or an in-memory one.
+pub(crate) fn open(dir: Option<&Path>, strict: bool) -> Result<Opened, OpenError> {
+    let Some(dir) = dir else {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| OpenError::Storage(storage(e)))?;
+        let meta = init(&db).map_err(|e| OpenError::Storage(storage(e)))?;
+        return Ok(Opened {
+            db,
+            meta,
+            moved_aside: None,
+            file: None,
+        });
+    };
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let file = dir.join(DB_FILE);
+    match try_open(&file, dir) {
+        Ok((db, meta)) => Ok(Opened {
+            db,
+            meta,
+            moved_aside: None,
+            file: Some(file),
+        }),
+        Err(Failure::Fatal(e)) => Err(e),
+        Err(Failure::Damaged(reason)) if strict => Err(OpenError::Corrupt { file, reason }),
+        Err(Failure::Damaged(reason)) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let aside = dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
+            std::fs::rename(&file, &aside).map_err(|source| OpenError::Io {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+            let note = format!("{} moved to {} ({reason})", file.display(), aside.display());
+            tracing::error!(
+                file = %file.display(),
+                moved_to = %aside.display(),
+                %reason,
+                "database file is damaged; moved aside, starting empty"
+            );
+            match try_open(&file, dir) {
+                Ok((db, meta)) => Ok(Opened {
+                    db,
+                    meta,
+                    moved_aside: Some(note),
+                    file: Some(file),
+                }),
+                Err(Failure::Fatal(e)) => Err(e),
+                Err(Failure::Damaged(reason)) => Err(OpenError::Corrupt { file, reason }),
+            }
+        }
+    }
+}
+
+fn try_open(file: &Path, dir: &Path) -> Result<(Database, MetaState), Failure> {
+    // redb may panic on some damaged files; a damaged cache file must never
+    // take the process down.
+    let db = match catch_unwind(AssertUnwindSafe(|| Database::builder().create(file))) {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => return Err(classify(e, dir)),
+        Err(_) => return Err(Failure::Damaged("redb panicked while opening".into())),
+    };
+    match catch_unwind(AssertUnwindSafe(|| init(&db))) {
+        Ok(Ok(meta)) => {
+            if let Some(found) = meta_format(&db)
+                && found > FORMAT
+            {
+                return Err(Failure::Fatal(OpenError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT,
+                }));
+            }
+            Ok((db, meta))
+        }
+        Ok(Err(e)) => Err(Failure::Damaged(e.to_string())),
+        Err(_) => Err(Failure::Damaged(
+            "redb panicked while reading tables".into(),
+        )),
+    }
+}
+
+fn meta_format(db: &Database) -> Option<u32> {
+    let r = db.begin_read().ok()?;
+    let t = r.open_table(META).ok()?;
+    let v = t.get(META_FORMAT).ok()??;
+    u32_from(v.value())
+}
+
+/// Creates the tables if missing and loads the meta state.
+fn init(db: &Database) -> Result<MetaState, redb::Error> {
+    let w = db.begin_write()?;
+    {
+        w.open_table(ENTRIES)?;
+        w.open_table(EXPIRY)?;
+        let mut meta = w.open_table(META)?;
+        if meta.get(META_FORMAT)?.is_none() {
+            meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;
+        }
+    }
+    w.commit()?;
+    let r = db.begin_read()?;
+    let meta = r.open_table(META)?;
+    let num = |k: &str| -> Result<u64, redb::Error> {
+        Ok(meta.get(k)?.and_then(|v| u64_from(v.value())).unwrap_or(0))
+    };
+    let mut st = MetaState {
+        version_hw: num(META_VERSION_HW)?,
+        engine_time: num(META_TIME)?,
+        records: num(META_RECORDS)?,
+        bytes: num(META_BYTES)?,
+        ..Default::default()
+    };
+    for item in meta.range(META_EPOCH_PREFIX..)? {
+        let (k, v) = item?;
+        let Some(ns) = k.value().strip_prefix(META_EPOCH_PREFIX) else {
+            break;
+        };
+        if let Some(e) = u64_from(v.value()) {
+            st.epochs.insert(ns.to_string(), e);
+        }
+    }
+    for item in meta.range(META_DICT_PREFIX..)? {
+        let (k, v) = item?;
+        let Some(id) = k.value().strip_prefix(META_DICT_PREFIX) else {
+            break;
+        };
+        if let (Ok(id), Ok(d)) = (
+            id.parse::<u32>(),
+            postcard::from_bytes::<(String, Vec<u8>)>(v.value()),
+        ) {
+            st.dicts.insert(id, d);
+        }
+    }
+    for item in meta.range(META_DICT_CURRENT_PREFIX..)? {
+        let (k, v) = item?;
+        let Some(ns) = k.value().strip_prefix(META_DICT_CURRENT_PREFIX) else {
+            break;
+        };
+        if let Some(id) = u32_from(v.value()) {
+            st.dict_current.insert(ns.to_string(), id);
+        }
+    }
+    Ok(st)
+}

@@ -1,0 +1,328 @@
+//! The on-disk record: a fixed 40-byte little-endian header and a payload.
+//!
+//! ```text
+//! offset size field
+//!      0    1 format version (1)
+//!      1    1 compression tag: 0 raw, 1 zstd, 2 zstd with dictionary
+//!      2    2 reserved, zero
+//!      4    4 dictionary id (0 = none)
+//!      8    8 expires_at, unix ms in engine time (u64::MAX = never)
+//!     16    8 version: per-key write version, only grows
+//!     24    8 namespace epoch the value was written under
+//!     32    4 raw_len: length of the value after decompression
+//!     36    4 CRC-32 (IEEE) of bytes 0..36 followed by the payload
+//!     40    - payload
+//! ```
+//!
+//! redb checksums pages only when it repairs; normal reads are not checked.
+//! So every decode here verifies the CRC, bounds `raw_len` by the maximum
+//! value size before allocating, and asks zstd for at most `raw_len` bytes:
+//! a corrupt record or a decompression bomb is a [`RecordError`], never a
+//! panic or an out-of-memory.
+
+use crate::error::RecordError;
+use std::cell::RefCell;
+use std::sync::Arc;
+use zstd::dict::{DecoderDictionary, EncoderDictionary};
+
+pub const FORMAT_VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 40;
+
+/// How the payload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Raw = 0,
+    Zstd = 1,
+    ZstdDict = 2,
+}
+
+/// The decoded header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub compression: Compression,
+    pub dict_id: u32,
+    pub expires_at: u64,
+    pub version: u64,
+    pub epoch: u64,
+    pub raw_len: u32,
+}
+
+/// What the encoder should do with the payload.
+pub struct Encoding<'a> {
+    /// zstd level; `None` stores raw.
+    pub level: Option<i32>,
+    /// Values shorter than this are stored raw.
+    pub threshold: usize,
+    /// A prepared dictionary and its id.
+    pub dict: Option<(u32, &'a EncoderDictionary<'static>)>,
+}
+
+thread_local! {
+    static CCTX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Largest zstd window a decoder accepts (2^27 = 128 MiB is zstd's own
+/// default limit; we go lower since values are bounded anyway).
+const WINDOW_LOG_MAX: u32 = 27;
+
+fn compress(data: &[u8], level: i32, dict: Option<&EncoderDictionary<'static>>) -> Option<Vec<u8>> {
+    match dict {
+        // A context per call: a prepared dictionary borrows into it.
+        Some(d) => zstd::bulk::Compressor::with_prepared_dictionary(d)
+            .and_then(|mut c| c.compress(data))
+            .ok(),
+        None => CCTX.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = zstd::bulk::Compressor::new(level).ok();
+            }
+            let c = c.as_mut()?;
+            c.set_compression_level(level).ok()?;
+            c.compress(data).ok()
+        }),
+    }
+}
+
+/// A value compressed (or not) but not yet given its header: compression
+/// is the costly part and runs before the caller takes any lock.
+pub struct Prepared {
+    tag: Compression,
+    dict_id: u32,
+    raw_len: u32,
+    payload: Vec<u8>,
+}
+
+impl Prepared {
+    /// Compresses `value` as `enc` says; falls back to raw when it does not pay.
+    pub fn new(value: &[u8], enc: &Encoding<'_>) -> Self {
+        if let Some(level) = enc.level
+            && value.len() >= enc.threshold
+            && let Some(c) = compress(value, level, enc.dict.map(|(_, d)| d))
+            && c.len() < value.len()
+        {
+            let (tag, dict_id) = match enc.dict {
+                Some((id, _)) => (Compression::ZstdDict, id),
+                None => (Compression::Zstd, 0),
+            };
+            return Prepared {
+                tag,
+                dict_id,
+                raw_len: value.len() as u32,
+                payload: c,
+            };
+        }
+        Prepared {
+            tag: Compression::Raw,
+            dict_id: 0,
+            raw_len: value.len() as u32,
+            payload: value.to_vec(),
+        }
+    }
+
+    /// Payload bytes (after compression).
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// Builds the full record: header, checksum, payload.
+    pub fn finish(&self, expires_at: u64, version: u64, epoch: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.push(FORMAT_VERSION);
+        out.push(self.tag as u8);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.dict_id.to_le_bytes());
+        out.extend_from_slice(&expires_at.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&epoch.to_le_bytes());
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        let crc = checksum(&out[..36], &self.payload);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+/// Encodes a record in one step.
+pub fn encode(
+    value: &[u8],
+    expires_at: u64,
+    version: u64,
+    epoch: u64,
+    enc: &Encoding<'_>,
+) -> Vec<u8> {
+    Prepared::new(value, enc).finish(expires_at, version, epoch)
+}
+
+fn checksum(head: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(head);
+    h.update(payload);
+    h.finalize()
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Parses the header without checking the payload. The writer uses this to
+/// find the old version and expiry of a record it replaces.
+pub fn decode_header(rec: &[u8]) -> Result<Header, RecordError> {
+    if rec.len() < HEADER_LEN {
+        return Err(RecordError::Truncated {
+            len: rec.len(),
+            header: HEADER_LEN,
+        });
+    }
+    if rec[0] != FORMAT_VERSION {
+        return Err(RecordError::UnknownFormat(rec[0]));
+    }
+    let compression = match rec[1] {
+        0 => Compression::Raw,
+        1 => Compression::Zstd,
+        2 => Compression::ZstdDict,
+        t => return Err(RecordError::UnknownCompression(t)),
+    };
+    Ok(Header {
+        compression,
+        dict_id: u32_at(rec, 4),
+        expires_at: u64_at(rec, 8),
+        version: u64_at(rec, 16),
+        epoch: u64_at(rec, 24),
+        raw_len: u32_at(rec, 32),
+    })
+}
+
+/// Fully decodes and verifies a record, returning the header and the value.
+/// Never allocates more than `max_value_len` for the value.
+pub fn decode(
+    rec: &[u8],
+    max_value_len: usize,
+    dict: &dyn Fn(u32) -> Option<Arc<DecoderDictionary<'static>>>,
+) -> Result<(Header, Vec<u8>), RecordError> {
+    let h = decode_header(rec)?;
+    let stored = u32_at(rec, 36);
+    let payload = &rec[HEADER_LEN..];
+    let computed = checksum(&rec[..36], payload);
+    if stored != computed {
+        return Err(RecordError::ChecksumMismatch { stored, computed });
+    }
+    let raw_len = h.raw_len as usize;
+    if raw_len > max_value_len {
+        return Err(RecordError::TooLarge {
+            len: raw_len,
+            max: max_value_len,
+        });
+    }
+    let value = match h.compression {
+        Compression::Raw => payload.to_vec(),
+        Compression::Zstd => DCTX.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                let mut dec = zstd::bulk::Decompressor::new()
+                    .map_err(|e| RecordError::Decompress(e.to_string()))?;
+                dec.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+                    .map_err(|e| RecordError::Decompress(e.to_string()))?;
+                *d = Some(dec);
+            }
+            let dec = d.as_mut().expect("just set");
+            dec.decompress(payload, raw_len)
+                .map_err(|e| RecordError::Decompress(e.to_string()))
+        })?,
+        Compression::ZstdDict => {
+            let dd = dict(h.dict_id).ok_or(RecordError::MissingDictionary(h.dict_id))?;
+            let mut dec = zstd::bulk::Decompressor::with_prepared_dictionary(&dd)
+                .map_err(|e| RecordError::Decompress(e.to_string()))?;
+            dec.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
+                .map_err(|e| RecordError::Decompress(e.to_string()))?;
+            dec.decompress(payload, raw_len)
+                .map_err(|e| RecordError::Decompress(e.to_string()))?
+        }
+    };
+    if value.len() != raw_len {
+        return Err(RecordError::LengthMismatch {
+            declared: raw_len,
+            actual: value.len(),
+        });
+    }
+    Ok((h, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_dict(_: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+        None
+    }
+
+    fn enc(level: Option<i32>) -> Encoding<'static> {
+        Encoding {
+            level,
+            threshold: 16,
+            dict: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_raw_and_compressed() {
+        let v = br#"{"market":"will-it-rain","price":0.42,"spread":0.01}"#.repeat(20);
+        for level in [None, Some(1), Some(3)] {
+            let r = encode(&v, 77, 5, 2, &enc(level));
+            let (h, out) = decode(&r, 1 << 20, &no_dict).unwrap();
+            assert_eq!(out, v);
+            assert_eq!((h.expires_at, h.version, h.epoch), (77, 5, 2));
+            assert_eq!(h.compression == Compression::Zstd, level.is_some());
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_is_detected() {
+        let v = b"hello world, hello world, hello world".repeat(4);
+        let r = encode(&v, 1, 2, 3, &enc(Some(3)));
+        for i in 0..r.len() {
+            for bit in 0..8 {
+                let mut bad = r.clone();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    decode(&bad, 1 << 20, &no_dict).is_err(),
+                    "flip at byte {i} bit {bit} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_oversized_are_errors() {
+        let r = encode(b"abc", 1, 2, 3, &enc(None));
+        for n in 0..r.len() {
+            assert!(decode(&r[..n], 1 << 20, &no_dict).is_err());
+        }
+        let big = encode(&vec![7u8; 1000], 1, 2, 3, &enc(Some(3)));
+        assert!(matches!(
+            decode(&big, 100, &no_dict),
+            Err(RecordError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn zstd_bomb_is_refused_without_allocating_it() {
+        // 64 MiB of zeros compresses to a few KiB; the header lies that the
+        // value is 10 bytes.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        let mut rec = encode(b"0123456789", u64::MAX, 1, 0, &enc(None));
+        rec.truncate(HEADER_LEN);
+        rec[1] = Compression::Zstd as u8;
+        rec.extend_from_slice(&bomb);
+        let crc = checksum(&rec[..36], &rec[HEADER_LEN..]);
+        rec[36..40].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode(&rec, 1 << 20, &no_dict),
+            Err(RecordError::Decompress(_))
+        ));
+    }
+}

@@ -1,0 +1,51 @@
+//! redb table definitions. docs/ARCHITECTURE.md describes each.
+
+use redb::TableDefinition;
+
+/// (namespace, key) → record (see `record.rs`).
+pub(crate) const ENTRIES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("entries");
+
+/// (expires_at, version) → (namespace, key). Ordered by expiry, then by
+/// write order; entries without a TTL sit at `expires_at = u64::MAX`. The
+/// sweeper walks it from the start up to "now"; the disk bound walks it from
+/// the start too, so it drops what expires soonest, then what was written
+/// longest ago. The version makes every key unique.
+pub(crate) const EXPIRY: TableDefinition<(u64, u64), (&str, &[u8])> =
+    TableDefinition::new("expiry");
+
+/// Named values: see the `meta` constants below.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+// Reserved table names for later issues, not created yet: "outbox" (Redis
+// mirror, written in the same transaction as the local write) and
+// "loader_meta" (refresh timestamps, learned TTLs, breaker state).
+
+/// u32 LE: the database format version.
+pub(crate) const META_FORMAT: &str = "format_version";
+/// u64 LE: every version handed out so far is below this.
+pub(crate) const META_VERSION_HW: &str = "version_high_water";
+/// u64 LE: engine time at the last commit (restart floor, see clock.rs).
+pub(crate) const META_TIME: &str = "engine_time";
+/// u64 LE: number of records in ENTRIES.
+pub(crate) const META_RECORDS: &str = "records";
+/// u64 LE: key + record bytes in ENTRIES (the warm-tier byte bound).
+pub(crate) const META_BYTES: &str = "bytes";
+/// postcard `Vec<(String, Vec<u8>)>`: hot keys, hottest first.
+pub(crate) const META_HOT_SNAPSHOT: &str = "hot_snapshot";
+/// Prefix of `epoch/<namespace>` → u64 LE.
+pub(crate) const META_EPOCH_PREFIX: &str = "epoch/";
+/// Prefix of `dict/<id as 10 digits>` → postcard `(namespace, dictionary bytes)`.
+pub(crate) const META_DICT_PREFIX: &str = "dict/";
+/// Prefix of `dict_current/<namespace>` → u32 LE: the dictionary new writes use.
+pub(crate) const META_DICT_CURRENT_PREFIX: &str = "dict_current/";
+
+/// The database format this build writes.
+pub(crate) const FORMAT: u32 = 1;
+
+pub(crate) fn u64_from(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+pub(crate) fn u32_from(b: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(b.try_into().ok()?))
+}

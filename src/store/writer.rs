@@ -1,0 +1,604 @@
+//! The background writer: one thread, one redb write transaction per group
+//! of writes (group commit), plus the maintenance work that needs a write
+//! transaction (expiry sweep, disk bound, epoch purge, hot-set snapshot).
+//!
+//! Every commit is `Durability::Immediate` (fsynced). `Buffered` mode waits
+//! up to `max_delay` to fill a group; a write that someone waits for (Sync
+//! mode, a durable write, `flush`, `close`) ends the gathering at once.
+//! While one commit is being fsynced, new writes pile up in the channel and
+//! form the next group: concurrent `Sync` writers share commits.
+
+use super::record::decode_header;
+use super::tables::*;
+use crate::engine::Shared;
+use crate::error::{WriteError, storage};
+use crate::namespace::Namespace;
+use crate::stats::add;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redb::{ReadableTable, Table};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Where a waiting caller gets its answer.
+pub(crate) type Done = Sender<Result<(), WriteError>>;
+
+/// One request to the writer thread.
+pub(crate) enum Op {
+    Put {
+        ns: Arc<Namespace>,
+        hash: u64,
+        key: Box<[u8]>,
+        record: Vec<u8>,
+        version: u64,
+        expires_at: u64,
+        done: Option<Done>,
+    },
+    Delete {
+        ns: Arc<Namespace>,
+        hash: u64,
+        key: Box<[u8]>,
+        version: u64,
+        done: Option<Done>,
+    },
+    Epoch {
+        ns: Arc<Namespace>,
+        epoch: u64,
+        done: Option<Done>,
+    },
+    /// Persist a trained dictionary and make it the namespace's current one.
+    Dict {
+        ns: Arc<Namespace>,
+        id: u32,
+        bytes: Vec<u8>,
+        done: Option<Done>,
+    },
+    Flush(Done),
+    /// Run the maintenance pass now (sweep, disk bound, purge, snapshot).
+    Maintain(Done),
+    Close(Done),
+}
+
+impl Op {
+    fn done(&mut self) -> Option<Done> {
+        match self {
+            Op::Put { done, .. }
+            | Op::Delete { done, .. }
+            | Op::Epoch { done, .. }
+            | Op::Dict { done, .. } => done.take(),
+            Op::Flush(d) | Op::Maintain(d) | Op::Close(d) => Some(d.clone()),
+        }
+    }
+
+    fn urgent(&self) -> bool {
+        match self {
+            Op::Put { done, .. }
+            | Op::Delete { done, .. }
+            | Op::Epoch { done, .. }
+            | Op::Dict { done, .. } => done.is_some(),
+            Op::Flush(_) | Op::Maintain(_) | Op::Close(_) => true,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put { record, key, .. } => record.len() + key.len(),
+            Op::Dict { bytes, .. } => bytes.len(),
+            _ => 64,
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<Op>,
+    /// Writes of a failed commit, retried with the next group.
+    carry: Vec<Op>,
+    backoff: Duration,
+    last_maintenance: Instant,
+    last_snapshot: Instant,
+    /// Namespaces that may hold records of an old epoch → resume key.
+    purge: BTreeMap<String, Vec<u8>>,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Op>, purge: Vec<String>) -> Self {
+        Writer {
+            shared,
+            rx,
+            carry: Vec::new(),
+            backoff: Duration::ZERO,
+            last_maintenance: Instant::now(),
+            last_snapshot: Instant::now(),
+            purge: purge.into_iter().map(|n| (n, Vec::new())).collect(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let limits = self.shared.limits.clone();
+        loop {
+            let mut group = std::mem::take(&mut self.carry);
+            if group.is_empty() {
+                let wait = limits
+                    .maintenance_interval
+                    .saturating_sub(self.last_maintenance.elapsed());
+                match self.rx.recv_timeout(wait) {
+                    Ok(op) => group.push(op),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.maintain();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            self.gather(&mut group);
+            let closing = group.iter().any(|o| matches!(o, Op::Close(_)));
+            let maintain = group.iter().any(|o| matches!(o, Op::Maintain(_)));
+            let result = self.commit_group(&mut group);
+            match result {
+                Ok(()) => {
+                    self.backoff = Duration::ZERO;
+                    if maintain || self.last_maintenance.elapsed() >= limits.maintenance_interval {
+                        self.maintain();
+                    }
+                    if closing {
+                        let snap = self.write_snapshot();
+                        reply_all(&mut group, snap.map_err(WriteError::Storage));
+                        return;
+                    }
+                    reply_all(&mut group, Ok(()));
+                }
+                Err(e) => {
+                    let err = WriteError::Storage(e.clone());
+                    add(&self.shared.counters.write_errors, 1);
+                    *self.shared.last_error.lock() = Some(e.to_string());
+                    tracing::error!(error = %e, ops = group.len(), "commit failed; will retry");
+                    reply_all(&mut group, Err(err));
+                    if closing {
+                        // Close gives up after the failed attempt: the
+                        // caller was told, and the writes were never
+                        // acknowledged durable.
+                        return;
+                    }
+                    group.retain(|o| {
+                        matches!(
+                            o,
+                            Op::Put { .. } | Op::Delete { .. } | Op::Epoch { .. } | Op::Dict { .. }
+                        )
+                    });
+                    self.carry = group;
+                    self.backoff =
+                        (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(2));
+                    std::thread::sleep(self.backoff);
+                }
+            }
+        }
+    }
+
+    /// Adds queued writes to `group` until it is full, or urgent and the
+    /// queue is empty, or the buffering delay is over.
+    fn gather(&self, group: &mut Vec<Op>) {
+        let limits = &self.shared.limits;
+        let mut bytes: usize = group.iter().map(Op::bytes).sum();
+        let mut urgent = group.iter().any(Op::urgent);
+        let deadline = Instant::now() + self.shared.max_delay();
+        while group.len() < limits.group_max_ops && bytes < limits.group_max_bytes {
+            let next = if urgent {
+                self.rx.try_recv().ok()
+            } else {
+                self.rx.recv_deadline(deadline).ok()
+            };
+            let Some(op) = next else { break };
+            urgent |= op.urgent();
+            bytes += op.bytes();
+            let stop = matches!(op, Op::Close(_));
+            group.push(op);
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Applies a group in one transaction and commits it with fsync.
+    fn commit_group(&mut self, group: &mut [Op]) -> Result<(), Arc<redb::Error>> {
+        let sh = self.shared.clone();
+        let start = Instant::now();
+        let txn = sh.db.begin_write().map_err(storage)?;
+        let mut delta = Delta::default();
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            for op in group.iter() {
+                match op {
+                    Op::Put {
+                        ns,
+                        key,
+                        record,
+                        version,
+                        expires_at,
+                        ..
+                    } => {
+                        if !remove_older(
+                            &mut entries,
+                            &mut expiry,
+                            &ns.name,
+                            key,
+                            *version,
+                            &mut delta,
+                        )? {
+                            continue;
+                        }
+                        entries
+                            .insert((&*ns.name, &**key), record.as_slice())
+                            .map_err(storage)?;
+                        expiry
+                            .insert((*expires_at, *version), (&*ns.name, &**key))
+                            .map_err(storage)?;
+                        delta.add(key.len() + record.len());
+                    }
+                    Op::Delete {
+                        ns, key, version, ..
+                    } => {
+                        remove_older(
+                            &mut entries,
+                            &mut expiry,
+                            &ns.name,
+                            key,
+                            *version,
+                            &mut delta,
+                        )?;
+                    }
+                    Op::Epoch { ns, epoch, .. } => {
+                        let k = format!("{META_EPOCH_PREFIX}{}", ns.name);
+                        meta.insert(k.as_str(), epoch.to_le_bytes().as_slice())
+                            .map_err(storage)?;
+                    }
+                    Op::Dict { ns, id, bytes, .. } => {
+                        let d = postcard::to_allocvec(&(&*ns.name, bytes.as_slice()))
+                            .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
+                        let k = format!("{META_DICT_PREFIX}{id:010}");
+                        meta.insert(k.as_str(), d.as_slice()).map_err(storage)?;
+                        let k = format!("{META_DICT_CURRENT_PREFIX}{}", ns.name);
+                        meta.insert(k.as_str(), id.to_le_bytes().as_slice())
+                            .map_err(storage)?;
+                    }
+                    Op::Flush(_) | Op::Maintain(_) | Op::Close(_) => {}
+                }
+            }
+            self.write_counters(&mut meta, &delta)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.after_commit(&delta, start, group.len());
+        for op in group.iter() {
+            match op {
+                Op::Put {
+                    ns,
+                    hash,
+                    key,
+                    version,
+                    ..
+                }
+                | Op::Delete {
+                    ns,
+                    hash,
+                    key,
+                    version,
+                    ..
+                } => {
+                    sh.pending
+                        .lock(*hash)
+                        .remove_if(*hash, ns.id, key, *version);
+                }
+                Op::Epoch { ns, .. } => {
+                    self.purge.insert(ns.name.to_string(), Vec::new());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the record and byte counts, the version high-water mark and
+    /// the engine time, in the same transaction as the data.
+    fn write_counters(
+        &self,
+        meta: &mut Table<&str, &[u8]>,
+        d: &Delta,
+    ) -> Result<(), Arc<redb::Error>> {
+        let c = &self.shared.counters;
+        let records = apply(c.records.load(Ordering::Relaxed), d.records);
+        let bytes = apply(c.disk_bytes.load(Ordering::Relaxed), d.bytes);
+        let hw = self.shared.next_version.load(Ordering::SeqCst);
+        let now = self.shared.time.now_ms();
+        for (k, v) in [
+            (META_RECORDS, records),
+            (META_BYTES, bytes),
+            (META_VERSION_HW, hw),
+            (META_TIME, now),
+        ] {
+            meta.insert(k, v.to_le_bytes().as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    fn after_commit(&self, d: &Delta, start: Instant, ops: usize) {
+        let c = &self.shared.counters;
+        c.records.store(
+            apply(c.records.load(Ordering::Relaxed), d.records),
+            Ordering::Relaxed,
+        );
+        c.disk_bytes.store(
+            apply(c.disk_bytes.load(Ordering::Relaxed), d.bytes),
+            Ordering::Relaxed,
+        );
+        let us = start.elapsed().as_micros() as u64;
+        add(&c.commits, 1);
+        add(&c.committed_ops, ops as u64);
+        add(&c.commit_micros_total, us);
+        c.commit_micros_max.fetch_max(us, Ordering::Relaxed);
+        self.shared.commit_latency.observe(us as f64 / 1e6);
+        // Bumped after the commit is visible and before pending entries go:
+        // a reader that started before this commit will not fill the hot
+        // tier from its older snapshot.
+        self.shared.commit_seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Sweep, disk bound, epoch purge and (when due) the hot-set snapshot.
+    /// Errors are logged and counted; the next pass retries.
+    fn maintain(&mut self) {
+        self.last_maintenance = Instant::now();
+        if let Err(e) = self.sweep_expired() {
+            tracing::warn!(error = %e, "expiry sweep failed");
+        }
+        if let Err(e) = self.enforce_disk_bound() {
+            tracing::warn!(error = %e, "disk bound enforcement failed");
+        }
+        if let Err(e) = self.purge_old_epochs() {
+            tracing::warn!(error = %e, "epoch purge failed");
+        }
+        if self.last_snapshot.elapsed() >= self.shared.limits.snapshot_interval
+            && let Err(e) = self.write_snapshot()
+        {
+            tracing::warn!(error = %e, "hot-set snapshot failed");
+        }
+    }
+
+    /// Deletes entries whose expiry has passed, `sweep_batch` per
+    /// transaction, until none is left.
+    fn sweep_expired(&mut self) -> Result<(), Arc<redb::Error>> {
+        let now = self.shared.time.now_ms();
+        loop {
+            let n = self.drop_from_index(Some(now), usize::MAX)?;
+            if n < self.shared.limits.sweep_batch {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops what expires soonest (then what was written longest ago) until
+    /// the warm tier is back under 90 % of its byte bound.
+    fn enforce_disk_bound(&mut self) -> Result<(), Arc<redb::Error>> {
+        let cap = self.shared.warm_capacity;
+        while self.shared.counters.disk_bytes.load(Ordering::Relaxed) > cap {
+            let target = cap / 10 * 9;
+            let over = self.shared.counters.disk_bytes.load(Ordering::Relaxed) - target;
+            if self.drop_from_index(None, over as usize)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks the expiry index from its start and deletes entries: those
+    /// expired by `expired_by` (sweep), or any until `free_bytes` are freed
+    /// (disk bound). One transaction, at most `sweep_batch` entries.
+    fn drop_from_index(
+        &mut self,
+        expired_by: Option<u64>,
+        free_bytes: usize,
+    ) -> Result<usize, Arc<redb::Error>> {
+        let sh = self.shared.clone();
+        let batch = sh.limits.sweep_batch;
+        let txn = sh.db.begin_write().map_err(storage)?;
+        let mut delta = Delta::default();
+        let mut dropped = 0;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            let upper = expired_by.unwrap_or(u64::MAX);
+            let victims: Vec<((u64, u64), (String, Vec<u8>))> = expiry
+                .range((0u64, 0u64)..=(upper, u64::MAX))
+                .map_err(storage)?
+                .take(batch)
+                .map(|r| {
+                    r.map(|(k, v)| {
+                        let (ns, key) = v.value();
+                        (k.value(), (ns.to_string(), key.to_vec()))
+                    })
+                })
+                .collect::<Result<_, _>>()
+                .map_err(storage)?;
+            let mut freed = 0usize;
+            for ((exp, ver), (ns, key)) in victims {
+                if expired_by.is_some() && exp == u64::MAX {
+                    break;
+                }
+                if expired_by.is_none() && freed >= free_bytes {
+                    break;
+                }
+                expiry.remove((exp, ver)).map_err(storage)?;
+                let old = entries
+                    .get((ns.as_str(), key.as_slice()))
+                    .map_err(storage)?
+                    .map(|v| (decode_header(v.value()).ok(), v.value().len()));
+                if let Some((Some(h), len)) = old
+                    && h.version == ver
+                {
+                    entries
+                        .remove((ns.as_str(), key.as_slice()))
+                        .map_err(storage)?;
+                    delta.remove(key.len() + len);
+                    freed += key.len() + len;
+                    if let Ok(n) = sh.ns.get(&ns) {
+                        let c = if expired_by.is_some() {
+                            &n.counters.expirations
+                        } else {
+                            &n.counters.warm_evictions
+                        };
+                        add(c, 1);
+                    }
+                }
+                dropped += 1;
+            }
+            self.write_counters(&mut meta, &delta)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.after_commit(&delta, Instant::now(), 0);
+        Ok(dropped)
+    }
+
+    /// Deletes records of old epochs, `sweep_batch` per pass and namespace.
+    fn purge_old_epochs(&mut self) -> Result<(), Arc<redb::Error>> {
+        let sh = self.shared.clone();
+        let names: Vec<String> = self.purge.keys().cloned().collect();
+        for name in names {
+            let Ok(ns) = sh.ns.get(&name) else {
+                self.purge.remove(&name);
+                continue;
+            };
+            let epoch = ns.epoch();
+            let cursor = self.purge.get(&name).cloned().unwrap_or_default();
+            let txn = sh.db.begin_write().map_err(storage)?;
+            let mut delta = Delta::default();
+            let mut finished = true;
+            let mut next = Vec::new();
+            {
+                let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+                let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                let mut stale = Vec::new();
+                for item in entries
+                    .range((name.as_str(), cursor.as_slice())..)
+                    .map_err(storage)?
+                {
+                    let (k, v) = item.map_err(storage)?;
+                    let (n, key) = k.value();
+                    if n != name {
+                        break;
+                    }
+                    if stale.len() >= sh.limits.sweep_batch {
+                        finished = false;
+                        next = key.to_vec();
+                        break;
+                    }
+                    match decode_header(v.value()) {
+                        Ok(h) if h.epoch < epoch => stale.push((key.to_vec(), h, v.value().len())),
+                        _ => {}
+                    }
+                }
+                for (key, h, len) in stale {
+                    entries
+                        .remove((name.as_str(), key.as_slice()))
+                        .map_err(storage)?;
+                    expiry.remove((h.expires_at, h.version)).map_err(storage)?;
+                    delta.remove(key.len() + len);
+                }
+                self.write_counters(&mut meta, &delta)?;
+            }
+            txn.commit().map_err(storage)?;
+            self.after_commit(&delta, Instant::now(), 0);
+            if finished {
+                self.purge.remove(&name);
+            } else {
+                self.purge.insert(name, next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the hot keys, hottest first, for the warm-up after a restart.
+    fn write_snapshot(&mut self) -> Result<(), Arc<redb::Error>> {
+        self.last_snapshot = Instant::now();
+        let sh = &self.shared;
+        let keys = sh.hot.hottest(usize::MAX);
+        let named: Vec<(String, Vec<u8>)> = keys
+            .into_iter()
+            .filter_map(|(id, k)| sh.ns.by_id(id).map(|n| (n.name.to_string(), k.into_vec())))
+            .collect();
+        let bytes = postcard::to_allocvec(&named)
+            .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
+        let txn = sh.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(META_HOT_SNAPSHOT, bytes.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+}
+
+/// Record-count and byte changes of one transaction.
+#[derive(Default)]
+struct Delta {
+    records: i64,
+    bytes: i64,
+}
+
+impl Delta {
+    fn add(&mut self, bytes: usize) {
+        self.records += 1;
+        self.bytes += bytes as i64;
+    }
+    fn remove(&mut self, bytes: usize) {
+        self.records -= 1;
+        self.bytes -= bytes as i64;
+    }
+}
+
+fn apply(base: u64, d: i64) -> u64 {
+    base.saturating_add_signed(d)
+}
+
+/// Removes the stored record of `key` (and its index entry) unless it is
+/// newer than `version`. Returns false when a newer record is stored: the
+/// caller's write lost and must not be applied.
+fn remove_older(
+    entries: &mut Table<(&str, &[u8]), &[u8]>,
+    expiry: &mut Table<(u64, u64), (&str, &[u8])>,
+    ns: &str,
+    key: &[u8],
+    version: u64,
+    delta: &mut Delta,
+) -> Result<bool, Arc<redb::Error>> {
+    let old = entries
+        .get((ns, key))
+        .map_err(storage)?
+        .map(|v| (decode_header(v.value()).ok(), v.value().len()));
+    match old {
+        None => Ok(true),
+        Some((Some(h), _)) if h.version > version => Ok(false),
+        Some((h, len)) => {
+            entries.remove((ns, key)).map_err(storage)?;
+            // A record whose header is unreadable leaves a dangling index
+            // entry; the sweeper drops index entries that match no record.
+            if let Some(h) = h {
+                expiry.remove((h.expires_at, h.version)).map_err(storage)?;
+            }
+            delta.remove(key.len() + len);
+            Ok(true)
+        }
+    }
+}
+
+fn reply_all(group: &mut [Op], result: Result<(), WriteError>) {
+    for op in group.iter_mut() {
+        if let Some(d) = op.done() {
+            let _ = d.send(result.clone());
+        }
+    }
+}

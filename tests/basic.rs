@@ -1,0 +1,318 @@
+//! End-to-end behaviour of the public API on real redb files.
+
+use embercache::{
+    Cache, Durability, Limits, ManualClock, NamespacePolicy, Ttl, WriteError, WriteOptions,
+};
+use std::time::Duration;
+
+const T0: u64 = 1_750_000_000_000;
+
+fn open(dir: &std::path::Path, clock: &ManualClock) -> Cache {
+    Cache::builder()
+        .dir(dir)
+        .clock(clock.clone())
+        .shards(4)
+        .hot_capacity(1 << 20)
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    for i in 0..1000u32 {
+        c.set("ns", &i.to_be_bytes(), format!("value-{i}").repeat(5))
+            .unwrap();
+    }
+    c.delete("ns", &7u32.to_be_bytes()).unwrap();
+    c.close().unwrap();
+    let c = open(dir.path(), &clock);
+    for i in 0..1000u32 {
+        let v = c.get("ns", &i.to_be_bytes()).unwrap();
+        if i == 7 {
+            assert_eq!(v, None);
+        } else {
+            assert_eq!(
+                v.as_deref(),
+                Some(format!("value-{i}").repeat(5).as_bytes())
+            );
+        }
+    }
+    c.validate();
+}
+
+#[test]
+fn drop_without_close_keeps_accepted_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    {
+        let c = open(dir.path(), &clock);
+        c.set("ns", b"k", b"v".to_vec()).unwrap();
+    }
+    let c = open(dir.path(), &clock);
+    assert_eq!(c.get("ns", b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn read_your_writes_when_hot_tier_evicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    // A tiny hot tier and a writer that holds writes for a long time.
+    let c = Cache::builder()
+        .dir(dir.path())
+        .clock(clock.clone())
+        .shards(1)
+        .hot_capacity(8192)
+        .durability(Durability::Buffered {
+            max_delay: Duration::from_secs(5),
+        })
+        .open()
+        .unwrap();
+    for i in 0..500u32 {
+        c.set("ns", &i.to_be_bytes(), vec![i as u8; 100]).unwrap();
+    }
+    for i in 0..500u32 {
+        assert_eq!(
+            c.get("ns", &i.to_be_bytes()).unwrap().as_deref(),
+            Some(&vec![i as u8; 100][..]),
+            "key {i}"
+        );
+    }
+    c.validate();
+}
+
+#[test]
+fn ttl_expiry_with_injected_clock_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    c.set_with_ttl("p", b"a", b"1".to_vec(), Duration::from_secs(10))
+        .unwrap();
+    c.set("p", b"b", b"2".to_vec()).unwrap();
+    assert_eq!(
+        c.ttl("p", b"a").unwrap(),
+        Some(Ttl::Remaining(Duration::from_secs(10)))
+    );
+    assert_eq!(c.ttl("p", b"b").unwrap(), Some(Ttl::Never));
+    clock.advance(Duration::from_secs(9));
+    assert!(c.contains("p", b"a").unwrap());
+    c.close().unwrap();
+    // Wall clock moved back one day while down: no TTL extension.
+    clock.jump_wall(-86_400_000);
+    let c = open(dir.path(), &clock);
+    let Some(Ttl::Remaining(left)) = c.ttl("p", b"a").unwrap() else {
+        panic!("entry lost")
+    };
+    assert!(left <= Duration::from_secs(1), "TTL extended to {left:?}");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(c.get("p", b"a").unwrap(), None);
+    assert!(c.contains("p", b"b").unwrap());
+    c.run_maintenance().unwrap();
+    let s = c.stats();
+    assert_eq!(s.disk_records, 1, "sweeper removed the expired record");
+}
+
+#[test]
+fn namespace_invalidation_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    c.set("search", b"q1", b"old".to_vec()).unwrap();
+    c.set("other", b"q1", b"keep".to_vec()).unwrap();
+    c.invalidate_namespace("search").unwrap();
+    assert_eq!(c.get("search", b"q1").unwrap(), None);
+    c.set("search", b"q2", b"new".to_vec()).unwrap();
+    c.close().unwrap();
+    let c = open(dir.path(), &clock);
+    assert_eq!(c.get("search", b"q1").unwrap(), None);
+    assert_eq!(
+        c.get("search", b"q2").unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(
+        c.get("other", b"q1").unwrap().as_deref(),
+        Some(&b"keep"[..])
+    );
+    c.run_maintenance().unwrap();
+    assert_eq!(c.stats().disk_records, 2, "old epoch purged");
+}
+
+#[test]
+fn sync_mode_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .durability(Durability::Sync)
+        .open()
+        .unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8u8 {
+            let c = c.clone();
+            s.spawn(move || {
+                for i in 0..50u8 {
+                    c.set("ns", &[t, i], vec![i; 300]).unwrap();
+                }
+            });
+        }
+    });
+    let st = c.stats();
+    assert_eq!(st.disk_records, 400);
+    assert!(
+        st.commits < 400,
+        "8 writers should share commits: {} commits",
+        st.commits
+    );
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let mut limits = Limits::default();
+    limits.max_key_len = 16;
+    limits.max_value_len = 100;
+    let c = Cache::builder().limits(limits).open().unwrap();
+    assert!(matches!(
+        c.set("ns", &[0; 17], b"v".to_vec()),
+        Err(WriteError::KeyTooLarge { len: 17, max: 16 })
+    ));
+    assert!(matches!(
+        c.set("ns", b"k", vec![0; 101]),
+        Err(WriteError::ValueTooLarge { .. })
+    ));
+    assert!(matches!(
+        c.set_with_ttl("ns", b"k", b"v".to_vec(), Duration::ZERO),
+        Err(WriteError::InvalidTtl(_))
+    ));
+    assert!(matches!(
+        c.set("", b"k", b"v".to_vec()),
+        Err(WriteError::InvalidNamespace { .. })
+    ));
+    // u64::MAX-ish TTL means "never", not an overflow.
+    c.set_with_ttl("ns", b"k", b"v".to_vec(), Duration::MAX)
+        .unwrap();
+    assert_eq!(c.ttl("ns", b"k").unwrap(), Some(Ttl::Never));
+}
+
+#[test]
+fn max_ttl_caps_writes() {
+    let clock = ManualClock::new(T0);
+    let c = Cache::builder()
+        .clock(clock.clone())
+        .namespace(
+            "price",
+            NamespacePolicy::default()
+                .ttl(Duration::from_secs(180))
+                .max_ttl(Duration::from_secs(600)),
+        )
+        .open()
+        .unwrap();
+    c.set("price", b"a", b"1".to_vec()).unwrap();
+    c.set_with(
+        "price",
+        b"b",
+        b"1".to_vec(),
+        WriteOptions::ttl(Duration::from_secs(3600)).durable(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.ttl("price", b"a").unwrap(),
+        Some(Ttl::Remaining(Duration::from_secs(180)))
+    );
+    assert_eq!(
+        c.ttl("price", b"b").unwrap(),
+        Some(Ttl::Remaining(Duration::from_secs(600)))
+    );
+}
+
+#[test]
+fn scan_batch_and_typed() {
+    let c = Cache::builder().open().unwrap();
+    c.set_many(
+        "u",
+        [
+            (b"a1".to_vec(), b"x".to_vec()),
+            (b"a2".to_vec(), b"y".to_vec()),
+            (b"b1".to_vec(), b"z".to_vec()),
+        ],
+        WriteOptions::default(),
+    )
+    .unwrap();
+    c.flush().unwrap();
+    c.set("u", b"a3", b"w".to_vec()).unwrap(); // maybe still pending
+    c.delete("u", b"a1").unwrap();
+    let keys: Vec<Vec<u8>> = c
+        .scan("u", b"a")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![b"a2".to_vec(), b"a3".to_vec()]);
+    let got = c.get_many("u", &[b"a1".as_slice(), b"b1", b"zz"]).unwrap();
+    assert_eq!(got, vec![None, Some(bytes::Bytes::from_static(b"z")), None]);
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Pos {
+        size: u64,
+        side: String,
+    }
+    c.set_as(
+        "pos",
+        b"alice",
+        &Pos {
+            size: 3,
+            side: "YES".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        c.get_as::<Pos>("pos", b"alice").unwrap(),
+        Some(Pos {
+            size: 3,
+            side: "YES".into()
+        })
+    );
+    assert!(c.metrics_text().contains("embercache_hits_total"));
+}
+
+#[test]
+fn second_open_of_a_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let _c = Cache::builder().dir(dir.path()).open().unwrap();
+    let e = Cache::builder().dir(dir.path()).open().unwrap_err();
+    assert!(
+        matches!(e, embercache::OpenError::AlreadyOpen { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn dictionary_training_keeps_old_records_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    let val = |i: u32| {
+        format!(
+            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+        )
+    };
+    for i in 0..200u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    c.flush().unwrap();
+    let id = c.train_dictionary("m").unwrap();
+    for i in 200..400u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    c.close().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .hot_capacity(1 << 16)
+        .open()
+        .unwrap();
+    for i in 0..400u32 {
+        assert_eq!(
+            c.get("m", &i.to_be_bytes()).unwrap().as_deref(),
+            Some(val(i).as_bytes()),
+            "key {i} dict {id}"
+        );
+    }
+}
