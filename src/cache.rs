@@ -423,7 +423,8 @@ impl Cache {
 
     /// Stores `value` with the namespace's default TTL.
     pub fn set(&self, ns: &str, key: &[u8], value: impl Into<Bytes>) -> Result<(), WriteError> {
-        self.sh().set(ns, key, value.into(), None, false)
+        self.sh()
+            .set(ns, key, value.into(), None, self.sh().waits(false))
     }
 
     /// Stores `value` expiring after `ttl` (capped by the namespace's max TTL).
@@ -434,7 +435,8 @@ impl Cache {
         value: impl Into<Bytes>,
         ttl: Duration,
     ) -> Result<(), WriteError> {
-        self.sh().set(ns, key, value.into(), Some(ttl), false)
+        self.sh()
+            .set(ns, key, value.into(), Some(ttl), self.sh().waits(false))
     }
 
     /// Stores `value` with explicit options (TTL, per-call durability).
@@ -445,12 +447,18 @@ impl Cache {
         value: impl Into<Bytes>,
         opts: WriteOptions,
     ) -> Result<(), WriteError> {
-        self.sh().set(ns, key, value.into(), opts.ttl, opts.durable)
+        self.sh().set(
+            ns,
+            key,
+            value.into(),
+            opts.ttl,
+            self.sh().waits(opts.durable),
+        )
     }
 
     /// Removes `key`. Removing an absent key is not an error.
     pub fn delete(&self, ns: &str, key: &[u8]) -> Result<(), WriteError> {
-        self.sh().delete(ns, key, false)
+        self.sh().delete(ns, key, self.sh().waits(false))
     }
 
     /// Removes `key` and waits until the removal is fsynced.
@@ -482,10 +490,11 @@ impl Cache {
         items: impl IntoIterator<Item = (K, V)>,
         opts: WriteOptions,
     ) -> Result<(), WriteError> {
+        // One commit wait for the whole batch, not one per entry.
         for (k, v) in items {
             self.sh().set(ns, k.as_ref(), v.into(), opts.ttl, false)?;
         }
-        if opts.durable || self.sh().durability == Durability::Sync {
+        if self.sh().waits(opts.durable) {
             self.flush()?;
         }
         Ok(())
@@ -501,7 +510,7 @@ impl Cache {
         for k in keys {
             self.sh().delete(ns, k.as_ref(), false)?;
         }
-        if durable || self.sh().durability == Durability::Sync {
+        if self.sh().waits(durable) {
             self.flush()?;
         }
         Ok(())

@@ -192,8 +192,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Whether a write should wait for its commit.
-    fn waits(&self, durable: bool) -> bool {
+    /// Whether a write should wait for its commit: when asked to, or always
+    /// in `Sync` mode.
+    pub(crate) fn waits(&self, durable: bool) -> bool {
         durable || self.durability == Durability::Sync
     }
 
@@ -246,7 +247,7 @@ impl Shared {
         key: &[u8],
         value: Bytes,
         ttl: Option<Duration>,
-        durable: bool,
+        wait: bool,
     ) -> Result<(), WriteError> {
         self.check_open_w()?;
         self.check_sizes(key, value.len())?;
@@ -263,7 +264,7 @@ impl Shared {
                 dict: dict.as_ref().map(|(id, d)| (*id, &**d)),
             },
         );
-        let (done, rx) = self.done_pair(durable);
+        let (done, rx) = self.done_pair(wait);
         self.submit(
             hash,
             &ns,
@@ -304,17 +305,12 @@ impl Shared {
         Self::wait_for(rx)
     }
 
-    pub(crate) fn delete(
-        &self,
-        ns_name: &str,
-        key: &[u8],
-        durable: bool,
-    ) -> Result<(), WriteError> {
+    pub(crate) fn delete(&self, ns_name: &str, key: &[u8], wait: bool) -> Result<(), WriteError> {
         self.check_open_w()?;
         self.check_sizes(key, 0)?;
         let ns = self.ns.get(ns_name)?;
         let hash = self.hot.hash(ns.id, key);
-        let (done, rx) = self.done_pair(durable);
+        let (done, rx) = self.done_pair(wait);
         self.submit(
             hash,
             &ns,
@@ -343,12 +339,12 @@ impl Shared {
 
     fn done_pair(
         &self,
-        durable: bool,
+        wait: bool,
     ) -> (
         Option<crate::store::writer::Done>,
         Option<crossbeam_channel::Receiver<Result<(), WriteError>>>,
     ) {
-        if self.waits(durable) {
+        if wait {
             let (tx, rx) = crossbeam_channel::bounded(1);
             (Some(tx), Some(rx))
         } else {
@@ -387,10 +383,9 @@ impl Shared {
         let ns = self.ns.get(ns_name)?;
         let epoch = ns.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         add(&ns.counters.invalidations, 1);
-        let (done, rx) = self.done_pair(durable);
+        let (done, rx) = self.done_pair(self.waits(durable));
         self.send(Op::Epoch {
             ns: ns.clone(),
-            epoch,
             done,
         })?;
         Self::wait_for(rx)?;

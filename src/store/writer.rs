@@ -42,9 +42,9 @@ pub(crate) enum Op {
         version: u64,
         done: Option<Done>,
     },
+    /// Persist the namespace's current epoch.
     Epoch {
         ns: Arc<Namespace>,
-        epoch: u64,
         done: Option<Done>,
     },
     /// Persist a trained dictionary and make it the namespace's current one.
@@ -143,6 +143,16 @@ impl Writer {
                         self.maintain();
                     }
                     if closing {
+                        // Writes that raced with close() and got in after
+                        // the Close op are committed too, not dropped.
+                        let mut late: Vec<Op> = self.rx.try_iter().collect();
+                        if !late.is_empty()
+                            && let Err(e) = self.commit_group(&mut late)
+                        {
+                            reply_all(&mut late, Err(WriteError::Storage(e)));
+                        } else {
+                            reply_all(&mut late, Ok(()));
+                        }
                         let snap = self.write_snapshot();
                         reply_all(&mut group, snap.map_err(WriteError::Storage));
                         return;
@@ -250,9 +260,12 @@ impl Writer {
                             &mut delta,
                         )?;
                     }
-                    Op::Epoch { ns, epoch, .. } => {
+                    Op::Epoch { ns, .. } => {
+                        // The current epoch, not the op's: two racing bumps
+                        // may arrive out of order; the stored one must be
+                        // the highest.
                         let k = format!("{META_EPOCH_PREFIX}{}", ns.name);
-                        meta.insert(k.as_str(), epoch.to_le_bytes().as_slice())
+                        meta.insert(k.as_str(), ns.epoch().to_le_bytes().as_slice())
                             .map_err(storage)?;
                     }
                     Op::Dict { ns, id, bytes, .. } => {
