@@ -398,7 +398,8 @@ impl Cache {
         CacheBuilder::default()
     }
 
-    fn sh(&self) -> &Shared {
+    /// The shared engine state (for src/admin.rs).
+    pub(crate) fn sh(&self) -> &Shared {
         &self.inner.shared
     }
 

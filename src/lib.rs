@@ -41,6 +41,7 @@
 //! writes return after their fsync; `flush()` makes everything before it
 //! durable; dropping the cache commits everything accepted.
 
+mod admin;
 mod cache;
 mod clock;
 mod config;
@@ -52,6 +53,9 @@ mod namespace;
 mod stats;
 mod store;
 
+pub use admin::{
+    AdminError, CompactReport, ExportedEntry, NamespaceDisk, Problem, VerifyReport, compact_dir,
+};
 pub use cache::{Cache, CacheBuilder, Ttl, WriteOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, Limits, NamespacePolicy};
