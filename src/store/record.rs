@@ -197,6 +197,20 @@ pub fn decode_header(rec: &[u8]) -> Result<Header, RecordError> {
     })
 }
 
+/// Parses the header and verifies the checksum over header and payload,
+/// without decompressing. The writer trusts a stored record's version only
+/// through this: a damaged header must not make a record look newer than
+/// the write that replaces it (the write would be dropped).
+pub fn decode_header_verified(rec: &[u8]) -> Result<Header, RecordError> {
+    let h = decode_header(rec)?;
+    let stored = u32_at(rec, 36);
+    let computed = checksum(&rec[..36], &rec[HEADER_LEN..]);
+    if stored != computed {
+        return Err(RecordError::ChecksumMismatch { stored, computed });
+    }
+    Ok(h)
+}
+
 /// Fully decodes and verifies a record, returning the header and the value.
 /// Never allocates more than `max_value_len` for the value.
 pub fn decode(
@@ -204,13 +218,8 @@ pub fn decode(
     max_value_len: usize,
     dict: &dyn Fn(u32) -> Option<Arc<DecoderDictionary<'static>>>,
 ) -> Result<(Header, Vec<u8>), RecordError> {
-    let h = decode_header(rec)?;
-    let stored = u32_at(rec, 36);
+    let h = decode_header_verified(rec)?;
     let payload = &rec[HEADER_LEN..];
-    let computed = checksum(&rec[..36], payload);
-    if stored != computed {
-        return Err(RecordError::ChecksumMismatch { stored, computed });
-    }
     let raw_len = h.raw_len as usize;
     if raw_len > max_value_len {
         return Err(RecordError::TooLarge {

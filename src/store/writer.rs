@@ -588,10 +588,14 @@ fn remove_older(
     version: u64,
     delta: &mut Delta,
 ) -> Result<bool, Arc<redb::Error>> {
-    let old = entries
-        .get((ns, key))
-        .map_err(storage)?
-        .map(|v| (decode_header(v.value()).ok(), v.value().len()));
+    // Only a record whose checksum holds can claim to be newer: a damaged
+    // version field must not make the writer drop this write.
+    let old = entries.get((ns, key)).map_err(storage)?.map(|v| {
+        (
+            super::record::decode_header_verified(v.value()).ok(),
+            v.value().len(),
+        )
+    });
     match old {
         None => Ok(true),
         Some((Some(h), _)) if h.version > version => Ok(false),
