@@ -74,9 +74,10 @@ impl WriteOptions {
 /// assert_eq!(cache.get("price", b"BTC").unwrap().as_deref(), Some(&b"97000.5"[..]));
 /// cache.close().unwrap();
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CacheBuilder {
     dir: Option<PathBuf>,
+    backend: Option<open::BackendFactory>,
     hot_capacity: u64,
     warm_capacity: u64,
     durability: Durability,
@@ -92,6 +93,7 @@ impl Default for CacheBuilder {
     fn default() -> Self {
         CacheBuilder {
             dir: None,
+            backend: None,
             hot_capacity: 64 << 20,
             warm_capacity: 1 << 30,
             durability: Durability::default(),
@@ -105,6 +107,19 @@ impl Default for CacheBuilder {
     }
 }
 
+impl std::fmt::Debug for CacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBuilder")
+            .field("dir", &self.dir)
+            .field("custom_backend", &self.backend.is_some())
+            .field("hot_capacity", &self.hot_capacity)
+            .field("warm_capacity", &self.warm_capacity)
+            .field("durability", &self.durability)
+            .field("strict", &self.strict)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CacheBuilder {
     /// Data directory; created if missing. Without it (or with
     /// [`CacheBuilder::in_memory`]) the warm tier lives in memory: nothing
@@ -113,6 +128,21 @@ impl CacheBuilder {
         self.dir = Some(dir.as_ref().to_path_buf());
         self
     }
+    /// A custom redb storage backend instead of a file in `dir`: `make` is
+    /// called at open and again whenever the writer reopens the database
+    /// after an I/O error. For fault injection and unusual storage; the
+    /// directory lock is then the backend's business. Default: none.
+    pub fn storage_backend<F, B>(mut self, make: F) -> Self
+    where
+        F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
+        B: redb::StorageBackend,
+    {
+        self.backend = Some(Arc::new(move || {
+            make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>)
+        }));
+        self
+    }
+
     /// No disk at all: the warm tier is an in-memory redb. Default.
     pub fn in_memory(mut self) -> Self {
         self.dir = None;
@@ -262,7 +292,12 @@ impl CacheBuilder {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shards = self.shards.unwrap_or((cores * 4).next_power_of_two());
         self.validate(shards)?;
-        let opened = open::open(self.dir.as_deref(), self.strict)?;
+        let source = match (&self.backend, &self.dir) {
+            (Some(f), _) => open::Source::Backend(f.clone()),
+            (None, Some(dir)) => open::Source::Dir(dir.clone()),
+            (None, None) => open::Source::Memory,
+        };
+        let opened = open::open(&source, self.strict)?;
         let clock = self
             .clock
             .clone()
@@ -304,7 +339,8 @@ impl CacheBuilder {
         counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(self.limits.queue_capacity);
         let shared = Arc::new(Shared {
-            db: opened.db,
+            db: RwLock::new(Some(Arc::new(opened.db))),
+            source,
             hot: HotTier::new(self.hot_capacity as usize, shards),
             hot_capacity: self.hot_capacity as usize,
             pending: Pending::new(shards),

@@ -20,6 +20,7 @@ use crate::error::{ReadError, WriteError, storage};
 use crate::hot::{Entry, Evicted, HotTier, Insert};
 use crate::namespace::{Namespace, Namespaces};
 use crate::stats::{EngineCounters, add};
+use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::record::{self, Encoding, Header, Prepared};
 use crate::store::tables::{ENTRIES, META, META_HOT_SNAPSHOT};
@@ -53,6 +54,14 @@ enum Fill {
     WarmUp,
 }
 
+/// When a redb read happened: the commit sequence number taken before it
+/// began (for the fill rule) and the engine time used for expiry.
+#[derive(Clone, Copy)]
+struct ReadPoint {
+    seq: u64,
+    now: u64,
+}
+
 /// Outcome of the in-memory part of a lookup.
 enum Fast {
     Done(Option<Found>),
@@ -60,7 +69,10 @@ enum Fast {
 }
 
 pub(crate) struct Shared {
-    pub db: Database,
+    /// The open database; `None` while the writer reopens it after an I/O
+    /// error (redb refuses every operation after one until reopened).
+    pub db: RwLock<Option<Arc<Database>>>,
+    pub source: Source,
     pub hot: HotTier,
     pub hot_capacity: usize,
     pub pending: Pending,
@@ -109,6 +121,15 @@ impl Shared {
                 ReadError::InvalidNamespace { name, reason }
             }
             _ => ReadError::Closed,
+        })
+    }
+
+    /// The database, or an error while it is being reopened.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, Arc<redb::Error>> {
+        self.db.read().clone().ok_or_else(|| {
+            Arc::new(redb::Error::Io(std::io::Error::other(
+                "warm tier unavailable: reopening the database after an I/O error",
+            )))
         })
     }
 
@@ -442,10 +463,10 @@ impl Shared {
         hash: u64,
         key: &[u8],
         rec: Option<&[u8]>,
-        seq: u64,
-        now: u64,
+        at: ReadPoint,
         fill: Fill,
     ) -> Result<Option<Found>, ReadError> {
+        let ReadPoint { seq, now } = at;
         let count = |c: &AtomicU64| {
             if fill == Fill::Read {
                 add(c, 1)
@@ -495,7 +516,8 @@ impl Shared {
             return Ok(r);
         }
         let r = self
-            .db
+            .db()
+            .map_err(ReadError::Storage)?
             .begin_read()
             .map_err(|e| ReadError::Storage(storage(e)))?;
         let t = r
@@ -509,8 +531,7 @@ impl Shared {
             hash,
             key,
             rec.as_ref().map(|g| g.value()),
-            seq,
-            now,
+            ReadPoint { seq, now },
             Fill::Read,
         )
     }
@@ -538,7 +559,8 @@ impl Shared {
         }
         if !warm.is_empty() {
             let r = self
-                .db
+                .db()
+                .map_err(ReadError::Storage)?
                 .begin_read()
                 .map_err(|e| ReadError::Storage(storage(e)))?;
             let t = r
@@ -553,8 +575,7 @@ impl Shared {
                     hash,
                     keys[i],
                     rec.as_ref().map(|g| g.value()),
-                    seq,
-                    now,
+                    ReadPoint { seq, now },
                     Fill::Read,
                 )?;
             }
@@ -575,7 +596,8 @@ impl Shared {
         let epoch = ns.epoch();
         let mut out: BTreeMap<Vec<u8>, Option<Found>> = BTreeMap::new();
         let r = self
-            .db
+            .db()
+            .map_err(ReadError::Storage)?
             .begin_read()
             .map_err(|e| ReadError::Storage(storage(e)))?;
         let t = r
@@ -632,7 +654,7 @@ impl Shared {
     /// until the hot tier is nearly full. Runs on its own thread after open.
     pub(crate) fn warm_up(&self) {
         let snapshot: Vec<(String, Vec<u8>)> = (|| {
-            let r = self.db.begin_read().ok()?;
+            let r = self.db().ok()?.begin_read().ok()?;
             let t = r.open_table(META).ok()?;
             let v = t.get(META_HOT_SNAPSHOT).ok()??;
             postcard::from_bytes(v.value()).ok()
@@ -646,7 +668,10 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) || self.hot.used_bytes() >= limit {
                 break;
             }
-            let Ok(r) = self.db.begin_read() else { break };
+            let Ok(r) = self.db().map(|d| d.begin_read()) else {
+                break;
+            };
+            let Ok(r) = r else { break };
             let Ok(t) = r.open_table(ENTRIES) else { break };
             let seq = self.commit_seq.load(Ordering::SeqCst);
             let now = self.time.now_ms();
@@ -657,8 +682,14 @@ impl Shared {
                     continue;
                 }
                 if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
-                    let _ =
-                        self.accept_warm(&ns, hash, key, Some(g.value()), seq, now, Fill::WarmUp);
+                    let _ = self.accept_warm(
+                        &ns,
+                        hash,
+                        key,
+                        Some(g.value()),
+                        ReadPoint { seq, now },
+                        Fill::WarmUp,
+                    );
                 }
                 add(&self.counters.warmup_loaded, 1);
             }

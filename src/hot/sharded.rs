@@ -88,7 +88,7 @@ impl HotTier {
         for s in self.shards.iter() {
             s.read().hottest(&mut all);
         }
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|e| std::cmp::Reverse(e.0));
         all.truncate(limit);
         all.into_iter().map(|(_, ns, k)| (ns, k)).collect()
     }

@@ -3,13 +3,28 @@
 
 use super::tables::*;
 use crate::error::{OpenError, storage};
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError};
+use redb::{BackendError, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError};
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The file name inside the data directory.
 pub const DB_FILE: &str = "embercache.redb";
+
+/// Makes a fresh custom storage backend; called at open and again after an
+/// I/O error (redb refuses every operation after one until reopened).
+pub type BackendFactory =
+    Arc<dyn Fn() -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync>;
+
+/// Where the database lives, kept so the writer can reopen it.
+#[derive(Clone)]
+pub(crate) enum Source {
+    Memory,
+    Dir(PathBuf),
+    Backend(BackendFactory),
+}
 
 /// What open read from the meta table.
 #[derive(Debug, Default)]
@@ -62,19 +77,32 @@ fn classify(e: DatabaseError, dir: &Path) -> Failure {
     }
 }
 
-/// Opens (or creates) the database in `dir`, or an in-memory one.
-pub(crate) fn open(dir: Option<&Path>, strict: bool) -> Result<Opened, OpenError> {
-    let Some(dir) = dir else {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
+/// Opens (or creates) the database of `source`.
+pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
+    let dir = match source {
+        Source::Dir(dir) => dir.as_path(),
+        Source::Memory | Source::Backend(_) => {
+            let db = match source {
+                Source::Backend(f) => {
+                    let backend = f().map_err(|e| OpenError::Io {
+                        dir: PathBuf::new(),
+                        source: e,
+                    })?;
+                    Database::builder().create_with_backend(BoxedBackend(backend))
+                }
+                _ => {
+                    Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())
+                }
+            }
             .map_err(|e| OpenError::Storage(storage(e)))?;
-        let meta = init(&db).map_err(|e| OpenError::Storage(storage(e)))?;
-        return Ok(Opened {
-            db,
-            meta,
-            moved_aside: None,
-            file: None,
-        });
+            let meta = init(&db).map_err(|e| OpenError::Storage(storage(e)))?;
+            return Ok(Opened {
+                db,
+                meta,
+                moved_aside: None,
+                file: None,
+            });
+        }
     };
     std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
         dir: dir.to_path_buf(),
@@ -210,4 +238,47 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
         }
     }
     Ok(st)
+}
+
+/// Adapts a boxed backend to redb's `StorageBackend` (which wants a sized type).
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_range(s, e)
+    }
+    fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.try_lock_shared_range(s, e)
+    }
+    fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_range(s, e)
+    }
+    fn lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.0.lock_shared_range(s, e)
+    }
+    fn unlock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), BackendError> {
+        self.0.unlock_range(s, e)
+    }
+    fn query_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, BackendError> {
+        self.0.query_lock_range(s, e)
+    }
 }

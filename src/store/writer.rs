@@ -8,6 +8,7 @@
 //! While one commit is being fsynced, new writes pile up in the channel and
 //! form the next group: concurrent `Sync` writers share commits.
 
+use super::open::Source;
 use super::record::decode_header;
 use super::tables::*;
 use crate::engine::Shared;
@@ -171,6 +172,9 @@ impl Writer {
                         // acknowledged durable.
                         return;
                     }
+                    if matches!(*e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                        self.reopen();
+                    }
                     group.retain(|o| {
                         matches!(
                             o,
@@ -183,6 +187,39 @@ impl Writer {
                     std::thread::sleep(self.backoff);
                 }
             }
+        }
+    }
+
+    /// redb refuses every operation after an I/O error until the database
+    /// is reopened. Close it (once in-flight reads let go) and open it
+    /// again; redb repairs at open. On failure the database stays closed,
+    /// reads of the warm tier fail, and the next retry tries again.
+    fn reopen(&self) {
+        let sh = &self.shared;
+        if matches!(sh.source, Source::Memory) {
+            return;
+        }
+        let old = sh.db.write().take();
+        if let Some(mut old) = old {
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        match super::open::open(&sh.source, true) {
+            Ok(o) => {
+                *sh.db.write() = Some(Arc::new(o.db));
+                tracing::info!("database reopened after an I/O error");
+            }
+            Err(e) => tracing::warn!(error = %e, "reopening the database failed; will retry"),
         }
     }
 
@@ -214,7 +251,7 @@ impl Writer {
     fn commit_group(&mut self, group: &mut [Op]) -> Result<(), Arc<redb::Error>> {
         let sh = self.shared.clone();
         let start = Instant::now();
-        let txn = sh.db.begin_write().map_err(storage)?;
+        let txn = sh.db()?.begin_write().map_err(storage)?;
         let mut delta = Delta::default();
         {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
@@ -415,7 +452,7 @@ impl Writer {
     ) -> Result<usize, Arc<redb::Error>> {
         let sh = self.shared.clone();
         let batch = sh.limits.sweep_batch;
-        let txn = sh.db.begin_write().map_err(storage)?;
+        let txn = sh.db()?.begin_write().map_err(storage)?;
         let mut delta = Delta::default();
         let mut dropped = 0;
         {
@@ -423,7 +460,7 @@ impl Writer {
             let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             let upper = expired_by.unwrap_or(u64::MAX);
-            let victims: Vec<((u64, u64), (String, Vec<u8>))> = expiry
+            let victims: Vec<IndexEntry> = expiry
                 .range((0u64, 0u64)..=(upper, u64::MAX))
                 .map_err(storage)?
                 .take(batch)
@@ -485,7 +522,7 @@ impl Writer {
             };
             let epoch = ns.epoch();
             let cursor = self.purge.get(&name).cloned().unwrap_or_default();
-            let txn = sh.db.begin_write().map_err(storage)?;
+            let txn = sh.db()?.begin_write().map_err(storage)?;
             let mut delta = Delta::default();
             let mut finished = true;
             let mut next = Vec::new();
@@ -544,7 +581,7 @@ impl Writer {
             .collect();
         let bytes = postcard::to_allocvec(&named)
             .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
-        let txn = sh.db.begin_write().map_err(storage)?;
+        let txn = sh.db()?.begin_write().map_err(storage)?;
         {
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(META_HOT_SNAPSHOT, bytes.as_slice())
@@ -554,6 +591,9 @@ impl Writer {
         Ok(())
     }
 }
+
+/// An expiry-index entry read out of its table: ((expires_at, version), (namespace, key)).
+type IndexEntry = ((u64, u64), (String, Vec<u8>));
 
 /// Record-count and byte changes of one transaction.
 #[derive(Default)]
