@@ -650,16 +650,22 @@ impl Shared {
             .collect())
     }
 
-    /// Loads the keys that were hot before the restart, hottest first,
-    /// until the hot tier is nearly full. Runs on its own thread after open.
-    pub(crate) fn warm_up(&self) {
-        let snapshot: Vec<(String, Vec<u8>)> = (|| {
+    /// The hot-set snapshot stored in meta: (namespace, key), hottest first.
+    /// Empty when there is none or it does not decode.
+    pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        (|| {
             let r = self.db().ok()?.begin_read().ok()?;
             let t = r.open_table(META).ok()?;
             let v = t.get(META_HOT_SNAPSHOT).ok()??;
             postcard::from_bytes(v.value()).ok()
         })()
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    /// Loads the keys that were hot before the restart, hottest first,
+    /// until the hot tier is nearly full. Runs on its own thread after open.
+    pub(crate) fn warm_up(&self) {
+        let snapshot = self.read_snapshot();
         self.counters
             .warmup_total
             .store(snapshot.len() as u64, Ordering::Relaxed);
@@ -668,31 +674,30 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) || self.hot.used_bytes() >= limit {
                 break;
             }
-            let Ok(r) = self.db().map(|d| d.begin_read()) else {
-                break;
-            };
-            let Ok(r) = r else { break };
-            let Ok(t) = r.open_table(ENTRIES) else { break };
-            let seq = self.commit_seq.load(Ordering::SeqCst);
-            let now = self.time.now_ms();
-            for (name, key) in chunk {
-                let Ok(ns) = self.ns.get(name) else { continue };
-                let hash = self.hot.hash(ns.id, key);
-                if self.hot.version_of(hash, ns.id, key).is_some() {
-                    continue;
+            // A commit during the chunk blocks its fills (see the fill rule);
+            // under a steady write load, try the chunk again a few times.
+            for _attempt in 0..3 {
+                let seq = self.commit_seq.load(Ordering::SeqCst);
+                let Ok(db) = self.db() else { break };
+                let Ok(r) = db.begin_read() else { break };
+                let Ok(t) = r.open_table(ENTRIES) else { break };
+                let now = self.time.now_ms();
+                for (name, key) in chunk {
+                    let Ok(ns) = self.ns.get(name) else { continue };
+                    let hash = self.hot.hash(ns.id, key);
+                    if self.hot.version_of(hash, ns.id, key).is_some() {
+                        continue;
+                    }
+                    if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
+                        let at = ReadPoint { seq, now };
+                        let _ = self.accept_warm(&ns, hash, key, Some(g.value()), at, Fill::WarmUp);
+                    }
                 }
-                if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
-                    let _ = self.accept_warm(
-                        &ns,
-                        hash,
-                        key,
-                        Some(g.value()),
-                        ReadPoint { seq, now },
-                        Fill::WarmUp,
-                    );
+                if self.commit_seq.load(Ordering::SeqCst) == seq {
+                    break;
                 }
-                add(&self.counters.warmup_loaded, 1);
             }
+            add(&self.counters.warmup_loaded, chunk.len() as u64);
         }
         self.counters.warmup_done.store(1, Ordering::Release);
     }

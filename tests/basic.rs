@@ -316,3 +316,113 @@ fn dictionary_training_keeps_old_records_readable() {
         );
     }
 }
+
+#[test]
+fn warm_tier_respects_its_byte_bound_dropping_soonest_expiring_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = Cache::builder()
+        .dir(dir.path())
+        .clock(clock.clone())
+        .warm_capacity(1 << 20)
+        .namespace("raw", NamespacePolicy::default().no_compression())
+        .open()
+        .unwrap();
+    // 3 MiB of incompressible-size values: the first third expire soonest.
+    for i in 0..3000u32 {
+        let ttl = Duration::from_secs(if i < 1000 { 60 } else { 3600 + i as u64 });
+        c.set_with_ttl("raw", &i.to_be_bytes(), vec![i as u8; 1000], ttl)
+            .unwrap();
+    }
+    c.run_maintenance().unwrap();
+    let s = c.stats();
+    assert!(
+        s.disk_bytes <= 1 << 20,
+        "disk bytes {} over the 1 MiB bound",
+        s.disk_bytes
+    );
+    assert!(
+        s.total().warm_evictions >= 2000,
+        "evicted {}",
+        s.total().warm_evictions
+    );
+    c.close().unwrap();
+    // Reopen with a hot tier too small to help: what survives on disk is the
+    // latest-expiring part, never the soonest-expiring one.
+    let c = Cache::builder()
+        .dir(dir.path())
+        .clock(clock.clone())
+        .hot_capacity(1 << 16)
+        .shards(1)
+        .open()
+        .unwrap();
+    for i in 0..1000u32 {
+        assert!(
+            c.get("raw", &i.to_be_bytes()).unwrap().is_none(),
+            "soonest-expiring key {i} kept"
+        );
+    }
+    assert!(c.get("raw", &2999u32.to_be_bytes()).unwrap().is_some());
+}
+
+#[test]
+fn concurrent_writers_of_one_key_agree_on_the_winner_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let c = Cache::builder().dir(dir.path()).open().unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let c = c.clone();
+                s.spawn(move || {
+                    for i in 0..200u32 {
+                        c.set("ns", b"contended", format!("{round}-{t}-{i}"))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let hot = c.get("ns", b"contended").unwrap().unwrap();
+        c.close().unwrap();
+        let c = Cache::builder().dir(dir.path()).open().unwrap();
+        let warm = c.get("ns", b"contended").unwrap().unwrap();
+        assert_eq!(hot, warm, "hot tier and disk disagree on the winner");
+        c.close().unwrap();
+    }
+}
+
+#[test]
+fn restart_warms_the_hot_tier_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .hot_capacity(1 << 20)
+        .open()
+        .unwrap();
+    for i in 0..2000u32 {
+        c.set("ns", &i.to_be_bytes(), vec![7u8; 200]).unwrap();
+    }
+    // Make 0..100 the hot ones.
+    for _ in 0..3 {
+        for i in 0..100u32 {
+            c.get("ns", &i.to_be_bytes()).unwrap();
+        }
+    }
+    c.close().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .hot_capacity(1 << 20)
+        .open()
+        .unwrap();
+    let mut waited = 0;
+    while !c.stats().warmup_done {
+        std::thread::sleep(Duration::from_millis(5));
+        waited += 1;
+        assert!(waited < 2000, "warm-up never finished");
+    }
+    assert!(c.stats().warmup_total > 0);
+    for i in 0..100u32 {
+        c.get("ns", &i.to_be_bytes()).unwrap();
+    }
+    let s = c.stats().total();
+    assert_eq!(s.hot_hits, 100, "hot keys were not warmed: {s:?}");
+}

@@ -158,3 +158,46 @@ fn disk_full_is_reported_reads_continue_and_the_cache_recovers() {
         Some(&b"fault"[..])
     );
 }
+
+#[test]
+fn a_full_queue_blocks_for_a_bounded_time_then_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.redb");
+    let full = Arc::new(AtomicBool::new(false));
+    let path = file.clone();
+    let flag = full.clone();
+    let mut limits = embercache::Limits::default();
+    limits.queue_capacity = 4;
+    limits.queue_wait = std::time::Duration::from_millis(100);
+    let cache = Cache::builder()
+        .storage_backend(move || {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            Ok(DiskThatFills {
+                inner: FileBackend::new(f).map_err(std::io::Error::other)?,
+                full: flag.clone(),
+            })
+        })
+        .limits(limits)
+        .open()
+        .unwrap();
+    // A stuck disk: the writer keeps retrying, the queue fills up.
+    full.store(true, Ordering::SeqCst);
+    let mut queue_full = None;
+    for i in 0..10_000u32 {
+        match cache.set("ns", &i.to_be_bytes(), b"v".to_vec()) {
+            Ok(()) => {}
+            Err(e) => {
+                queue_full = Some(e);
+                break;
+            }
+        }
+    }
+    let e = queue_full.expect("writes never pushed back");
+    assert!(matches!(e, WriteError::QueueFull { .. }), "{e}");
+    full.store(false, Ordering::SeqCst);
+}

@@ -17,7 +17,7 @@ use crate::namespace::Namespace;
 use crate::stats::add;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{ReadableTable, Table};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -69,6 +69,14 @@ impl Op {
             | Op::Epoch { done, .. }
             | Op::Dict { done, .. } => done.take(),
             Op::Flush(d) | Op::Maintain(d) | Op::Close(d) => Some(d.clone()),
+        }
+    }
+
+    /// The (namespace id, key) a data write targets.
+    fn target(&self) -> Option<(u32, &[u8])> {
+        match self {
+            Op::Put { ns, key, .. } | Op::Delete { ns, key, .. } => Some((ns.id, key)),
+            _ => None,
         }
     }
 
@@ -257,7 +265,8 @@ impl Writer {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
-            for op in group.iter() {
+            let skip = superseded(group);
+            for (op, _) in group.iter().zip(skip).filter(|(_, skip)| !skip) {
                 match op {
                     Op::Put {
                         ns,
@@ -575,10 +584,18 @@ impl Writer {
         self.last_snapshot = Instant::now();
         let sh = &self.shared;
         let keys = sh.hot.hottest(usize::MAX);
-        let named: Vec<(String, Vec<u8>)> = keys
+        let mut named: Vec<(String, Vec<u8>)> = keys
             .into_iter()
             .filter_map(|(id, k)| sh.ns.by_id(id).map(|n| (n.name.to_string(), k.into_vec())))
             .collect();
+        if sh.counters.warmup_done.load(Ordering::Acquire) == 0 {
+            // Closing before the warm-up finished: the hot tier holds only
+            // part of what was hot. Keep the rest of the old snapshot after
+            // it, so a short-lived process does not make the next start cold.
+            let seen: HashSet<(String, Vec<u8>)> = named.iter().cloned().collect();
+            let old = sh.read_snapshot();
+            named.extend(old.into_iter().filter(|e| !seen.contains(e)));
+        }
         let bytes = postcard::to_allocvec(&named)
             .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
         let txn = sh.db()?.begin_write().map_err(storage)?;
@@ -590,6 +607,24 @@ impl Writer {
         txn.commit().map_err(storage)?;
         Ok(())
     }
+}
+
+/// Marks the writes of `group` that a later write of the same key in the
+/// same group replaces. Per key, queue order is version order, so applying
+/// only the last one commits the same state with less work: hot keys are
+/// rewritten many times within one group.
+fn superseded(group: &[Op]) -> Vec<bool> {
+    let mut last: HashMap<(u32, &[u8]), usize> = HashMap::with_capacity(group.len());
+    for (i, op) in group.iter().enumerate() {
+        if let Some(t) = op.target() {
+            last.insert(t, i);
+        }
+    }
+    group
+        .iter()
+        .enumerate()
+        .map(|(i, op)| op.target().is_some_and(|t| last[&t] != i))
+        .collect()
 }
 
 /// An expiry-index entry read out of its table: ((expires_at, version), (namespace, key)).
