@@ -48,6 +48,8 @@ mod config;
 mod engine;
 mod error;
 mod hot;
+#[cfg(feature = "json-lines")]
+mod import;
 mod metrics;
 mod namespace;
 mod stats;
@@ -61,6 +63,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, Limits, NamespacePolicy};
 pub use error::{Error, OpenError, ReadError, RecordError, WriteError};
 pub use hot::{ENTRY_OVERHEAD, charge_of};
+#[cfg(feature = "json-lines")]
+pub use import::{
+    ImportError, ImportReport, import_json_lines, import_json_lines_with, write_json_line,
+};
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;
 

@@ -4,13 +4,10 @@ use crate::{
     Failure, Outcome, bar, close, display_bytes, open_existing, open_or_create, parse_duration,
     spinner,
 };
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use embercache::{ExportedEntry, WriteOptions};
-use serde_json::{Map, Value};
-use std::io::{BufRead, IsTerminal, Read, Write};
+use embercache::WriteOptions;
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Print the value of a key to stdout (raw bytes, no newline added).
 ///
@@ -192,30 +189,13 @@ pub(crate) fn scan(a: ScanArgs) -> Outcome {
     Ok(())
 }
 
-/// The JSON object of one exported entry.
-fn to_json(e: &ExportedEntry) -> Value {
-    let mut m = Map::new();
-    m.insert("ns".into(), Value::String(e.namespace.clone()));
-    let mut bytes_field = |name: &str, b: &[u8]| match std::str::from_utf8(b) {
-        Ok(s) => m.insert(name.into(), Value::String(s.to_string())),
-        Err(_) => m.insert(format!("{name}_b64"), Value::String(B64.encode(b))),
-    };
-    bytes_field("key", &e.key);
-    bytes_field("value", &e.value);
-    if let Some(t) = e.expires_at_ms {
-        m.insert("expires_at_ms".into(), Value::from(t));
-    }
-    Value::Object(m)
-}
-
 pub(crate) fn export(a: ExportArgs) -> Outcome {
     let cache = open_existing(&a.dir, true)?;
     let pb = bar(cache.stats().disk_records, "exporting");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let r = cache.export(&mut |e| {
         pb.inc(1);
-        serde_json::to_writer(&mut out, &to_json(&e))?;
-        out.write_all(b"\n")
+        embercache::write_json_line(&e, &mut out)
     });
     let flushed = out.flush();
     pb.finish_and_clear();
@@ -236,112 +216,26 @@ pub(crate) fn export(a: ExportArgs) -> Outcome {
     }
 }
 
-/// One parsed import line.
-struct Line {
-    ns: String,
-    key: Vec<u8>,
-    value: Vec<u8>,
-    expires_at_ms: Option<u64>,
-}
-
-/// Reads `name` (a string) or `name_b64` (base64 of the bytes).
-fn bytes_field(m: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    let b64 = format!("{name}_b64");
-    match (m.get(name), m.get(&b64)) {
-        (Some(_), Some(_)) => Err(format!("has both \"{name}\" and \"{b64}\"; keep one")),
-        (Some(Value::String(s)), None) => Ok(s.clone().into_bytes()),
-        (Some(_), None) => Err(format!("\"{name}\" must be a string")),
-        (None, Some(Value::String(s))) => B64
-            .decode(s)
-            .map_err(|e| format!("\"{b64}\" is not valid base64: {e}")),
-        (None, Some(_)) => Err(format!("\"{b64}\" must be a string")),
-        (None, None) => Err(format!("missing \"{name}\" (or \"{b64}\")")),
-    }
-}
-
-fn parse_line(raw: &[u8]) -> Result<Line, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "not valid UTF-8".to_string())?;
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-    let Value::Object(m) = v else {
-        return Err("not a JSON object".into());
-    };
-    let ns = match m.get("ns") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err("\"ns\" must be a string".into()),
-        None => return Err("missing \"ns\"".into()),
-    };
-    let expires_at_ms = match m.get("expires_at_ms") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or("\"expires_at_ms\" must be a non-negative integer (unix milliseconds)")?,
-        ),
-    };
-    Ok(Line {
-        ns,
-        key: bytes_field(&m, "key")?,
-        value: bytes_field(&m, "value")?,
-        expires_at_ms,
-    })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub(crate) fn import(a: ImportArgs) -> Outcome {
     let cache = open_or_create(&a.dir)?;
     let pb = spinner("importing");
-    let mut input = std::io::stdin().lock();
-    let mut raw = Vec::new();
-    let (mut stored, mut expired) = (0u64, 0u64);
-    let mut number = 0u64;
-    let failed: Option<String> = loop {
-        raw.clear();
-        match input.read_until(b'\n', &mut raw) {
-            Ok(0) => break None,
-            Ok(_) => {}
-            Err(e) => break Some(format!("reading stdin after line {number}: {e}")),
-        }
-        number += 1;
-        let line = raw.strip_suffix(b"\n").unwrap_or(&raw);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let l = match parse_line(line) {
-            Ok(l) => l,
-            Err(e) => break Some(format!("line {number}: {e}")),
-        };
-        let r = match l.expires_at_ms {
-            None => cache.set(&l.ns, &l.key, l.value),
-            Some(t) => {
-                let now = now_ms();
-                if t <= now {
-                    expired += 1;
-                    continue;
-                }
-                let ttl = Duration::from_millis(t - now);
-                cache.set_with(&l.ns, &l.key, l.value, WriteOptions::ttl(ttl))
-            }
-        };
-        if let Err(e) = r {
-            break Some(format!("line {number}: {e}"));
-        }
-        stored += 1;
-        pb.inc(1);
-    };
+    let r = embercache::import_json_lines_with(&cache, std::io::stdin().lock(), &mut |_| pb.inc(1));
     pb.finish_and_clear();
     // close() flushes: every line before a bad one is durable when we exit.
     close(cache)?;
-    let summary = format!("imported {stored} entries, skipped {expired} already expired");
-    match failed {
-        Some(msg) => Err(Failure::new(format!(
-            "{msg}; {summary} (the lines before it are kept); fix that line and import the rest"
+    let rep = match &r {
+        Ok(rep) => rep,
+        Err(e) => e.report(),
+    };
+    let summary = format!(
+        "imported {} entries, skipped {} already expired",
+        rep.stored, rep.expired
+    );
+    match r {
+        Err(e) => Err(Failure::new(format!(
+            "{e}; {summary} (the lines before it are kept)"
         ))),
-        None => {
+        Ok(_) => {
             if crate::interactive() {
                 eprintln!("{summary}");
             }
