@@ -323,7 +323,10 @@ impl CacheBuilder {
         }
         let mut decoders = HashMap::new();
         for (id, (_, bytes)) in &meta.dicts {
-            decoders.insert(*id, Arc::new(zstd::dict::DecoderDictionary::copy(bytes)));
+            // A dictionary that fails to load here is retried on first use.
+            if let Some(d) = crate::engine::load_decoder(bytes) {
+                decoders.insert(*id, d);
+            }
         }
         for (name, id) in &meta.dict_current {
             if let (Ok(n), Some((_, bytes))) = (ns.get(name), meta.dicts.get(id)) {
@@ -722,6 +725,7 @@ impl Cache {
             commit_latency_max: Duration::from_micros(stats::get(&c.commit_micros_max)),
             write_errors: stats::get(&c.write_errors),
             last_write_error: sh.last_error.lock().clone(),
+            maintenance_errors: stats::get(&c.maintenance_errors),
             corrupt_reads: stats::get(&c.corrupt_reads),
             moved_aside: sh.moved_aside.clone(),
             warmup_loaded: stats::get(&c.warmup_loaded),

@@ -23,7 +23,7 @@ use crate::stats::{EngineCounters, add};
 use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::record::{self, Encoding, Header, Prepared};
-use crate::store::tables::{ENTRIES, META, META_HOT_SNAPSHOT};
+use crate::store::tables::{ENTRIES, META, META_HOT_SNAPSHOT, dict_key};
 use crate::store::writer::Op;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -36,6 +36,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use zstd::dict::DecoderDictionary;
+
+/// Prepares a decoder dictionary; `None` when it cannot be loaded.
+pub(crate) fn load_decoder(bytes: &[u8]) -> Option<Arc<DecoderDictionary<'static>>> {
+    failpoint!("dict::load", |_| None);
+    DecoderDictionary::try_copy(bytes).ok().map(Arc::new)
+}
 
 /// A value found by a lookup, with its absolute expiry (`u64::MAX` = never).
 #[derive(Debug, Clone)]
@@ -133,8 +139,19 @@ impl Shared {
         })
     }
 
+    /// The decoder of dictionary `id`, loaded from meta on first use (and
+    /// again after a load failed, so a passing fault heals by itself).
     pub(crate) fn decoder(&self, id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
-        self.decoders.read().get(&id).cloned()
+        if let Some(d) = self.decoders.read().get(&id) {
+            return Some(d.clone());
+        }
+        let r = self.db().ok()?.begin_read().ok()?;
+        let t = r.open_table(META).ok()?;
+        let v = t.get(dict_key(id).as_str()).ok()??;
+        let (_ns, bytes): (String, Vec<u8>) = postcard::from_bytes(v.value()).ok()?;
+        let d = load_decoder(&bytes)?;
+        self.decoders.write().insert(id, d.clone());
+        Some(d)
     }
 
     pub(crate) fn decode(&self, ns: &str, rec: &[u8]) -> Result<(Header, Vec<u8>), ReadError> {

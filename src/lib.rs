@@ -41,6 +41,28 @@
 //! writes return after their fsync; `flush()` makes everything before it
 //! durable; dropping the cache commits everything accepted.
 
+/// A fault-injection point, compiled only with the `failpoints` feature.
+/// `$e` maps the configured argument to the value the enclosing function
+/// returns when the point is set to `return`; any point can also `panic`.
+macro_rules! failpoint {
+    ($name:expr, $e:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, $e);
+    };
+}
+
+/// Every fault-injection point, for tests that check they were all hit.
+#[cfg(feature = "failpoints")]
+pub const FAILPOINTS: &[&str] = &[
+    "writer::commit",
+    "writer::sweep",
+    "disk::write",
+    "disk::fsync",
+    "zstd::compress",
+    "zstd::decompress",
+    "dict::load",
+];
+
 mod admin;
 mod cache;
 mod clock;

@@ -136,6 +136,12 @@ pub(crate) fn render(s: &Stats, commit_latency: &Histogram) -> String {
     counter(&mut reg, "write_errors", "Failed commits", s.write_errors);
     counter(
         &mut reg,
+        "maintenance_errors",
+        "Failed maintenance passes",
+        s.maintenance_errors,
+    );
+    counter(
+        &mut reg,
         "corrupt_reads",
         "Records that failed their checks on read",
         s.corrupt_reads,

@@ -31,6 +31,7 @@ pub(crate) struct EngineCounters {
     pub commit_micros_total: AtomicU64,
     pub commit_micros_max: AtomicU64,
     pub write_errors: AtomicU64,
+    pub maintenance_errors: AtomicU64,
     pub corrupt_reads: AtomicU64,
     pub records: AtomicU64,
     pub disk_bytes: AtomicU64,
@@ -119,6 +120,9 @@ pub struct Stats {
     /// Failed commits (disk full, I/O errors); the writer retries.
     pub write_errors: u64,
     pub last_write_error: Option<String>,
+    /// Failed maintenance passes (expiry sweep, disk bound, epoch purge,
+    /// snapshot); the next pass retries.
+    pub maintenance_errors: u64,
     /// Records that failed their checksum or decoding on read.
     pub corrupt_reads: u64,
     /// Set when open found a damaged file and moved it aside.

@@ -149,10 +149,31 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
     }
 }
 
+/// Opens the file through redb's own file backend.
+#[cfg(not(feature = "failpoints"))]
+fn create_file(file: &Path) -> Result<Database, DatabaseError> {
+    Database::builder().create(file)
+}
+
+/// With fault injection, the real file backend behind [`BoxedBackend`],
+/// whose writes and fsyncs can be made to fail.
+#[cfg(feature = "failpoints")]
+fn create_file(file: &Path) -> Result<Database, DatabaseError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+        .map_err(|e| DatabaseError::Storage(StorageError::Io(e)))?;
+    let backend = redb::backends::FileBackend::new(f)?;
+    Database::builder().create_with_backend(BoxedBackend(Box::new(backend)))
+}
+
 fn try_open(file: &Path, dir: &Path) -> Result<(Database, MetaState), Failure> {
     // redb may panic on some damaged files; a damaged cache file must never
     // take the process down.
-    let db = match catch_unwind(AssertUnwindSafe(|| Database::builder().create(file))) {
+    let db = match catch_unwind(AssertUnwindSafe(|| create_file(file))) {
         Ok(Ok(db)) => db,
         Ok(Err(e)) => return Err(classify(e, dir)),
         Err(_) => return Err(Failure::Damaged("redb panicked while opening".into())),
@@ -240,7 +261,9 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
     Ok(st)
 }
 
-/// Adapts a boxed backend to redb's `StorageBackend` (which wants a sized type).
+/// Adapts a boxed backend to redb's `StorageBackend` (which wants a sized
+/// type). With the `failpoints` feature, writes can fail with ENOSPC
+/// (`disk::write`) and fsyncs with EIO (`disk::fsync`).
 #[derive(Debug)]
 struct BoxedBackend(Box<dyn redb::StorageBackend>);
 
@@ -252,12 +275,19 @@ impl redb::StorageBackend for BoxedBackend {
         self.0.read(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        failpoint!("disk::write", |_| Err(std::io::Error::from_raw_os_error(
+            28
+        )));
         self.0.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        failpoint!("disk::fsync", |_| Err(std::io::Error::from_raw_os_error(5)));
         self.0.sync_data()
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        failpoint!("disk::write", |_| Err(std::io::Error::from_raw_os_error(
+            28
+        )));
         self.0.write(offset, data)
     }
     fn close(&self) -> Result<(), std::io::Error> {

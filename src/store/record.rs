@@ -66,7 +66,23 @@ thread_local! {
 /// default limit; we go lower since values are bounded anyway).
 const WINDOW_LOG_MAX: u32 = 27;
 
+/// zstd-compresses `data`; `None` on any failure (the caller stores raw).
 fn compress(data: &[u8], level: i32, dict: Option<&EncoderDictionary<'static>>) -> Option<Vec<u8>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compress_inner(data, level, dict)
+    }))
+    .unwrap_or_else(|_| {
+        CCTX.with(|c| c.replace(None));
+        None
+    })
+}
+
+fn compress_inner(
+    data: &[u8],
+    level: i32,
+    dict: Option<&EncoderDictionary<'static>>,
+) -> Option<Vec<u8>> {
+    failpoint!("zstd::compress", |_| None);
     match dict {
         // A context per call: a prepared dictionary borrows into it.
         Some(d) => zstd::bulk::Compressor::with_prepared_dictionary(d)
@@ -211,6 +227,37 @@ pub fn decode_header_verified(rec: &[u8]) -> Result<Header, RecordError> {
     Ok(h)
 }
 
+/// Decompresses a zstd payload into at most `raw_len` bytes.
+fn decompress(
+    compression: Compression,
+    dict_id: u32,
+    payload: &[u8],
+    raw_len: usize,
+    dict: &dyn Fn(u32) -> Option<Arc<DecoderDictionary<'static>>>,
+) -> Result<Vec<u8>, RecordError> {
+    failpoint!("zstd::decompress", |_| Err(RecordError::Decompress(
+        "injected fault".into()
+    )));
+    let err = |e: std::io::Error| RecordError::Decompress(e.to_string());
+    let window = zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX);
+    if compression == Compression::ZstdDict {
+        let dd = dict(dict_id).ok_or(RecordError::MissingDictionary(dict_id))?;
+        let mut dec = zstd::bulk::Decompressor::with_prepared_dictionary(&dd).map_err(err)?;
+        dec.set_parameter(window).map_err(err)?;
+        return dec.decompress(payload, raw_len).map_err(err);
+    }
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            let mut dec = zstd::bulk::Decompressor::new().map_err(err)?;
+            dec.set_parameter(window).map_err(err)?;
+            *d = Some(dec);
+        }
+        let dec = d.as_mut().expect("just set");
+        dec.decompress(payload, raw_len).map_err(err)
+    })
+}
+
 /// Fully decodes and verifies a record, returning the header and the value.
 /// Never allocates more than `max_value_len` for the value.
 pub fn decode(
@@ -229,28 +276,16 @@ pub fn decode(
     }
     let value = match h.compression {
         Compression::Raw => payload.to_vec(),
-        Compression::Zstd => DCTX.with(|d| {
-            let mut d = d.borrow_mut();
-            if d.is_none() {
-                let mut dec = zstd::bulk::Decompressor::new()
-                    .map_err(|e| RecordError::Decompress(e.to_string()))?;
-                dec.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
-                    .map_err(|e| RecordError::Decompress(e.to_string()))?;
-                *d = Some(dec);
-            }
-            let dec = d.as_mut().expect("just set");
-            dec.decompress(payload, raw_len)
-                .map_err(|e| RecordError::Decompress(e.to_string()))
+        // zstd is C code behind a safe wrapper; should it ever panic, the
+        // record is reported as undecodable instead of unwinding into the
+        // caller (and the thread's context is rebuilt).
+        c => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decompress(c, h.dict_id, payload, raw_len, dict)
+        }))
+        .unwrap_or_else(|_| {
+            DCTX.with(|d| d.replace(None));
+            Err(RecordError::Decompress("zstd panicked".into()))
         })?,
-        Compression::ZstdDict => {
-            let dd = dict(h.dict_id).ok_or(RecordError::MissingDictionary(h.dict_id))?;
-            let mut dec = zstd::bulk::Decompressor::with_prepared_dictionary(&dd)
-                .map_err(|e| RecordError::Decompress(e.to_string()))?;
-            dec.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX))
-                .map_err(|e| RecordError::Decompress(e.to_string()))?;
-            dec.decompress(payload, raw_len)
-                .map_err(|e| RecordError::Decompress(e.to_string()))?
-        }
     };
     if value.len() != raw_len {
         return Err(RecordError::LengthMismatch {

@@ -39,6 +39,11 @@ pub(crate) const META_DICT_PREFIX: &str = "dict/";
 /// Prefix of `dict_current/<namespace>` → u32 LE: the dictionary new writes use.
 pub(crate) const META_DICT_CURRENT_PREFIX: &str = "dict_current/";
 
+/// The meta key of dictionary `id`.
+pub(crate) fn dict_key(id: u32) -> String {
+    format!("{META_DICT_PREFIX}{id:010}")
+}
+
 /// The database format this build writes.
 pub(crate) const FORMAT: u32 = 1;
 

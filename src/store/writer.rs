@@ -18,6 +18,7 @@ use crate::stats::add;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{ReadableTable, Table};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -144,7 +145,11 @@ impl Writer {
             self.gather(&mut group);
             let closing = group.iter().any(|o| matches!(o, Op::Close(_)));
             let maintain = group.iter().any(|o| matches!(o, Op::Maintain(_)));
-            let result = self.commit_group(&mut group);
+            // A panic while applying a group (a bug, or an injected fault)
+            // must not kill the only writer: treat it as a failed commit;
+            // the transaction was dropped, so nothing of it was applied.
+            let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group)))
+                .unwrap_or_else(|_| Err(injected("commit (panicked)")));
             match result {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
@@ -317,7 +322,7 @@ impl Writer {
                     Op::Dict { ns, id, bytes, .. } => {
                         let d = postcard::to_allocvec(&(&*ns.name, bytes.as_slice()))
                             .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
-                        let k = format!("{META_DICT_PREFIX}{id:010}");
+                        let k = dict_key(*id);
                         meta.insert(k.as_str(), d.as_slice()).map_err(storage)?;
                         let k = format!("{META_DICT_CURRENT_PREFIX}{}", ns.name);
                         meta.insert(k.as_str(), id.to_le_bytes().as_slice())
@@ -328,6 +333,7 @@ impl Writer {
             }
             self.write_counters(&mut meta, &delta)?;
         }
+        failpoint!("writer::commit", |_| Err(injected("commit")));
         txn.commit().map_err(storage)?;
         self.after_commit(&delta, start, group.len());
         for op in group.iter() {
@@ -408,26 +414,40 @@ impl Writer {
     /// Sweep, disk bound, epoch purge and (when due) the hot-set snapshot.
     /// Errors are logged and counted; the next pass retries.
     fn maintain(&mut self) {
+        if catch_unwind(AssertUnwindSafe(|| self.maintain_inner())).is_err() {
+            add(&self.shared.counters.maintenance_errors, 1);
+            tracing::error!("maintenance pass panicked; the next pass retries");
+        }
+    }
+
+    fn maintain_inner(&mut self) {
         self.last_maintenance = Instant::now();
-        if let Err(e) = self.sweep_expired() {
-            tracing::warn!(error = %e, "expiry sweep failed");
-        }
-        if let Err(e) = self.enforce_disk_bound() {
-            tracing::warn!(error = %e, "disk bound enforcement failed");
-        }
-        if let Err(e) = self.purge_old_epochs() {
-            tracing::warn!(error = %e, "epoch purge failed");
-        }
-        if self.last_snapshot.elapsed() >= self.shared.limits.snapshot_interval
-            && let Err(e) = self.write_snapshot()
-        {
-            tracing::warn!(error = %e, "hot-set snapshot failed");
+        let snapshot_due = self.last_snapshot.elapsed() >= self.shared.limits.snapshot_interval;
+        let steps: [(&str, Result<(), Arc<redb::Error>>); 4] = [
+            ("expiry sweep", self.sweep_expired()),
+            ("disk bound", self.enforce_disk_bound()),
+            ("epoch purge", self.purge_old_epochs()),
+            (
+                "hot-set snapshot",
+                if snapshot_due {
+                    self.write_snapshot()
+                } else {
+                    Ok(())
+                },
+            ),
+        ];
+        for (step, r) in steps {
+            if let Err(e) = r {
+                add(&self.shared.counters.maintenance_errors, 1);
+                tracing::warn!(error = %e, step, "maintenance step failed; the next pass retries");
+            }
         }
     }
 
     /// Deletes entries whose expiry has passed, `sweep_batch` per
     /// transaction, until none is left.
     fn sweep_expired(&mut self) -> Result<(), Arc<redb::Error>> {
+        failpoint!("writer::sweep", |_| Err(injected("expiry sweep")));
         let now = self.shared.time.now_ms();
         loop {
             let n = self.drop_from_index(Some(now), usize::MAX)?;
@@ -685,6 +705,13 @@ fn remove_older(
             Ok(true)
         }
     }
+}
+
+/// An I/O error standing for a failure that did not come from redb.
+fn injected(what: &str) -> Arc<redb::Error> {
+    Arc::new(redb::Error::Io(std::io::Error::other(format!(
+        "{what} failed"
+    ))))
 }
 
 fn reply_all(group: &mut [Op], result: Result<(), WriteError>) {

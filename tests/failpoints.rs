@@ -1,0 +1,292 @@
+//! Fault injection with the `fail` crate (`--features failpoints`): errors
+//! and panics at commit, disk write (ENOSPC), fsync (EIO), zstd compression
+//! and decompression, dictionary load and the expiry sweep. For each: the
+//! point is hit, reads keep working (hot tier and queued writes; the warm
+//! tier where the fault allows), the error reaches the callers waiting for
+//! durability and the stats, nothing acknowledged durable is lost, and the
+//! cache recovers once the fault clears.
+#![cfg(feature = "failpoints")]
+
+use embercache::{Cache, Durability, ManualClock, NamespacePolicy, ReadError, WriteError};
+use fail::FailScenario;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const T0: u64 = 1_750_000_000_000;
+
+/// Every point this file exercises; checked against the library's list.
+const TESTED: &[&str] = &[
+    "writer::commit",
+    "writer::sweep",
+    "disk::write",
+    "disk::fsync",
+    "zstd::compress",
+    "zstd::decompress",
+    "dict::load",
+];
+
+#[test]
+fn every_failpoint_is_exercised() {
+    let lib: BTreeSet<&str> = embercache::FAILPOINTS.iter().copied().collect();
+    let tested: BTreeSet<&str> = TESTED.iter().copied().collect();
+    assert_eq!(
+        lib, tested,
+        "a failpoint without a test, or a test of a missing point"
+    );
+}
+
+/// Counts hits of `name` (replacing any action configured on it).
+fn count_hits(name: &str) -> Arc<AtomicUsize> {
+    let n = Arc::new(AtomicUsize::new(0));
+    let c = n.clone();
+    fail::cfg_callback(name, move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    n
+}
+
+fn open(dir: &Path, clock: &ManualClock) -> Cache {
+    Cache::builder()
+        .dir(dir)
+        .clock(clock.clone())
+        .durability(Durability::Sync)
+        .hot_capacity(64 << 10)
+        .shards(1)
+        .open()
+        .unwrap()
+}
+
+/// Like `open`, with namespace "cold" kept out of the hot tier so every read
+/// of it decodes a record from disk.
+fn open_cold(dir: &Path, clock: &ManualClock) -> Cache {
+    Cache::builder()
+        .dir(dir)
+        .clock(clock.clone())
+        .durability(Durability::Sync)
+        .namespace("cold", NamespacePolicy::default().hot_admission(false))
+        .open()
+        .unwrap()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!(
+        "{{\"market\":{i},\"price\":0.{i},\"pad\":\"{}\"}}",
+        "x".repeat(200)
+    )
+    .into_bytes()
+}
+
+/// Retries `flush` until the writer has recovered (bounded).
+fn wait_recovered(c: &Cache) {
+    for _ in 0..1000 {
+        if c.flush().is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the cache did not recover after the fault cleared");
+}
+
+/// A write fault (`point` set to `action`): acknowledged writes survive,
+/// the failing write reports the error, hot reads go on, recovery follows.
+fn write_fault(point: &str, action: &str) {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    let hits = count_hits(point);
+    for i in 0..200u32 {
+        c.set("ns", &i.to_be_bytes(), value(i)).unwrap();
+    }
+    assert!(hits.load(Ordering::SeqCst) > 0, "{point} never hit");
+
+    fail::cfg(point, action).unwrap();
+    let err = c.set("ns", b"during", b"the fault".to_vec()).unwrap_err();
+    assert!(
+        matches!(err, WriteError::Storage(_)),
+        "{point}={action}: {err}"
+    );
+    let s = c.stats();
+    assert!(s.write_errors >= 1, "{point}: error not in stats");
+    assert!(s.last_write_error.is_some());
+    // Reads from memory keep working: the newest values are hot, and the
+    // failed write is queued for retry and visible.
+    assert_eq!(
+        c.get("ns", &199u32.to_be_bytes()).unwrap().as_deref(),
+        Some(&value(199)[..])
+    );
+    assert_eq!(
+        c.get("ns", b"during").unwrap().as_deref(),
+        Some(&b"the fault"[..])
+    );
+
+    fail::remove(point);
+    wait_recovered(&c);
+    // The warm tier answers again (key 0 was evicted from the 64 KiB hot tier).
+    assert_eq!(
+        c.get("ns", &0u32.to_be_bytes()).unwrap().as_deref(),
+        Some(&value(0)[..])
+    );
+    c.close().unwrap();
+
+    let c = open(dir.path(), &clock);
+    for i in 0..200u32 {
+        assert_eq!(
+            c.get("ns", &i.to_be_bytes()).unwrap().as_deref(),
+            Some(&value(i)[..]),
+            "{point}: acked key {i} lost"
+        );
+    }
+    assert_eq!(
+        c.get("ns", b"during").unwrap().as_deref(),
+        Some(&b"the fault"[..]),
+        "retried write missing"
+    );
+    c.close().unwrap();
+    scenario.teardown();
+}
+
+#[test]
+fn commit_error() {
+    write_fault("writer::commit", "return");
+}
+
+#[test]
+fn commit_panic() {
+    write_fault("writer::commit", "panic");
+}
+
+#[test]
+fn disk_full() {
+    write_fault("disk::write", "return");
+}
+
+#[test]
+fn fsync_error() {
+    write_fault("disk::fsync", "return");
+}
+
+#[test]
+fn compression_error_and_panic_store_raw() {
+    for action in ["return", "panic"] {
+        let scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let c = open(dir.path(), &clock);
+        let hits = count_hits("zstd::compress");
+        c.set("ns", b"a", value(1)).unwrap();
+        assert!(hits.load(Ordering::SeqCst) > 0, "zstd::compress never hit");
+        fail::cfg("zstd::compress", action).unwrap();
+        c.set("ns", b"b", value(2)).unwrap();
+        let s = c.stats().total();
+        // b was stored raw: its payload counts in full.
+        assert!(s.stored_bytes_written >= value(2).len() as u64);
+        fail::remove("zstd::compress");
+        c.set("ns", b"c", value(3)).unwrap();
+        c.close().unwrap();
+        let c = open(dir.path(), &clock);
+        for (k, i) in [(b"a", 1), (b"b", 2), (b"c", 3)] {
+            assert_eq!(c.get("ns", k).unwrap().as_deref(), Some(&value(i)[..]));
+        }
+        c.close().unwrap();
+        scenario.teardown();
+    }
+}
+
+#[test]
+fn decompression_error_and_panic_are_typed_and_transient() {
+    for action in ["return", "panic"] {
+        let scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let c = open_cold(dir.path(), &clock);
+        let hits = count_hits("zstd::decompress");
+        c.set("cold", b"k", value(7)).unwrap();
+        assert_eq!(c.get("cold", b"k").unwrap().as_deref(), Some(&value(7)[..]));
+        assert!(
+            hits.load(Ordering::SeqCst) > 0,
+            "zstd::decompress never hit"
+        );
+        fail::cfg("zstd::decompress", action).unwrap();
+        let err = c.get("cold", b"k").unwrap_err();
+        assert!(matches!(err, ReadError::Corrupt { .. }), "{err}");
+        assert_eq!(c.stats().corrupt_reads, 1);
+        fail::remove("zstd::decompress");
+        assert_eq!(c.get("cold", b"k").unwrap().as_deref(), Some(&value(7)[..]));
+        c.close().unwrap();
+        scenario.teardown();
+    }
+}
+
+#[test]
+fn dictionary_load_failure_heals_on_next_use() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    for i in 0..100u32 {
+        c.set("m", &i.to_be_bytes(), value(i)).unwrap();
+    }
+    c.train_dictionary("m").unwrap();
+    c.set("m", b"dict", value(1000)).unwrap();
+    c.close().unwrap();
+
+    let hits = count_hits("dict::load");
+    let c = open(dir.path(), &clock);
+    assert!(hits.load(Ordering::SeqCst) > 0, "dict::load never hit");
+    c.close().unwrap();
+
+    fail::cfg("dict::load", "return").unwrap();
+    let c = open(dir.path(), &clock);
+    let err = c.get("m", b"dict").unwrap_err();
+    assert!(matches!(err, ReadError::Corrupt { .. }), "{err}");
+    // Values not compressed with the dictionary are unaffected.
+    assert_eq!(
+        c.get("m", &3u32.to_be_bytes()).unwrap().as_deref(),
+        Some(&value(3)[..])
+    );
+    fail::remove("dict::load");
+    assert_eq!(
+        c.get("m", b"dict").unwrap().as_deref(),
+        Some(&value(1000)[..])
+    );
+    c.close().unwrap();
+    scenario.teardown();
+}
+
+#[test]
+fn sweep_error_and_panic_are_counted_and_retried() {
+    for action in ["return", "panic"] {
+        let scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let c = open(dir.path(), &clock);
+        let hits = count_hits("writer::sweep");
+        for i in 0..50u32 {
+            c.set_with_ttl("ns", &i.to_be_bytes(), value(i), Duration::from_secs(10))
+                .unwrap();
+        }
+        c.set("ns", b"keep", b"v".to_vec()).unwrap();
+        c.run_maintenance().unwrap();
+        assert!(hits.load(Ordering::SeqCst) > 0, "writer::sweep never hit");
+        clock.advance(Duration::from_secs(11));
+        fail::cfg("writer::sweep", action).unwrap();
+        let before = c.stats().maintenance_errors;
+        c.run_maintenance().unwrap();
+        let s = c.stats();
+        assert!(s.maintenance_errors > before, "sweep failure not counted");
+        assert_eq!(s.disk_records, 51, "nothing swept while failing");
+        // Expired entries are never served, swept or not.
+        assert_eq!(c.get("ns", &0u32.to_be_bytes()).unwrap(), None);
+        fail::remove("writer::sweep");
+        c.run_maintenance().unwrap();
+        assert_eq!(c.stats().disk_records, 1, "sweep did not recover");
+        assert_eq!(c.get("ns", b"keep").unwrap().as_deref(), Some(&b"v"[..]));
+        c.close().unwrap();
+        scenario.teardown();
+    }
+}
