@@ -30,6 +30,18 @@ pub enum Ttl {
     Remaining(Duration),
 }
 
+/// An entry with its freshness, from [`Cache::get_entry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EntryInfo {
+    pub value: Bytes,
+    /// Time left before expiry; `None` = never expires; zero when stale.
+    pub ttl: Option<Duration>,
+    /// `Some(how long ago it expired)` for an entry served stale (within
+    /// the namespace's `max(stale_for, max_stale)` retention).
+    pub stale_by: Option<Duration>,
+}
+
 /// Options of one write. `WriteOptions::default()` uses the namespace's
 /// default TTL and the cache's durability mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -302,7 +314,17 @@ impl CacheBuilder {
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock::default()));
-        let meta = opened.meta;
+        let mut meta = opened.meta;
+        let schemas: Vec<(String, String)> = self
+            .namespaces
+            .iter()
+            .filter_map(|(n, p)| p.schema_version.clone().map(|v| (n.clone(), v)))
+            .collect();
+        let bumped = open::apply_schema_versions(&opened.db, &mut meta, &schemas)
+            .map_err(|e| OpenError::Storage(Arc::new(e)))?;
+        for ns in bumped {
+            tracing::info!(namespace = %ns, "schema version changed; namespace epoch bumped");
+        }
         let ns = Namespaces::new(
             self.namespaces.clone(),
             self.default_policy.clone(),
@@ -361,6 +383,13 @@ impl CacheBuilder {
             moved_aside: opened.moved_aside,
             file: opened.file,
             warm_capacity: self.warm_capacity,
+            max_retention_ms: self
+                .namespaces
+                .values()
+                .chain([&self.default_policy])
+                .map(NamespacePolicy::retention_ms)
+                .max()
+                .unwrap_or(0),
             decoders: RwLock::new(decoders),
             next_dict_id: AtomicU32::new(meta.dicts.keys().max().map_or(1, |m| m + 1)),
             tx,
@@ -444,21 +473,65 @@ impl Cache {
 
     /// The value of `key` in `ns`, if present, live and of the current epoch.
     pub fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
-        Ok(self.sh().get(ns, key)?.map(|f| f.value))
+        Ok(self.sh().get(ns, key, false)?.map(|f| f.value))
     }
 
     /// Whether `key` is present and live.
     pub fn contains(&self, ns: &str, key: &[u8]) -> Result<bool, ReadError> {
-        Ok(self.sh().get(ns, key)?.is_some())
+        Ok(self.sh().get(ns, key, false)?.is_some())
     }
 
     /// How long `key` still lives; `None` when absent.
     pub fn ttl(&self, ns: &str, key: &[u8]) -> Result<Option<Ttl>, ReadError> {
         let now = self.sh().time.now_ms();
-        Ok(self.sh().get(ns, key)?.map(|f| match f.expires_at {
+        Ok(self.sh().get(ns, key, false)?.map(|f| match f.expires_at {
             u64::MAX => Ttl::Never,
             t => Ttl::Remaining(Duration::from_millis(t.saturating_sub(now))),
         }))
+    }
+
+    /// The entry of `key` with its remaining TTL, including an entry that
+    /// expired less than the namespace's retention window ago
+    /// (`NamespacePolicy::stale_for` / `max_stale`), marked stale. `get`
+    /// never returns stale entries; loaders use this one.
+    pub fn get_entry(&self, ns: &str, key: &[u8]) -> Result<Option<EntryInfo>, ReadError> {
+        let now = self.sh().time.now_ms();
+        Ok(self.sh().get(ns, key, true)?.map(|f| {
+            let (ttl, stale_by) = match f.expires_at {
+                u64::MAX => (None, None),
+                t if t > now => (Some(Duration::from_millis(t - now)), None),
+                t => (Some(Duration::ZERO), Some(Duration::from_millis(now - t))),
+            };
+            EntryInfo {
+                value: f.value,
+                ttl,
+                stale_by,
+            }
+        }))
+    }
+
+    /// Engine time in unix milliseconds: the injected clock, never going
+    /// backwards (see `Clock`). Loaders compute their deadlines with it.
+    pub fn now_ms(&self) -> u64 {
+        self.sh().time.now_ms()
+    }
+
+    /// Reads a loader-state entry (learned TTLs, breaker state, counters)
+    /// as of the last commit. For the loading layer.
+    #[doc(hidden)]
+    pub fn loader_meta_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.sh().loader_meta_get(key)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a loader-state entry; durable with
+    /// the next commit (or `flush()`). For the loading layer.
+    #[doc(hidden)]
+    pub fn loader_meta_put(&self, key: &str, value: Option<Vec<u8>>) -> Result<(), WriteError> {
+        self.sh().send(Op::LoaderMeta {
+            key: key.to_string(),
+            value,
+            done: None,
+        })
     }
 
     /// Stores `value` with the namespace's default TTL.
@@ -572,6 +645,12 @@ impl Cache {
     /// `Sync` mode returns once the bump is fsynced.
     pub fn invalidate_namespace(&self, ns: &str) -> Result<u64, WriteError> {
         self.sh().invalidate_namespace(ns, false)
+    }
+
+    /// Like [`Cache::invalidate_namespace`], returning once the bump is
+    /// fsynced in any durability mode.
+    pub fn invalidate_namespace_durable(&self, ns: &str) -> Result<u64, WriteError> {
+        self.sh().invalidate_namespace(ns, true)
     }
 
     /// Returns when every write accepted so far is fsynced.

@@ -45,6 +45,24 @@ pub struct NamespacePolicy {
     pub compression_level: Option<i32>,
     /// Whether values of this namespace enter the hot tier. Default: true.
     pub hot_admission: bool,
+    /// Stale-while-revalidate window: for this long after expiry, a loader
+    /// serves the old value at once and refreshes it in the background.
+    /// Default: none.
+    pub stale_for: Option<Duration>,
+    /// Stale-if-error window: for this long after expiry, a loader whose
+    /// upstream fails serves the old value, marked stale. Default: none.
+    ///
+    /// Expired entries are kept (hidden from `get`, visible to
+    /// `Cache::get_entry`) until `expires_at + max(stale_for, max_stale)`.
+    pub max_stale: Option<Duration>,
+    /// How long a loader's "does not exist" answer is cached. Default: none
+    /// (not cached).
+    pub negative_ttl: Option<Duration>,
+    /// A version of the code or schema that produced this namespace's
+    /// values (a hash, say). Opening with a different version than the last
+    /// open bumps the namespace epoch: old values are never served again.
+    /// Default: none.
+    pub schema_version: Option<String>,
 }
 
 impl Default for NamespacePolicy {
@@ -54,6 +72,10 @@ impl Default for NamespacePolicy {
             max_ttl: None,
             compression_level: Some(3),
             hot_admission: true,
+            stale_for: None,
+            max_stale: None,
+            negative_ttl: None,
+            schema_version: None,
         }
     }
 }
@@ -83,6 +105,33 @@ impl NamespacePolicy {
     pub fn hot_admission(mut self, admit: bool) -> Self {
         self.hot_admission = admit;
         self
+    }
+    /// Stale-while-revalidate window; see [`NamespacePolicy::stale_for`].
+    pub fn stale_for(mut self, window: Duration) -> Self {
+        self.stale_for = Some(window);
+        self
+    }
+    /// Stale-if-error window; see [`NamespacePolicy::max_stale`].
+    pub fn max_stale(mut self, window: Duration) -> Self {
+        self.max_stale = Some(window);
+        self
+    }
+    /// TTL of cached "does not exist" answers.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+    /// Code/schema version; a change bumps the epoch at open.
+    pub fn schema_version(mut self, version: impl Into<String>) -> Self {
+        self.schema_version = Some(version.into());
+        self
+    }
+
+    /// How long expired entries are kept for stale reads, in ms.
+    pub(crate) fn retention_ms(&self) -> u64 {
+        let ms =
+            |d: Option<Duration>| d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        ms(self.stale_for).max(ms(self.max_stale))
     }
 }
 

@@ -23,7 +23,7 @@ use crate::stats::{EngineCounters, add};
 use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::record::{self, Encoding, Header, Prepared};
-use crate::store::tables::{ENTRIES, META, META_HOT_SNAPSHOT, dict_key};
+use crate::store::tables::{ENTRIES, LOADER_META, META, META_HOT_SNAPSHOT, dict_key};
 use crate::store::writer::Op;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -66,6 +66,23 @@ enum Fill {
 struct ReadPoint {
     seq: u64,
     now: u64,
+    /// Entries expiring at or before this are not returned: `now` for
+    /// normal reads, `now - retention` when stale entries are wanted.
+    min_expiry: u64,
+}
+
+impl ReadPoint {
+    /// Whether an entry expiring at `expires_at` is returned, and whether
+    /// it is fresh (`Some(true)`) or stale (`Some(false)`).
+    fn visible(&self, expires_at: u64) -> Option<bool> {
+        if expires_at > self.now {
+            Some(true)
+        } else if expires_at > self.min_expiry {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// Outcome of the in-memory part of a lookup.
@@ -96,6 +113,9 @@ pub(crate) struct Shared {
     pub moved_aside: Option<String>,
     pub file: Option<PathBuf>,
     pub warm_capacity: u64,
+    /// The longest stale-retention window over all policies, in ms: the
+    /// sweeper keeps expired records this long.
+    pub max_retention_ms: u64,
     pub decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
@@ -195,7 +215,7 @@ impl Shared {
     }
 
     fn is_dead(&self, now: u64) -> impl Fn(&Entry) -> bool + '_ {
-        move |e: &Entry| e.expires_at <= now || e.epoch != self.ns.epoch_of(e.ns)
+        move |e: &Entry| self.ns.is_dead(e.ns, e.expires_at, e.epoch, now)
     }
 
     fn hot_insert(&self, entry: Entry, now: u64) -> Insert {
@@ -419,55 +439,82 @@ impl Shared {
     ) -> Result<u64, WriteError> {
         self.check_open_w()?;
         let ns = self.ns.get(ns_name)?;
-        let epoch = ns.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        add(&ns.counters.invalidations, 1);
         let (done, rx) = self.done_pair(self.waits(durable));
-        self.send(Op::Epoch {
-            ns: ns.clone(),
-            done,
-        })?;
+        let epoch = {
+            // Queue the bump, then make it visible: a write can carry the
+            // new epoch only after the bump is ahead of it in the queue, so
+            // the disk never holds a record of an epoch it does not know.
+            let _serial = ns.invalidate.lock();
+            let epoch = ns.epoch() + 1;
+            self.send(Op::Epoch {
+                ns: ns.clone(),
+                epoch,
+                done,
+            })?;
+            ns.epoch.store(epoch, Ordering::Release);
+            epoch
+        };
+        add(&ns.counters.invalidations, 1);
         Self::wait_for(rx)?;
         Ok(epoch)
+    }
+
+    /// The value stored under `key` in the loader-state table, as of the
+    /// last commit.
+    pub(crate) fn loader_meta_get(&self, key: &str) -> Option<Vec<u8>> {
+        let r = self.db().ok()?.begin_read().ok()?;
+        let t = r.open_table(LOADER_META).ok()?;
+        let v = t.get(key).ok()??;
+        Some(v.value().to_vec())
     }
 
     // ----- reads --------------------------------------------------------
 
     /// Hot tier, then pending writes. Counts hot hits and answers from
     /// pending; leaves redb to the caller.
-    fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], now: u64) -> Fast {
+    fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], at: ReadPoint) -> Fast {
         let epoch = ns.epoch();
+        let count = |fresh: Option<bool>, tier: &AtomicU64| {
+            // A stale answer is a miss as far as freshness goes.
+            add(
+                if fresh == Some(true) {
+                    tier
+                } else {
+                    &ns.counters.misses
+                },
+                1,
+            )
+        };
         if let Some(hit) = self.hot.get(hash, ns.id, key) {
             // The hot copy, when present, is the newest write of the key
             // (writes update it, fills never put back an older one).
-            if hit.epoch == epoch && hit.expires_at > now {
-                add(&ns.counters.hot_hits, 1);
-                return Fast::Done(Some(Found {
-                    value: hit.value,
-                    expires_at: hit.expires_at,
-                }));
-            }
-            add(&ns.counters.misses, 1);
-            return Fast::Done(None);
+            let fresh = (hit.epoch == epoch)
+                .then(|| at.visible(hit.expires_at))
+                .flatten();
+            count(fresh, &ns.counters.hot_hits);
+            return Fast::Done(fresh.map(|_| Found {
+                value: hit.value,
+                expires_at: hit.expires_at,
+            }));
         }
         let p = self.pending.lock(hash);
         if let Some(op) = p.get(hash, ns.id, key) {
-            let found = match &op.kind {
+            let (fresh, found) = match &op.kind {
                 PendingKind::Set {
                     value,
                     expires_at,
                     epoch: e,
-                } if *e == epoch && *expires_at > now => Some(Found {
-                    value: value.clone(),
-                    expires_at: *expires_at,
-                }),
-                _ => None,
+                } if *e == epoch => {
+                    let fresh = at.visible(*expires_at);
+                    let found = fresh.map(|_| Found {
+                        value: value.clone(),
+                        expires_at: *expires_at,
+                    });
+                    (fresh, found)
+                }
+                _ => (None, None),
             };
-            let c = if found.is_some() {
-                &ns.counters.warm_hits
-            } else {
-                &ns.counters.misses
-            };
-            add(c, 1);
+            count(fresh, &ns.counters.warm_hits);
             return Fast::Done(found);
         }
         Fast::NeedWarm
@@ -483,7 +530,7 @@ impl Shared {
         at: ReadPoint,
         fill: Fill,
     ) -> Result<Option<Found>, ReadError> {
-        let ReadPoint { seq, now } = at;
+        let ReadPoint { seq, now, .. } = at;
         let count = |c: &AtomicU64| {
             if fill == Fill::Read {
                 add(c, 1)
@@ -494,11 +541,17 @@ impl Shared {
             return Ok(None);
         };
         let (h, value) = self.decode(&ns.name, rec)?;
-        if h.epoch != ns.epoch() || h.expires_at <= now {
-            count(&ns.counters.misses);
-            return Ok(None);
+        let fresh = (h.epoch == ns.epoch())
+            .then(|| at.visible(h.expires_at))
+            .flatten();
+        match fresh {
+            Some(true) => count(&ns.counters.warm_hits),
+            Some(false) => count(&ns.counters.misses),
+            None => {
+                count(&ns.counters.misses);
+                return Ok(None);
+            }
         }
-        count(&ns.counters.warm_hits);
         let value = Bytes::from(value);
         if ns.policy.hot_admission {
             let p = self.pending.lock(hash);
@@ -524,12 +577,37 @@ impl Shared {
         }))
     }
 
-    pub(crate) fn get(&self, ns_name: &str, key: &[u8]) -> Result<Option<Found>, ReadError> {
-        let ns = self.namespace_r(ns_name)?;
-        let now = self.time.now_ms();
-        let hash = self.hot.hash(ns.id, key);
+    /// The point a read of `ns` happens at. With `stale`, entries expired
+    /// less than the namespace's retention ago are visible too.
+    fn read_point(&self, ns: &Namespace, stale: bool) -> ReadPoint {
+        // The sequence number is taken before anything is read (fill rule).
         let seq = self.commit_seq.load(Ordering::SeqCst);
-        if let Fast::Done(r) = self.lookup_fast(&ns, hash, key, now) {
+        let now = self.time.now_ms();
+        let min_expiry = if stale {
+            now.saturating_sub(ns.retention_ms)
+        } else {
+            now
+        };
+        ReadPoint {
+            seq,
+            now,
+            min_expiry,
+        }
+    }
+
+    /// One key. With `stale`, an entry expired within the namespace's
+    /// retention window is returned too (the caller compares `expires_at`
+    /// with `now`).
+    pub(crate) fn get(
+        &self,
+        ns_name: &str,
+        key: &[u8],
+        stale: bool,
+    ) -> Result<Option<Found>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        let hash = self.hot.hash(ns.id, key);
+        let at = self.read_point(&ns, stale);
+        if let Fast::Done(r) = self.lookup_fast(&ns, hash, key, at) {
             return Ok(r);
         }
         let r = self
@@ -548,7 +626,7 @@ impl Shared {
             hash,
             key,
             rec.as_ref().map(|g| g.value()),
-            ReadPoint { seq, now },
+            at,
             Fill::Read,
         )
     }
@@ -560,13 +638,12 @@ impl Shared {
         keys: &[&[u8]],
     ) -> Result<Vec<Option<Found>>, ReadError> {
         let ns = self.namespace_r(ns_name)?;
-        let now = self.time.now_ms();
-        let seq = self.commit_seq.load(Ordering::SeqCst);
+        let at = self.read_point(&ns, false);
         let mut out = Vec::with_capacity(keys.len());
         let mut warm = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let hash = self.hot.hash(ns.id, key);
-            match self.lookup_fast(&ns, hash, key, now) {
+            match self.lookup_fast(&ns, hash, key, at) {
                 Fast::Done(r) => out.push(r),
                 Fast::NeedWarm => {
                     out.push(None);
@@ -592,7 +669,7 @@ impl Shared {
                     hash,
                     keys[i],
                     rec.as_ref().map(|g| g.value()),
-                    ReadPoint { seq, now },
+                    at,
                     Fill::Read,
                 )?;
             }
@@ -611,7 +688,27 @@ impl Shared {
         let ns = self.namespace_r(ns_name)?;
         let now = self.time.now_ms();
         let epoch = ns.epoch();
-        let mut out: BTreeMap<Vec<u8>, Option<Found>> = BTreeMap::new();
+        let live = |e: u64, exp: u64| e == epoch && exp > now;
+        // Pending writes first: one committed and dropped from pending while
+        // redb is read is then still seen. Per key the newest version wins.
+        let mut out: BTreeMap<Vec<u8>, (u64, Option<Found>)> = BTreeMap::new();
+        self.pending.for_each(|op| {
+            if op.ns != ns.id || !op.key.starts_with(prefix) {
+                return;
+            }
+            let v = match &op.kind {
+                PendingKind::Set {
+                    value,
+                    expires_at,
+                    epoch: e,
+                } if live(*e, *expires_at) => Some(Found {
+                    value: value.clone(),
+                    expires_at: *expires_at,
+                }),
+                _ => None,
+            };
+            out.insert(op.key.to_vec(), (op.version, v));
+        });
         let r = self
             .db()
             .map_err(ReadError::Storage)?
@@ -629,41 +726,24 @@ impl Shared {
             if n != &*ns.name || !key.starts_with(prefix) {
                 break;
             }
+            if let Some((version, _)) = out.get(key) {
+                // Cheap header look first: skip records older than pending.
+                if record::decode_header(v.value()).is_ok_and(|h| h.version <= *version) {
+                    continue;
+                }
+            }
             let Ok((h, value)) = self.decode(&ns.name, v.value()) else {
                 continue;
             };
-            if h.epoch == epoch && h.expires_at > now {
-                out.insert(
-                    key.to_vec(),
-                    Some(Found {
-                        value: value.into(),
-                        expires_at: h.expires_at,
-                    }),
-                );
-            }
+            let found = live(h.epoch, h.expires_at).then(|| Found {
+                value: value.into(),
+                expires_at: h.expires_at,
+            });
+            out.insert(key.to_vec(), (h.version, found));
         }
-        // Overlay writes the writer has not committed yet (newest wins: the
-        // pending entry of a key is always its latest write).
-        self.pending.for_each(|op| {
-            if op.ns != ns.id || !op.key.starts_with(prefix) {
-                return;
-            }
-            let v = match &op.kind {
-                PendingKind::Set {
-                    value,
-                    expires_at,
-                    epoch: e,
-                } if *e == epoch && *expires_at > now => Some(Found {
-                    value: value.clone(),
-                    expires_at: *expires_at,
-                }),
-                _ => None,
-            };
-            out.insert(op.key.to_vec(), v);
-        });
         Ok(out
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
             .collect())
     }
 
@@ -695,10 +775,10 @@ impl Shared {
             // under a steady write load, try the chunk again a few times.
             for _attempt in 0..3 {
                 let seq = self.commit_seq.load(Ordering::SeqCst);
+                let now = self.time.now_ms();
                 let Ok(db) = self.db() else { break };
                 let Ok(r) = db.begin_read() else { break };
                 let Ok(t) = r.open_table(ENTRIES) else { break };
-                let now = self.time.now_ms();
                 for (name, key) in chunk {
                     let Ok(ns) = self.ns.get(name) else { continue };
                     let hash = self.hot.hash(ns.id, key);
@@ -706,7 +786,11 @@ impl Shared {
                         continue;
                     }
                     if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
-                        let at = ReadPoint { seq, now };
+                        let at = ReadPoint {
+                            seq,
+                            now,
+                            min_expiry: now,
+                        };
                         let _ = self.accept_warm(&ns, hash, key, Some(g.value()), at, Fill::WarmUp);
                     }
                 }

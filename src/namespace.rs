@@ -19,6 +19,12 @@ pub(crate) struct Namespace {
     pub name: Arc<str>,
     pub policy: NamespacePolicy,
     pub epoch: AtomicU64,
+    /// Expired entries stay readable as stale this long (ms); see
+    /// `NamespacePolicy::max_stale`.
+    pub retention_ms: u64,
+    /// Serializes `invalidate_namespace`: the bump is queued before it is
+    /// visible, so no write can carry an epoch the disk does not know yet.
+    pub invalidate: parking_lot::Mutex<()>,
     pub counters: NsCounters,
     /// The dictionary new writes compress with: (id, prepared at the
     /// namespace's level).
@@ -28,6 +34,12 @@ pub(crate) struct Namespace {
 impl Namespace {
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// When an entry expiring at `expires_at` may be dropped: after its
+    /// stale-retention window. The expiry index is keyed by this.
+    pub(crate) fn purge_at(&self, expires_at: u64) -> u64 {
+        expires_at.saturating_add(self.retention_ms)
     }
 }
 
@@ -92,7 +104,9 @@ impl Namespaces {
         let ns = Arc::new(Namespace {
             id: by_id.len() as u32,
             name: name.into(),
+            retention_ms: policy.retention_ms(),
             policy,
+            invalidate: parking_lot::Mutex::new(()),
             epoch: AtomicU64::new(0),
             counters: NsCounters::default(),
             dict: RwLock::new(None),
@@ -106,9 +120,13 @@ impl Namespaces {
         self.by_id.read().get(id as usize).cloned()
     }
 
-    /// The current epoch of namespace `id` (0 for an unknown id).
-    pub(crate) fn epoch_of(&self, id: u32) -> u64 {
-        self.by_id.read().get(id as usize).map_or(0, |n| n.epoch())
+    /// Whether a hot entry of namespace `id` may be dropped at `now`: past
+    /// its stale-retention window, or of an old epoch.
+    pub(crate) fn is_dead(&self, id: u32, expires_at: u64, epoch: u64, now: u64) -> bool {
+        match self.by_id.read().get(id as usize) {
+            Some(n) => n.purge_at(expires_at) <= now || n.epoch() != epoch,
+            None => true,
+        }
     }
 
     pub(crate) fn all(&self) -> Vec<Arc<Namespace>> {

@@ -426,3 +426,114 @@ fn restart_warms_the_hot_tier_from_the_snapshot() {
     let s = c.stats().total();
     assert_eq!(s.hot_hits, 100, "hot keys were not warmed: {s:?}");
 }
+
+#[test]
+fn stale_entries_are_kept_for_the_retention_window_and_only_get_entry_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let open = || {
+        Cache::builder()
+            .dir(dir.path())
+            .clock(clock.clone())
+            .namespace(
+                "price",
+                NamespacePolicy::default()
+                    .ttl(Duration::from_secs(10))
+                    .max_stale(Duration::from_secs(60)),
+            )
+            .open()
+            .unwrap()
+    };
+    let c = open();
+    c.set("price", b"BTC", b"97000".to_vec()).unwrap();
+    let e = c.get_entry("price", b"BTC").unwrap().unwrap();
+    assert_eq!((e.ttl, e.stale_by), (Some(Duration::from_secs(10)), None));
+    clock.advance(Duration::from_secs(15));
+    assert_eq!(
+        c.get("price", b"BTC").unwrap(),
+        None,
+        "get never returns stale entries"
+    );
+    let e = c.get_entry("price", b"BTC").unwrap().unwrap();
+    assert_eq!(e.stale_by, Some(Duration::from_secs(5)));
+    assert_eq!(&e.value[..], b"97000");
+    c.run_maintenance().unwrap();
+    assert_eq!(
+        c.stats().disk_records,
+        1,
+        "swept inside the retention window"
+    );
+    c.close().unwrap();
+    // From disk after a restart, too.
+    let c = open();
+    assert_eq!(
+        c.get_entry("price", b"BTC").unwrap().unwrap().stale_by,
+        Some(Duration::from_secs(5))
+    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        c.get_entry("price", b"BTC").unwrap(),
+        None,
+        "served stale beyond max_stale"
+    );
+    c.run_maintenance().unwrap();
+    assert_eq!(c.stats().disk_records, 0);
+}
+
+#[test]
+fn a_new_schema_version_bumps_the_epoch_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |v: &str| {
+        Cache::builder()
+            .dir(dir.path())
+            .namespace("search", NamespacePolicy::default().schema_version(v))
+            .open()
+            .unwrap()
+    };
+    let c = open("v1");
+    c.set("search", b"q", b"old logic".to_vec()).unwrap();
+    c.close().unwrap();
+    let c = open("v1");
+    assert!(
+        c.contains("search", b"q").unwrap(),
+        "same version keeps entries"
+    );
+    c.close().unwrap();
+    let c = open("v2");
+    assert_eq!(
+        c.get("search", b"q").unwrap(),
+        None,
+        "new version must hide old results"
+    );
+    c.set("search", b"q", b"new logic".to_vec()).unwrap();
+    c.close().unwrap();
+    let c = open("v2");
+    assert_eq!(
+        c.get("search", b"q").unwrap().as_deref(),
+        Some(&b"new logic"[..])
+    );
+}
+
+#[test]
+fn loader_state_persists_and_durable_invalidation_returns_after_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    c.loader_meta_put("breaker/prices-api", Some(b"open".to_vec()))
+        .unwrap();
+    c.loader_meta_put("gone", Some(b"x".to_vec())).unwrap();
+    c.loader_meta_put("gone", None).unwrap();
+    c.set("ns", b"k", b"v".to_vec()).unwrap();
+    assert_eq!(c.invalidate_namespace_durable("ns").unwrap(), 1);
+    assert_eq!(
+        c.loader_meta_get("breaker/prices-api").as_deref(),
+        Some(&b"open"[..])
+    );
+    drop(c);
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    assert_eq!(
+        c.loader_meta_get("breaker/prices-api").as_deref(),
+        Some(&b"open"[..])
+    );
+    assert_eq!(c.loader_meta_get("gone"), None);
+    assert_eq!(c.get("ns", b"k").unwrap(), None);
+}

@@ -197,6 +197,42 @@ fn try_open(file: &Path, dir: &Path) -> Result<(Database, MetaState), Failure> {
     }
 }
 
+/// Applies the declared schema versions (namespace, version): a namespace
+/// whose stored version differs gets its epoch bumped, so nothing written
+/// under the old version is served again. The first version declared for a
+/// namespace is just recorded. One transaction for all of them.
+pub(crate) fn apply_schema_versions(
+    db: &Database,
+    meta: &mut MetaState,
+    declared: &[(String, String)],
+) -> Result<Vec<String>, redb::Error> {
+    let mut bumped = Vec::new();
+    if declared.is_empty() {
+        return Ok(bumped);
+    }
+    let w = db.begin_write()?;
+    {
+        let mut t = w.open_table(META)?;
+        for (ns, version) in declared {
+            let key = format!("{META_SCHEMA_PREFIX}{ns}");
+            let stored = t.get(key.as_str())?.map(|v| v.value().to_vec());
+            if stored.as_deref() == Some(version.as_bytes()) {
+                continue;
+            }
+            if stored.is_some() {
+                let epoch = meta.epochs.entry(ns.clone()).or_insert(0);
+                *epoch += 1;
+                let ekey = format!("{META_EPOCH_PREFIX}{ns}");
+                t.insert(ekey.as_str(), epoch.to_le_bytes().as_slice())?;
+                bumped.push(ns.clone());
+            }
+            t.insert(key.as_str(), version.as_bytes())?;
+        }
+    }
+    w.commit()?;
+    Ok(bumped)
+}
+
 fn meta_format(db: &Database) -> Option<u32> {
     let r = db.begin_read().ok()?;
     let t = r.open_table(META).ok()?;
@@ -210,6 +246,7 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
     {
         w.open_table(ENTRIES)?;
         w.open_table(EXPIRY)?;
+        w.open_table(LOADER_META)?;
         let mut meta = w.open_table(META)?;
         if meta.get(META_FORMAT)?.is_none() {
             meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;

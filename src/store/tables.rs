@@ -7,7 +7,8 @@ pub(crate) const ENTRIES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinitio
 
 /// (expires_at, version) → (namespace, key). Ordered by expiry, then by
 /// write order; entries without a TTL sit at `expires_at = u64::MAX`. The
-/// sweeper walks it from the start up to "now"; the disk bound walks it from
+/// sweeper walks it from the start up to "now" minus the longest
+/// stale-retention window of any namespace; the disk bound walks it from
 /// the start too, so it drops what expires soonest, then what was written
 /// longest ago. The version makes every key unique.
 pub(crate) const EXPIRY: TableDefinition<(u64, u64), (&str, &[u8])> =
@@ -16,9 +17,12 @@ pub(crate) const EXPIRY: TableDefinition<(u64, u64), (&str, &[u8])> =
 /// Named values: see the `meta` constants below.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-// Reserved table names for later issues, not created yet: "outbox" (Redis
-// mirror, written in the same transaction as the local write) and
-// "loader_meta" (refresh timestamps, learned TTLs, breaker state).
+/// Loader state (learned TTLs, breaker state, access counters): name → bytes,
+/// written through the writer like everything else.
+pub(crate) const LOADER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("loader_meta");
+
+// Reserved table name for a later issue, not created yet: "outbox" (Redis
+// mirror, written in the same transaction as the local write).
 
 /// u32 LE: the database format version.
 pub(crate) const META_FORMAT: &str = "format_version";
@@ -34,6 +38,8 @@ pub(crate) const META_BYTES: &str = "bytes";
 pub(crate) const META_HOT_SNAPSHOT: &str = "hot_snapshot";
 /// Prefix of `epoch/<namespace>` → u64 LE.
 pub(crate) const META_EPOCH_PREFIX: &str = "epoch/";
+/// Prefix of `schema/<namespace>` → the namespace's schema version (UTF-8).
+pub(crate) const META_SCHEMA_PREFIX: &str = "schema/";
 /// Prefix of `dict/<id as 10 digits>` → postcard `(namespace, dictionary bytes)`.
 pub(crate) const META_DICT_PREFIX: &str = "dict/";
 /// Prefix of `dict_current/<namespace>` → u32 LE: the dictionary new writes use.

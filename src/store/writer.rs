@@ -44,9 +44,16 @@ pub(crate) enum Op {
         version: u64,
         done: Option<Done>,
     },
-    /// Persist the namespace's current epoch.
+    /// Persist a namespace epoch bump (the highest one wins).
     Epoch {
         ns: Arc<Namespace>,
+        epoch: u64,
+        done: Option<Done>,
+    },
+    /// Set (`Some`) or remove (`None`) a loader-state entry.
+    LoaderMeta {
+        key: String,
+        value: Option<Vec<u8>>,
         done: Option<Done>,
     },
     /// Persist a trained dictionary and make it the namespace's current one.
@@ -68,6 +75,7 @@ impl Op {
             Op::Put { done, .. }
             | Op::Delete { done, .. }
             | Op::Epoch { done, .. }
+            | Op::LoaderMeta { done, .. }
             | Op::Dict { done, .. } => done.take(),
             Op::Flush(d) | Op::Maintain(d) | Op::Close(d) => Some(d.clone()),
         }
@@ -86,6 +94,7 @@ impl Op {
             Op::Put { done, .. }
             | Op::Delete { done, .. }
             | Op::Epoch { done, .. }
+            | Op::LoaderMeta { done, .. }
             | Op::Dict { done, .. } => done.is_some(),
             Op::Flush(_) | Op::Maintain(_) | Op::Close(_) => true,
         }
@@ -106,6 +115,8 @@ pub(crate) struct Writer {
     /// Writes of a failed commit, retried with the next group.
     carry: Vec<Op>,
     backoff: Duration,
+    /// Consecutive failed commits.
+    failures: u32,
     last_maintenance: Instant,
     last_snapshot: Instant,
     /// Namespaces that may hold records of an old epoch → resume key.
@@ -119,6 +130,7 @@ impl Writer {
             rx,
             carry: Vec::new(),
             backoff: Duration::ZERO,
+            failures: 0,
             last_maintenance: Instant::now(),
             last_snapshot: Instant::now(),
             purge: purge.into_iter().map(|n| (n, Vec::new())).collect(),
@@ -136,6 +148,12 @@ impl Writer {
                 match self.rx.recv_timeout(wait) {
                     Ok(op) => group.push(op),
                     Err(RecvTimeoutError::Timeout) => {
+                        if self.shared.closed.load(Ordering::Acquire) && self.rx.is_empty() {
+                            // close() could not queue its Close op (the
+                            // queue was full); the queue has drained since.
+                            let _ = self.write_snapshot();
+                            return;
+                        }
                         self.maintain();
                         continue;
                     }
@@ -153,6 +171,7 @@ impl Writer {
             match result {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
+                    self.failures = 0;
                     if maintain || self.last_maintenance.elapsed() >= limits.maintenance_interval {
                         self.maintain();
                     }
@@ -179,10 +198,16 @@ impl Writer {
                     *self.shared.last_error.lock() = Some(e.to_string());
                     tracing::error!(error = %e, ops = group.len(), "commit failed; will retry");
                     reply_all(&mut group, Err(err));
-                    if closing {
-                        // Close gives up after the failed attempt: the
-                        // caller was told, and the writes were never
+                    self.failures += 1;
+                    if closing || (self.shared.closed.load(Ordering::Acquire) && self.failures >= 3)
+                    {
+                        // Closing gives up on a failing disk: the caller
+                        // was told, and these writes were never
                         // acknowledged durable.
+                        tracing::error!(
+                            ops = group.len(),
+                            "closing with writes that could not be committed"
+                        );
                         return;
                     }
                     if matches!(*e, redb::Error::Io(_) | redb::Error::PreviousIo) {
@@ -191,7 +216,11 @@ impl Writer {
                     group.retain(|o| {
                         matches!(
                             o,
-                            Op::Put { .. } | Op::Delete { .. } | Op::Epoch { .. } | Op::Dict { .. }
+                            Op::Put { .. }
+                                | Op::Delete { .. }
+                                | Op::Epoch { .. }
+                                | Op::Dict { .. }
+                                | Op::LoaderMeta { .. }
                         )
                     });
                     self.carry = group;
@@ -281,14 +310,8 @@ impl Writer {
                         expires_at,
                         ..
                     } => {
-                        if !remove_older(
-                            &mut entries,
-                            &mut expiry,
-                            &ns.name,
-                            key,
-                            *version,
-                            &mut delta,
-                        )? {
+                        if !remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?
+                        {
                             continue;
                         }
                         entries
@@ -302,22 +325,28 @@ impl Writer {
                     Op::Delete {
                         ns, key, version, ..
                     } => {
-                        remove_older(
-                            &mut entries,
-                            &mut expiry,
-                            &ns.name,
-                            key,
-                            *version,
-                            &mut delta,
-                        )?;
+                        remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?;
                     }
-                    Op::Epoch { ns, .. } => {
-                        // The current epoch, not the op's: two racing bumps
-                        // may arrive out of order; the stored one must be
-                        // the highest.
+                    Op::Epoch { ns, epoch, .. } => {
+                        // Never lower a stored epoch (a retried group may
+                        // carry an old bump).
                         let k = format!("{META_EPOCH_PREFIX}{}", ns.name);
-                        meta.insert(k.as_str(), ns.epoch().to_le_bytes().as_slice())
+                        let stored = meta
+                            .get(k.as_str())
+                            .map_err(storage)?
+                            .and_then(|v| u64_from(v.value()))
+                            .unwrap_or(0);
+                        let e = stored.max(*epoch);
+                        meta.insert(k.as_str(), e.to_le_bytes().as_slice())
                             .map_err(storage)?;
+                    }
+                    Op::LoaderMeta { key, value, .. } => {
+                        let mut t = txn.open_table(LOADER_META).map_err(storage)?;
+                        match value {
+                            Some(v) => t.insert(key.as_str(), v.as_slice()).map(drop),
+                            None => t.remove(key.as_str()).map(drop),
+                        }
+                        .map_err(storage)?;
                     }
                     Op::Dict { ns, id, bytes, .. } => {
                         let d = postcard::to_allocvec(&(&*ns.name, bytes.as_slice()))
@@ -399,12 +428,15 @@ impl Writer {
             apply(c.disk_bytes.load(Ordering::Relaxed), d.bytes),
             Ordering::Relaxed,
         );
-        let us = start.elapsed().as_micros() as u64;
-        add(&c.commits, 1);
-        add(&c.committed_ops, ops as u64);
-        add(&c.commit_micros_total, us);
-        c.commit_micros_max.fetch_max(us, Ordering::Relaxed);
-        self.shared.commit_latency.observe(us as f64 / 1e6);
+        if ops > 0 {
+            // Group commits only; maintenance transactions are not counted.
+            let us = start.elapsed().as_micros() as u64;
+            add(&c.commits, 1);
+            add(&c.committed_ops, ops as u64);
+            add(&c.commit_micros_total, us);
+            c.commit_micros_max.fetch_max(us, Ordering::Relaxed);
+            self.shared.commit_latency.observe(us as f64 / 1e6);
+        }
         // Bumped after the commit is visible and before pending entries go:
         // a reader that started before this commit will not fill the hot
         // tier from its older snapshot.
@@ -448,7 +480,14 @@ impl Writer {
     /// transaction, until none is left.
     fn sweep_expired(&mut self) -> Result<(), Arc<redb::Error>> {
         failpoint!("writer::sweep", |_| Err(injected("expiry sweep")));
-        let now = self.shared.time.now_ms();
+        // Keep expired entries for the longest stale-retention window of
+        // any namespace (NamespacePolicy::max_stale): the index is keyed by
+        // expiry alone, so it stays valid whatever policies a process uses.
+        let now = self
+            .shared
+            .time
+            .now_ms()
+            .saturating_sub(self.shared.max_retention_ms);
         loop {
             let n = self.drop_from_index(Some(now), usize::MAX)?;
             if n < self.shared.limits.sweep_batch {
@@ -535,6 +574,11 @@ impl Writer {
             }
             self.write_counters(&mut meta, &delta)?;
         }
+        if dropped == 0 {
+            // Nothing to do: no commit, no fsync for an idle cache.
+            txn.abort().map_err(storage)?;
+            return Ok(0);
+        }
         txn.commit().map_err(storage)?;
         self.after_commit(&delta, Instant::now(), 0);
         Ok(dropped)
@@ -588,8 +632,12 @@ impl Writer {
                 }
                 self.write_counters(&mut meta, &delta)?;
             }
-            txn.commit().map_err(storage)?;
-            self.after_commit(&delta, Instant::now(), 0);
+            if delta.records == 0 {
+                txn.abort().map_err(storage)?;
+            } else {
+                txn.commit().map_err(storage)?;
+                self.after_commit(&delta, Instant::now(), 0);
+            }
             if finished {
                 self.purge.remove(&name);
             } else {
@@ -678,11 +726,12 @@ fn apply(base: u64, d: i64) -> u64 {
 fn remove_older(
     entries: &mut Table<(&str, &[u8]), &[u8]>,
     expiry: &mut Table<(u64, u64), (&str, &[u8])>,
-    ns: &str,
+    ns: &Namespace,
     key: &[u8],
     version: u64,
     delta: &mut Delta,
 ) -> Result<bool, Arc<redb::Error>> {
+    let ns = &*ns.name;
     // Only a record whose checksum holds can claim to be newer: a damaged
     // version field must not make the writer drop this write.
     let old = entries.get((ns, key)).map_err(storage)?.map(|v| {
