@@ -72,6 +72,7 @@ mod error;
 mod hot;
 #[cfg(feature = "json-lines")]
 mod import;
+mod load;
 mod metrics;
 mod namespace;
 mod stats;
@@ -88,6 +89,12 @@ pub use hot::{ENTRY_OVERHEAD, charge_of};
 #[cfg(feature = "json-lines")]
 pub use import::{
     ImportError, ImportReport, import_json_lines, import_json_lines_with, write_json_line,
+};
+pub use load::{
+    BatchLoaded, BreakerConfig, BreakerConfigError, BreakerMetrics, BreakerOpen, BreakerSnapshot,
+    BreakerState, CallError, CallOutcome, CircuitBreaker, LoadError, LoadPolicy, Loaded, Lookup,
+    NEGATIVE_SUFFIX, Origin, Permit, RefreshReport, Refresher, RefresherConfig, StaleReason,
+    breaker_metrics_text,
 };
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;

@@ -1,0 +1,186 @@
+//! `get_or_load_async`: the same model as `get_or_load` for tokio tasks.
+//! Followers await a `Notify` instead of blocking a thread; background
+//! refreshes are tokio tasks.
+//!
+//! Cache reads and writes are called directly: hot-tier hits take a shared
+//! lock, writes in `Buffered` mode only enqueue. A warm-tier read touches
+//! redb (usually the page cache); in `Durability::Sync` the store of a
+//! loaded value waits for its fsync, so it is moved to `spawn_blocking`.
+
+use super::loader::{Cached, Ctx, LoadError, Loaded, Lookup, Origin, StaleReason};
+use super::single_flight::Role;
+use super::state::FlightResult;
+use crate::Cache;
+use crate::config::Durability;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+impl Cache {
+    /// [`Cache::get_or_load`] for async code: the loader returns a future;
+    /// concurrent callers (tasks or threads) share one load; a stale value
+    /// within `stale_for` is served at once while one tokio task refreshes
+    /// it. Must be called within a tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use embercache::{Cache, Loaded};
+    /// let cache = Cache::builder().open()?;
+    /// let r = cache
+    ///     .get_or_load_async("position", b"alice", "positions-api", |key| async move {
+    ///         Ok(Loaded::value(format!("positions of {}", String::from_utf8_lossy(&key))))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(r.value.as_deref(), Some(&b"positions of alice"[..]));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load_async<F, Fut>(
+        &self,
+        ns: &str,
+        key: &[u8],
+        upstream: &str,
+        loader: F,
+    ) -> Result<Lookup, LoadError>
+    where
+        F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded, LoadError>> + Send + 'static,
+    {
+        let cx = self.ctx(ns)?;
+        let upstream: Arc<str> = upstream.into();
+        let now = self.now_ms();
+        cx.ns.access(self, key, &cx.policy, now);
+        let stale = match self.cached(&cx, key)? {
+            Cached::Fresh(v, ttl) => {
+                cx.ns.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                if self.wants_early_refresh(&cx, key, ttl)
+                    && self.spawn_refresh_async(&cx, key, &upstream, loader)
+                {
+                    cx.ns
+                        .counters
+                        .early_refreshes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(Lookup::new(Some(v), Origin::Cache));
+            }
+            Cached::Negative => {
+                cx.ns.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Lookup::new(None, Origin::Cache));
+            }
+            Cached::Stale(v, by) if by <= cx.stale_for() => {
+                cx.ns.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                self.spawn_refresh_async(&cx, key, &upstream, loader);
+                let origin = Origin::Stale {
+                    stale_by: by,
+                    reason: StaleReason::Revalidating,
+                };
+                return Ok(Lookup::new(Some(v), origin));
+            }
+            Cached::Stale(v, by) => Some((v, by)),
+            Cached::Miss => None,
+        };
+        let fk = cx.fkey(key);
+        let (r, origin) = loop {
+            match cx.st.flights.join(&fk) {
+                Role::Leader(l) => {
+                    match self.recheck(&cx, key) {
+                        Ok(Some(v)) => {
+                            l.complete(Ok(v.clone()));
+                            break (Ok(v), Origin::Cache);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            l.complete(Err(e.clone()));
+                            break (Err(e), Origin::Loader);
+                        }
+                    }
+                    // If this task is cancelled here, dropping `l` abandons
+                    // the flight and a follower takes over.
+                    let r = self.run_async(&cx, key, &upstream, loader).await;
+                    l.complete(r.clone());
+                    break (r, Origin::Loader);
+                }
+                Role::Follower(f) => {
+                    if let Some(r) = f.wait_async().await {
+                        break (r, Origin::Loader);
+                    }
+                }
+            }
+        };
+        Cache::finish(&cx, r, origin, stale)
+    }
+
+    async fn run_async<F, Fut>(
+        &self,
+        cx: &Ctx,
+        key: &[u8],
+        upstream: &Arc<str>,
+        loader: F,
+    ) -> FlightResult
+    where
+        F: FnOnce(Vec<u8>) -> Fut,
+        Fut: Future<Output = Result<Loaded, LoadError>>,
+    {
+        let s = self.begin_load(cx, upstream)?;
+        let r = loader(key.to_vec()).await;
+        if self.sh().durability == Durability::Sync {
+            let (cache, name, key, up) = (
+                self.clone(),
+                cx.name.clone(),
+                key.to_vec(),
+                upstream.clone(),
+            );
+            let h = tokio::task::spawn_blocking(move || {
+                let cx = cache.ctx(&name)?;
+                cache.end_load(&cx, &key, &up, s, r)
+            });
+            return h
+                .await
+                .unwrap_or_else(|e| Err(LoadError::message(format!("store task failed: {e}"))));
+        }
+        self.end_load(cx, key, upstream, s, r)
+    }
+
+    fn spawn_refresh_async<F, Fut>(
+        &self,
+        cx: &Ctx,
+        key: &[u8],
+        upstream: &Arc<str>,
+        loader: F,
+    ) -> bool
+    where
+        F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Loaded, LoadError>> + Send + 'static,
+    {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let Some(leader) = cx.st.flights.try_lead(&cx.fkey(key)) else {
+            return false;
+        };
+        let cache = self.clone();
+        let (key, upstream, name) = (key.to_vec(), upstream.clone(), cx.name.clone());
+        cx.st.reap();
+        let h = rt.spawn(async move {
+            let r = match cache.ctx(&name) {
+                Ok(cx) => {
+                    cx.ns.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                    cache.run_async(&cx, &key, &upstream, loader).await
+                }
+                Err(e) => Err(e),
+            };
+            leader.complete(r);
+        });
+        cx.st.tasks.lock().push(h);
+        true
+    }
+
+    /// Waits for the background refresh tasks started so far.
+    pub async fn wait_refreshes_async(&self) {
+        let st = super::state::LoadState::of(self);
+        let hs: Vec<_> = st.tasks.lock().drain(..).collect();
+        for h in hs {
+            let _ = h.await;
+        }
+    }
+}
