@@ -8,6 +8,7 @@ use crate::hot::HotTier;
 use crate::namespace::Namespaces;
 use crate::stats::{self, EngineCounters, NamespaceStats, Stats};
 use crate::store::open;
+use crate::store::outbox::OutboxItem;
 use crate::store::pending::Pending;
 use crate::store::writer::{Op, Writer};
 use bytes::Bytes;
@@ -99,6 +100,7 @@ pub struct CacheBuilder {
     shards: Option<usize>,
     strict: bool,
     limits: Limits,
+    outbox: bool,
 }
 
 impl Default for CacheBuilder {
@@ -115,6 +117,7 @@ impl Default for CacheBuilder {
             shards: None,
             strict: false,
             limits: Limits::default(),
+            outbox: false,
         }
     }
 }
@@ -203,6 +206,14 @@ impl CacheBuilder {
         self.strict = strict;
         self
     }
+    /// Record every set, delete and epoch bump in a durable outbox, in the
+    /// same transaction as the write, for a mirror to deliver (the Redis
+    /// mirror turns this on). Default: false.
+    pub fn outbox(mut self, enabled: bool) -> Self {
+        self.outbox = enabled;
+        self
+    }
+
     /// Limits and write-path tuning. Default: `Limits::default()`.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
@@ -360,6 +371,10 @@ impl CacheBuilder {
             }
         }
         let counters = EngineCounters::default();
+        let (rows, bytes) =
+            crate::store::outbox::measure(&opened.db).map_err(OpenError::Storage)?;
+        counters.outbox_rows.store(rows, Ordering::Relaxed);
+        counters.outbox_bytes.store(bytes, Ordering::Relaxed);
         counters.records.store(meta.records, Ordering::Relaxed);
         counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(self.limits.queue_capacity);
@@ -383,6 +398,7 @@ impl CacheBuilder {
             moved_aside: opened.moved_aside,
             file: opened.file,
             warm_capacity: self.warm_capacity,
+            outbox: self.outbox,
             max_retention_ms: self
                 .namespaces
                 .values()
@@ -531,6 +547,29 @@ impl Cache {
             key: key.to_string(),
             value,
             done: None,
+        })
+    }
+
+    /// Up to `limit` mirror writes waiting in the outbox, oldest first.
+    /// For the mirror.
+    #[doc(hidden)]
+    pub fn outbox_peek(&self, limit: usize) -> Result<Vec<OutboxItem>, ReadError> {
+        let db = self.sh().db().map_err(ReadError::Storage)?;
+        crate::store::outbox::peek(&db, limit).map_err(ReadError::Storage)
+    }
+
+    /// Removes delivered mirror writes from the outbox (a row replaced by a
+    /// newer write of its key since `outbox_peek` stays). Returns once the
+    /// removal is committed. For the mirror.
+    #[doc(hidden)]
+    pub fn outbox_ack(&self, items: &[OutboxItem]) -> Result<(), WriteError> {
+        let items = items
+            .iter()
+            .map(|i| (i.namespace.clone(), i.key.clone(), i.version))
+            .collect();
+        self.sh().request(|done| Op::OutboxAck {
+            items,
+            done: Some(done),
         })
     }
 
@@ -807,6 +846,9 @@ impl Cache {
             maintenance_errors: stats::get(&c.maintenance_errors),
             corrupt_reads: stats::get(&c.corrupt_reads),
             moved_aside: sh.moved_aside.clone(),
+            outbox_rows: stats::get(&c.outbox_rows),
+            outbox_bytes: stats::get(&c.outbox_bytes),
+            outbox_coalesced: stats::get(&c.outbox_coalesced),
             warmup_loaded: stats::get(&c.warmup_loaded),
             warmup_total: stats::get(&c.warmup_total),
             warmup_done: stats::get(&c.warmup_done) == 1,

@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     /// The longest stale-retention window over all policies, in ms: the
     /// sweeper keeps expired records this long.
     pub max_retention_ms: u64,
+    /// Whether writes are also recorded in the mirror outbox.
+    pub outbox: bool,
     pub decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
@@ -206,9 +208,10 @@ impl Shared {
         Ok(match ttl {
             None => u64::MAX,
             Some(t) => {
-                // Round up so a 1.5 ms TTL does not become 1 ms; saturate so
-                // a huge TTL means "never" rather than wrapping.
-                let ms = u64::try_from(t.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+                // Round up from nanoseconds so a 1.5 ms TTL does not become
+                // 1 ms, nor a sub-microsecond one 0 ms (born expired);
+                // saturate so a huge TTL means "never" rather than wrapping.
+                let ms = u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
                 now.saturating_add(ms)
             }
         })

@@ -36,6 +36,9 @@ pub(crate) struct EngineCounters {
     pub records: AtomicU64,
     pub disk_bytes: AtomicU64,
     pub warmup_total: AtomicU64,
+    pub outbox_rows: AtomicU64,
+    pub outbox_bytes: AtomicU64,
+    pub outbox_coalesced: AtomicU64,
     pub warmup_loaded: AtomicU64,
     pub warmup_done: AtomicU64,
 }
@@ -127,6 +130,12 @@ pub struct Stats {
     pub corrupt_reads: u64,
     /// Set when open found a damaged file and moved it aside.
     pub moved_aside: Option<String>,
+    /// Mirror writes waiting in the outbox (0 when the mirror is off), their
+    /// bytes, and writes replaced by a newer write of the same key before
+    /// they were sent.
+    pub outbox_rows: u64,
+    pub outbox_bytes: u64,
+    pub outbox_coalesced: u64,
     /// Hot-set warm-up after open: keys loaded / keys in the snapshot.
     pub warmup_loaded: u64,
     pub warmup_total: u64,

@@ -2,6 +2,7 @@
 //! background writer, and opening/recovery.
 
 pub(crate) mod open;
+pub(crate) mod outbox;
 pub(crate) mod pending;
 pub mod record;
 pub(crate) mod tables;

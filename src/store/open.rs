@@ -247,6 +247,8 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
         w.open_table(ENTRIES)?;
         w.open_table(EXPIRY)?;
         w.open_table(LOADER_META)?;
+        w.open_table(super::outbox::OUTBOX)?;
+        w.open_table(super::outbox::OUTBOX_ORDER)?;
         let mut meta = w.open_table(META)?;
         if meta.get(META_FORMAT)?.is_none() {
             meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;

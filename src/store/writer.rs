@@ -9,6 +9,7 @@
 //! form the next group: concurrent `Sync` writers share commits.
 
 use super::open::Source;
+use super::outbox::{EPOCH_NAMESPACE, Outbox, OutboxDelta, OutboxKind};
 use super::record::decode_header;
 use super::tables::*;
 use crate::engine::Shared;
@@ -50,6 +51,11 @@ pub(crate) enum Op {
         epoch: u64,
         done: Option<Done>,
     },
+    /// Remove outbox rows the mirror delivered: (namespace, key, version).
+    OutboxAck {
+        items: Vec<(String, Vec<u8>, u64)>,
+        done: Option<Done>,
+    },
     /// Set (`Some`) or remove (`None`) a loader-state entry.
     LoaderMeta {
         key: String,
@@ -76,6 +82,7 @@ impl Op {
             | Op::Delete { done, .. }
             | Op::Epoch { done, .. }
             | Op::LoaderMeta { done, .. }
+            | Op::OutboxAck { done, .. }
             | Op::Dict { done, .. } => done.take(),
             Op::Flush(d) | Op::Maintain(d) | Op::Close(d) => Some(d.clone()),
         }
@@ -95,6 +102,7 @@ impl Op {
             | Op::Delete { done, .. }
             | Op::Epoch { done, .. }
             | Op::LoaderMeta { done, .. }
+            | Op::OutboxAck { done, .. }
             | Op::Dict { done, .. } => done.is_some(),
             Op::Flush(_) | Op::Maintain(_) | Op::Close(_) => true,
         }
@@ -221,6 +229,7 @@ impl Writer {
                                 | Op::Epoch { .. }
                                 | Op::Dict { .. }
                                 | Op::LoaderMeta { .. }
+                                | Op::OutboxAck { .. }
                         )
                     });
                     self.carry = group;
@@ -295,10 +304,23 @@ impl Writer {
         let start = Instant::now();
         let txn = sh.db()?.begin_write().map_err(storage)?;
         let mut delta = Delta::default();
+        let mut od = OutboxDelta::default();
         {
             let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
             let mut expiry = txn.open_table(EXPIRY).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
+            // Mirror writes go in the same transaction as the local ones.
+            let mut outbox = if sh.outbox {
+                Some(Outbox::open(&txn)?)
+            } else {
+                None
+            };
+            let mut mirror =
+                |kind, ns: &str, key: &[u8], version, payload: &[u8]| match outbox.as_mut() {
+                    Some(o) => o.push(ns, key, kind, version, payload),
+                    None => Ok(()),
+                };
+            let mut acks = Vec::new();
             let skip = superseded(group);
             for (op, _) in group.iter().zip(skip).filter(|(_, skip)| !skip) {
                 match op {
@@ -321,11 +343,17 @@ impl Writer {
                             .insert((*expires_at, *version), (&*ns.name, &**key))
                             .map_err(storage)?;
                         delta.add(key.len() + record.len());
+                        mirror(OutboxKind::Put, &ns.name, key, *version, record)?;
                     }
                     Op::Delete {
                         ns, key, version, ..
                     } => {
-                        remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?;
+                        if remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)? {
+                            mirror(OutboxKind::Delete, &ns.name, key, *version, &[])?;
+                        }
+                    }
+                    Op::OutboxAck { items, .. } => {
+                        acks.extend(items.iter());
                     }
                     Op::Epoch { ns, epoch, .. } => {
                         // Never lower a stored epoch (a retried group may
@@ -339,6 +367,8 @@ impl Writer {
                         let e = stored.max(*epoch);
                         meta.insert(k.as_str(), e.to_le_bytes().as_slice())
                             .map_err(storage)?;
+                        let name = ns.name.as_bytes();
+                        mirror(OutboxKind::Epoch, EPOCH_NAMESPACE, name, e, &[])?;
                     }
                     Op::LoaderMeta { key, value, .. } => {
                         let mut t = txn.open_table(LOADER_META).map_err(storage)?;
@@ -360,11 +390,29 @@ impl Writer {
                     Op::Flush(_) | Op::Maintain(_) | Op::Close(_) => {}
                 }
             }
+            if let Some(o) = outbox.as_mut() {
+                for (ns, key, s) in acks {
+                    o.ack(ns, key, *s)?;
+                }
+            }
+            if let Some(o) = outbox {
+                od = o.delta;
+            }
             self.write_counters(&mut meta, &delta)?;
         }
         failpoint!("writer::commit", |_| Err(injected("commit")));
         txn.commit().map_err(storage)?;
         self.after_commit(&delta, start, group.len());
+        let c = &sh.counters;
+        c.outbox_rows.store(
+            apply(c.outbox_rows.load(Ordering::Relaxed), od.rows),
+            Ordering::Relaxed,
+        );
+        c.outbox_bytes.store(
+            apply(c.outbox_bytes.load(Ordering::Relaxed), od.bytes),
+            Ordering::Relaxed,
+        );
+        add(&c.outbox_coalesced, od.coalesced);
         for op in group.iter() {
             match op {
                 Op::Put {
