@@ -98,6 +98,7 @@ pub use load::{
 };
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;
+pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};
 
 /// The record codec, public for `embercache verify`, the fuzzers and tools
 /// that read the database file directly.
