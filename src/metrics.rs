@@ -148,6 +148,24 @@ pub(crate) fn render(s: &Stats, commit_latency: &Histogram) -> String {
     );
     gauge(
         &mut reg,
+        "outbox_rows",
+        "Mirror writes waiting in the outbox",
+        s.outbox_rows,
+    );
+    gauge(
+        &mut reg,
+        "outbox_bytes",
+        "Bytes waiting in the outbox",
+        s.outbox_bytes,
+    );
+    counter(
+        &mut reg,
+        "outbox_coalesced",
+        "Outbox writes replaced by a newer write of the same key",
+        s.outbox_coalesced,
+    );
+    gauge(
+        &mut reg,
         "warmup_loaded",
         "Keys loaded by the warm-up",
         s.warmup_loaded,
