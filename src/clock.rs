@@ -81,8 +81,11 @@ impl ManualClock {
     /// Moves both the wall and the monotonic clock forward: time passes.
     pub fn advance(&self, by: std::time::Duration) {
         let ms = by.as_millis() as u64;
-        self.wall.fetch_add(ms, Ordering::SeqCst);
+        // Monotonic first: `EngineTime` reads the wall clock first, so a
+        // reader that sees the new wall time also sees the new monotonic
+        // time, and never mistakes this advance for a forward wall jump.
         self.mono.fetch_add(ms, Ordering::SeqCst);
+        self.wall.fetch_add(ms, Ordering::SeqCst);
     }
 
     /// Steps only the wall clock by `delta_ms` (negative = backwards), as an
@@ -131,9 +134,16 @@ impl EngineTime {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
+        // Wall clock first, then monotonic: time that passes between the two
+        // reads (a preemption, or a `ManualClock::advance` on another
+        // thread) then makes `wall - mono` smaller, never larger. Read the
+        // other way round it looked like a forward wall jump, and the offset,
+        // which only grows, kept engine time ahead of the wall clock for
+        // good: entries expired early, and after a restart (which starts
+        // from the wall clock) lived that much longer than their TTL.
+        let wall = self.clock.wall_ms() as i64;
         let mono = self.clock.monotonic_ms() as i64;
         let engine = mono + self.offset.load(Ordering::Relaxed);
-        let wall = self.clock.wall_ms() as i64;
         if wall > engine {
             // Forward jump (or drift): follow the wall clock.
             self.offset.fetch_max(wall - mono, Ordering::Relaxed);
@@ -157,6 +167,58 @@ mod tests {
         assert_eq!(t.now_ms(), 1_000_000);
         c.advance(Duration::from_millis(10));
         assert_eq!(t.now_ms(), 1_000_010);
+    }
+
+    /// A clock on which, while `busy`, time passes between any two reads,
+    /// as when the reading thread is preempted or another thread advances a
+    /// `ManualClock` in the middle of `now_ms`.
+    #[derive(Debug)]
+    struct BusyClock {
+        inner: ManualClock,
+        busy: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl BusyClock {
+        fn tick(&self) {
+            if self.busy.load(Ordering::SeqCst) {
+                self.inner.advance(Duration::from_millis(100));
+            }
+        }
+    }
+
+    impl Clock for BusyClock {
+        fn wall_ms(&self) -> u64 {
+            let w = self.inner.wall_ms();
+            self.tick();
+            w
+        }
+        fn monotonic_ms(&self) -> u64 {
+            let m = self.inner.monotonic_ms();
+            self.tick();
+            m
+        }
+    }
+
+    #[test]
+    fn time_passing_during_a_read_is_not_a_forward_jump() {
+        let c = ManualClock::new(1_000_000);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let t = EngineTime::new(
+            Arc::new(BusyClock {
+                inner: c.clone(),
+                busy: busy.clone(),
+            }),
+            0,
+        );
+        for _ in 0..10 {
+            t.now_ms();
+        }
+        busy.store(false, Ordering::SeqCst);
+        assert_eq!(
+            t.now_ms(),
+            c.now_ms(),
+            "engine time drifted from the wall clock"
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ mod metrics;
 mod namespace;
 mod stats;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use admin::{
     AdminError, CompactReport, ExportedEntry, NamespaceDisk, Problem, VerifyReport, compact_dir,
