@@ -94,9 +94,9 @@ pub use import::{
 };
 pub use load::{
     BatchLoaded, BreakerConfig, BreakerConfigError, BreakerMetrics, BreakerOpen, BreakerSnapshot,
-    BreakerState, CallError, CallOutcome, CircuitBreaker, LoadError, LoadPolicy, Loaded, Lookup,
-    NEGATIVE_SUFFIX, Origin, Permit, RefreshReport, Refresher, RefresherConfig, StaleReason,
-    breaker_metrics_text,
+    BreakerState, CallError, CallOutcome, CircuitBreaker, LoadError, LoadPolicy, LoadStats, Loaded,
+    Lookup, NEGATIVE_SUFFIX, NamespaceLoadStats, Origin, Permit, RefreshReport, Refresher,
+    RefresherConfig, StaleReason, breaker_metrics_text,
 };
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;

@@ -121,6 +121,45 @@ impl BreakerConfig {
         }
     }
 
+    /// Failure-rate threshold in percent.
+    pub fn failure_rate(mut self, percent: f64) -> Self {
+        self.failure_rate_threshold = percent;
+        self
+    }
+    /// Slow-call rate threshold in percent, and what counts as slow.
+    pub fn slow_calls(mut self, percent: f64, duration: Duration) -> Self {
+        self.slow_call_rate_threshold = percent;
+        self.slow_call_duration = duration;
+        self
+    }
+    /// Window size and the minimum number of calls before rates count.
+    pub fn window(mut self, size: u32, minimum_calls: u32) -> Self {
+        self.window_size = size;
+        self.minimum_calls = minimum_calls;
+        self
+    }
+    /// First wait in open and the cap of the backoff.
+    pub fn wait(mut self, first: Duration, max: Duration) -> Self {
+        self.wait_in_open = first;
+        self.max_wait_in_open = max;
+        self
+    }
+    /// Backoff multiplier between consecutive openings.
+    pub fn backoff(mut self, multiplier: f64) -> Self {
+        self.backoff_multiplier = multiplier;
+        self
+    }
+    /// Jitter fraction of the wait, in [0, 1).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+    /// Probes let through in half-open.
+    pub fn half_open_probes(mut self, n: u32) -> Self {
+        self.half_open_probes = n;
+        self
+    }
+
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), BreakerConfigError> {
         let bad = |setting: &str, reason: String| {

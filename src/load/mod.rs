@@ -11,6 +11,7 @@ mod loader;
 mod preload;
 mod single_flight;
 mod state;
+mod stats;
 
 pub use adaptive::LoadPolicy;
 pub use breaker::{
@@ -21,3 +22,4 @@ pub use loader::{
     BatchLoaded, LoadError, Loaded, Lookup, NEGATIVE_SUFFIX, Origin, RefreshReport, StaleReason,
 };
 pub use preload::{Refresher, RefresherConfig};
+pub use stats::{LoadStats, NamespaceLoadStats};
