@@ -95,9 +95,9 @@ struct Slot {
     state: Arc<LoadState>,
 }
 
-fn registry() -> &'static Mutex<Vec<Slot>> {
-    static R: OnceLock<Mutex<Vec<Slot>>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(Vec::new()))
+fn registry() -> &'static RwLock<Vec<Slot>> {
+    static R: OnceLock<RwLock<Vec<Slot>>> = OnceLock::new();
+    R.get_or_init(|| RwLock::new(Vec::new()))
 }
 
 impl LoadState {
@@ -124,13 +124,21 @@ impl LoadState {
         // The hasher is seeded at random per engine: a fingerprint of it
         // tells two engines at the same address apart.
         let fingerprint = sh.hot.hash(u32::MAX, b"embercache/load-state");
-        let mut r = registry().lock();
+        let find = |r: &[Slot]| {
+            r.iter()
+                .find(|s| {
+                    s.addr == addr && s.fingerprint == fingerprint && s.anchor.strong_count() > 0
+                })
+                .map(|s| s.state.clone())
+        };
+        // Every loading call comes here: a shared lock on the fast path.
+        if let Some(s) = find(&registry().read()) {
+            return s;
+        }
+        let mut r = registry().write();
         r.retain(|s| s.anchor.strong_count() > 0);
-        if let Some(s) = r
-            .iter()
-            .find(|s| s.addr == addr && s.fingerprint == fingerprint)
-        {
-            return s.state.clone();
+        if let Some(s) = find(&r) {
+            return s;
         }
         // Any namespace lives exactly as long as the engine.
         let anchor = match sh.ns.all().into_iter().next() {
