@@ -351,7 +351,7 @@ impl CacheBuilder {
         for (name, epoch) in &meta.epochs {
             if let Ok(n) = ns.get(name) {
                 n.epoch.store(*epoch, Ordering::Release);
-                purge.push(name.clone());
+                purge.push((name.clone(), *epoch));
             }
         }
         let mut decoders = HashMap::new();

@@ -290,3 +290,68 @@ fn sweep_error_and_panic_are_counted_and_retried() {
         scenario.teardown();
     }
 }
+
+/// Regression: the epoch purge must delete only records older than an epoch
+/// that is *committed*. A bump made visible in memory but lost in a crash
+/// must not have purged the acknowledged writes of the epoch that is then
+/// still current. The purge is made to run between the bump becoming
+/// visible and its commit (the sweep is paused, then commits fail), and
+/// power is cut there.
+#[cfg(feature = "testing")]
+#[test]
+fn epoch_purge_never_deletes_writes_of_a_committed_epoch() {
+    use embercache::testing::PowerLossDisk;
+    let scenario = FailScenario::setup();
+    let disk = PowerLossDisk::new();
+    let mut limits = embercache::Limits::default();
+    limits.sweep_batch = 2; // the purge takes several passes
+    limits.maintenance_interval = Duration::from_secs(3600);
+    let c = Cache::builder()
+        .storage_backend(disk.factory())
+        .limits(limits.clone())
+        .durability(Durability::Buffered {
+            max_delay: Duration::from_millis(1),
+        })
+        .open()
+        .unwrap();
+    let durable = embercache::WriteOptions::default().durable();
+    for i in 0..10u8 {
+        c.set_with("pos", &[b'z', i], b"epoch 0".to_vec(), durable)
+            .unwrap();
+    }
+    c.invalidate_namespace_durable("pos").unwrap();
+    // Acknowledged writes of epoch 1; their keys sort before the epoch-0 ones.
+    for i in 0..10u8 {
+        c.set_with("pos", &[b'a', i], b"epoch 1".to_vec(), durable)
+            .unwrap();
+    }
+
+    fail::cfg("writer::sweep", "pause").unwrap();
+    let c2 = c.clone();
+    let maint = std::thread::spawn(move || c2.run_maintenance());
+    std::thread::sleep(Duration::from_millis(100)); // the writer reaches the pause
+    c.invalidate_namespace("pos").unwrap(); // visible now, not committed
+    fail::cfg("writer::commit", "return").unwrap(); // and it will not commit
+    fail::remove("writer::sweep");
+    maint.join().unwrap().unwrap();
+
+    // Power is cut here: the bump to epoch 2 never reached the disk.
+    let image = disk.durable_image();
+    let after = Cache::builder()
+        .storage_backend(PowerLossDisk::from_image(image).factory())
+        .limits(limits)
+        .open()
+        .unwrap();
+    for i in 0..10u8 {
+        assert_eq!(
+            after.get("pos", &[b'a', i]).unwrap().as_deref(),
+            Some(&b"epoch 1"[..]),
+            "acknowledged write {i} of the committed epoch was purged"
+        );
+        assert_eq!(after.get("pos", &[b'z', i]).unwrap(), None);
+    }
+    drop(after);
+    fail::remove("writer::commit");
+    drop(c);
+    scenario.teardown();
+}

@@ -128,11 +128,15 @@ pub(crate) struct Writer {
     last_maintenance: Instant,
     last_snapshot: Instant,
     /// Namespaces that may hold records of an old epoch → resume key.
-    purge: BTreeMap<String, Vec<u8>>,
+    /// Namespaces that may hold records of an old epoch → (the highest
+    /// epoch known to be committed, resume key). Only the committed epoch
+    /// may be used: one bumped in memory but lost in a crash would make the
+    /// purge delete acknowledged writes of the epoch that is still current.
+    purge: BTreeMap<String, (u64, Vec<u8>)>,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Op>, purge: Vec<String>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Op>, purge: Vec<(String, u64)>) -> Self {
         Writer {
             shared,
             rx,
@@ -141,7 +145,10 @@ impl Writer {
             failures: 0,
             last_maintenance: Instant::now(),
             last_snapshot: Instant::now(),
-            purge: purge.into_iter().map(|n| (n, Vec::new())).collect(),
+            purge: purge
+                .into_iter()
+                .map(|(n, e)| (n, (e, Vec::new())))
+                .collect(),
         }
     }
 
@@ -433,8 +440,10 @@ impl Writer {
                         .lock(*hash)
                         .remove_if(*hash, ns.id, key, *version);
                 }
-                Op::Epoch { ns, .. } => {
-                    self.purge.insert(ns.name.to_string(), Vec::new());
+                Op::Epoch { ns, epoch, .. } => {
+                    let known = self.purge.get(&*ns.name).map_or(0, |p| p.0);
+                    self.purge
+                        .insert(ns.name.to_string(), ((*epoch).max(known), Vec::new()));
                 }
                 _ => {}
             }
@@ -637,12 +646,9 @@ impl Writer {
         let sh = self.shared.clone();
         let names: Vec<String> = self.purge.keys().cloned().collect();
         for name in names {
-            let Ok(ns) = sh.ns.get(&name) else {
-                self.purge.remove(&name);
+            let Some((epoch, cursor)) = self.purge.get(&name).cloned() else {
                 continue;
             };
-            let epoch = ns.epoch();
-            let cursor = self.purge.get(&name).cloned().unwrap_or_default();
             let txn = sh.db()?.begin_write().map_err(storage)?;
             let mut delta = Delta::default();
             let mut finished = true;
@@ -689,7 +695,7 @@ impl Writer {
             if finished {
                 self.purge.remove(&name);
             } else {
-                self.purge.insert(name, next);
+                self.purge.insert(name, (epoch, next));
             }
         }
         Ok(())
