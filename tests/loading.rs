@@ -685,6 +685,53 @@ fn typed_loads_round_trip() {
 }
 
 #[test]
+fn typed_async_loads_and_negative_answers() {
+    let clock = ManualClock::new(T0);
+    let cache = builder(&clock)
+        .namespace(
+            "market",
+            NamespacePolicy::default().negative_ttl(Duration::from_secs(60)),
+        )
+        .open()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = cache
+            .get_or_load_as_async("market", b"m1", "markets-api", |_| async {
+                Ok(Some(("Will it rain?".to_string(), 0.42f64)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.value, Some(("Will it rain?".to_string(), 0.42)));
+        let r = cache
+            .get_or_load_as_async::<(String, f64), _, _>(
+                "market",
+                b"nope",
+                "markets-api",
+                |_| async { Ok(None) },
+            )
+            .await
+            .unwrap();
+        assert!(r.is_not_found());
+        let r = cache
+            .get_or_load_as_async::<(String, f64), _, _>(
+                "market",
+                b"nope",
+                "markets-api",
+                |_| async { panic!("negative answer is cached") },
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.is_not_found(), r.origin), (true, Origin::Cache));
+    });
+    let s = cache.load_stats();
+    let m = s.namespaces.iter().find(|n| n.name == "market").unwrap();
+    assert_eq!((m.loads, m.negative_hits, m.negatives_stored), (2, 1, 1));
+}
+
+#[test]
 fn preloading_follows_access_counts_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);

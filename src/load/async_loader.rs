@@ -12,6 +12,8 @@ use super::single_flight::Role;
 use super::state::FlightResult;
 use crate::Cache;
 use crate::config::Durability;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -108,6 +110,39 @@ impl Cache {
             }
         };
         Cache::finish(&cx, r, origin, stale)
+    }
+
+    /// [`Cache::get_or_load_async`] with a typed value (postcard); the
+    /// loader returns `Ok(None)` when the key does not exist upstream.
+    pub async fn get_or_load_as_async<T, F, Fut>(
+        &self,
+        ns: &str,
+        key: &[u8],
+        upstream: &str,
+        loader: F,
+    ) -> Result<Lookup<T>, LoadError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<T>, LoadError>> + Send + 'static,
+    {
+        let r = self
+            .get_or_load_async(ns, key, upstream, move |k| async move {
+                match loader(k).await? {
+                    Some(t) => Ok(Loaded::Value(postcard::to_allocvec(&t)?.into())),
+                    None => Ok(Loaded::NotFound),
+                }
+            })
+            .await?;
+        let value = match r.value {
+            Some(b) => Some(postcard::from_bytes(&b)?),
+            None => None,
+        };
+        Ok(Lookup {
+            value,
+            origin: r.origin,
+            error: r.error,
+        })
     }
 
     async fn run_async<F, Fut>(
