@@ -1,0 +1,311 @@
+//! W1 hot read and W2 mixed with eviction: throughput and latency with 1
+//! and 2 threads, byte keys and `Bytes` values for every cache.
+
+use crate::workload::{self, Id};
+use crate::peers::{self, Foyer, Kv, Moka, Quick};
+use crate::redis_srv::RedisServer;
+use crate::report::{dur_ns, si, Runs, Table};
+use crate::Scale;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::sync::Barrier;
+use std::time::Instant;
+
+/// Runs `body(thread, trace)` on one thread per trace, started together;
+/// returns the wall time in seconds.
+fn timed<F: Fn(usize, &[Id]) + Sync>(traces: &[Vec<Id>], body: F) -> f64 {
+    let barrier = Barrier::new(traces.len() + 1);
+    std::thread::scope(|s| {
+        for (t, tr) in traces.iter().enumerate() {
+            let (b, body) = (&barrier, &body);
+            s.spawn(move || {
+                b.wait();
+                body(t, tr);
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        // scope joins the workers when this closure returns
+        start
+    })
+    .elapsed()
+    .as_secs_f64()
+}
+
+struct Data {
+    keys: Vec<Vec<u8>>,
+    values: Vec<Bytes>,
+}
+
+impl Data {
+    fn new(n: usize) -> Self {
+        Data {
+            keys: (0..n as Id).map(workload::key_bytes).collect(),
+            values: (0..n as Id).map(workload::value_100).collect(),
+        }
+    }
+    fn bytes(&self) -> u64 {
+        self.keys.iter().zip(&self.values).map(|(k, v)| peers::charge(k.len(), v.len())).sum()
+    }
+}
+
+/// Latency of single gets, `per_thread` ops per thread, all threads at once.
+fn latencies(c: &dyn Kv, d: &Data, traces: &[Vec<Id>]) -> Histogram<u64> {
+    let hists: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = traces
+            .iter()
+            .map(|tr| {
+                s.spawn(move || {
+                    let mut h = Histogram::<u64>::new(3).expect("histogram");
+                    for &id in tr {
+                        let t = Instant::now();
+                        std::hint::black_box(c.get(&d.keys[id as usize]));
+                        let _ = h.record(t.elapsed().as_nanos() as u64);
+                    }
+                    h
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("latency thread")).collect()
+    });
+    let mut all = Histogram::<u64>::new(3).expect("histogram");
+    for h in hists {
+        all.add(h).expect("merge");
+    }
+    all
+}
+
+pub fn w1(scale: &Scale) -> String {
+    let n = scale.keys(1_000_000);
+    let ops = scale.ops(2_000_000);
+    let d = Data::new(n);
+    let cap = d.bytes() * 5 / 4;
+    println!("W1 hot read: {n} keys, capacity {cap} bytes");
+    let mut t = Table::new(&["cache", "threads", "gets/s median (min–max)", "p50", "p99", "p99.9", "resident"]);
+    let mut medians: Vec<(String, usize, f64)> = Vec::new();
+    let peers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
+        ("embercache", Box::new(move || Box::new(peers::ember(cap, None)))),
+        ("moka", Box::new(move || Box::new(Moka::new(cap)))),
+        ("quick_cache", Box::new(move || Box::new(Quick::new(cap, n)))),
+        ("foyer (memory)", Box::new(move || Box::new(Foyer::new(cap)))),
+    ];
+    for (name, make) in &peers {
+        let c = make();
+        for (i, k) in d.keys.iter().enumerate() {
+            c.set(k, d.values[i].clone());
+        }
+        let resident = d.keys.iter().filter(|k| c.get(k).is_some()).count();
+        for threads in [1usize, 2] {
+            let traces: Vec<Vec<Id>> =
+                (0..threads).map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64)).collect();
+            let mut runs = Runs::default();
+            for _ in 0..scale.runs {
+                let secs = timed(&traces, |_, tr| {
+                    for &id in tr {
+                        std::hint::black_box(c.get(&d.keys[id as usize]));
+                    }
+                });
+                runs.0.push((ops * threads) as f64 / secs);
+            }
+            let lat_traces: Vec<Vec<Id>> = traces.iter().map(|tr| tr[..tr.len().min(1_000_000)].to_vec()).collect();
+            let h = latencies(c.as_ref(), &d, &lat_traces);
+            medians.push((name.to_string(), threads, runs.median()));
+            t.row(vec![
+                name.to_string(),
+                threads.to_string(),
+                runs.rate(),
+                dur_ns(h.value_at_quantile(0.5) as f64),
+                dur_ns(h.value_at_quantile(0.99) as f64),
+                dur_ns(h.value_at_quantile(0.999) as f64),
+                format!("{:.1} %", 100.0 * resident as f64 / n as f64),
+            ]);
+        }
+    }
+    let redis_rows = redis_w1(&d, n, scale);
+    for r in redis_rows {
+        t.row(r);
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "## W1 hot read\n");
+    let _ = writeln!(
+        s,
+        "{n} keys (10-byte keys, 100-byte values), capacity 1.25 × their charged bytes so every key is resident, \
+         Zipf 0.99 gets, {ops} gets per thread per run, {} runs; gets/s is the median with min–max. Latency: a \
+         separate pass of up to 1 M timed gets per thread (each op timed with `Instant::now()`, which adds about \
+         20–40 ns). Redis is a networked baseline (loopback, one connection per thread, fewer ops).\n",
+        scale.runs
+    );
+    s.push_str(&t.md());
+    let find = |name: &str, th: usize| medians.iter().find(|m| m.0 == name && m.1 == th).map(|m| m.2);
+    let _ = writeln!(s, "\n| ratio (median gets/s) | 1 thread | 2 threads | target |\n|---|---|---|---|");
+    for (peer, target) in [("quick_cache", "≥ 1.1×"), ("moka", "≥ 3×"), ("foyer (memory)", "–")] {
+        let r = |th| match (find("embercache", th), find(peer, th)) {
+            (Some(a), Some(b)) => format!("{:.2}×", a / b),
+            _ => "–".into(),
+        };
+        let _ = writeln!(s, "| embercache / {peer} | {} | {} | {target} |", r(1), r(2));
+    }
+    s.push('\n');
+    s
+}
+
+fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
+    let Some(srv) = RedisServer::start(&["--save", "", "--appendonly", "no"]) else {
+        return vec![vec!["Redis".into(), "–".into(), "redis-server not found".into()]];
+    };
+    let mut con = srv.connection();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut p = redis::pipe();
+        for &i in chunk {
+            p.cmd("SET").arg(&d.keys[i][..]).arg(&d.values[i][..]).ignore();
+        }
+        let _: () = p.query(&mut con).expect("redis load");
+    }
+    let mut rows = Vec::new();
+    for depth in [1usize, 16] {
+        for threads in [1usize, 2] {
+            let ops = scale.ops(200_000) * if depth == 16 { 4 } else { 1 };
+            let traces: Vec<Vec<Id>> = (0..threads).map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64)).collect();
+            let mut runs = Runs::default();
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let hists = parking_hist(threads);
+            for _ in 0..scale.runs.min(3) {
+                let secs = timed(&traces, |t, tr| {
+                    let mut con = srv.connection();
+                    let mut h = Histogram::<u64>::new(3).expect("histogram");
+                    for chunk in tr.chunks(depth) {
+                        let start = Instant::now();
+                        if depth == 1 {
+                            let v: Option<Vec<u8>> =
+                                redis::cmd("GET").arg(&d.keys[chunk[0] as usize][..]).query(&mut con).expect("GET");
+                            std::hint::black_box(v);
+                        } else {
+                            let mut p = redis::pipe();
+                            for &id in chunk {
+                                p.cmd("GET").arg(&d.keys[id as usize][..]);
+                            }
+                            let v: Vec<Option<Vec<u8>>> = p.query(&mut con).expect("pipelined GET");
+                            std::hint::black_box(v);
+                        }
+                        let _ = h.record(start.elapsed().as_nanos() as u64);
+                    }
+                    hists[t].lock().expect("hist").add(h).expect("merge");
+                });
+                runs.0.push((ops * threads) as f64 / secs);
+            }
+            for h in &hists {
+                hist.add(&*h.lock().expect("hist")).expect("merge");
+            }
+            rows.push(vec![
+                format!("Redis (networked, pipeline {depth}{})", if depth > 1 { ", latency per pipeline" } else { "" }),
+                threads.to_string(),
+                runs.rate(),
+                dur_ns(hist.value_at_quantile(0.5) as f64),
+                dur_ns(hist.value_at_quantile(0.99) as f64),
+                dur_ns(hist.value_at_quantile(0.999) as f64),
+                "100 %".into(),
+            ]);
+        }
+    }
+    rows
+}
+
+fn parking_hist(n: usize) -> Vec<std::sync::Mutex<Histogram<u64>>> {
+    (0..n).map(|_| std::sync::Mutex::new(Histogram::<u64>::new(3).expect("histogram"))).collect()
+}
+
+/// W2: 90 % get (insert on miss) / 10 % set, capacity 1 % and 10 %.
+pub fn w2(scale: &Scale) -> String {
+    let n = scale.keys(1_000_000);
+    let ops = scale.ops(1_000_000);
+    let threads = 2usize;
+    let d = Data::new(n);
+    let per_entry = peers::charge(10, 100);
+    println!("W2 mixed with eviction");
+    let mut t = Table::new(&["zipf", "capacity", "cache", "ops/s median (min–max)", "hit ratio % (median)"]);
+    let mut hit_rows: Vec<(String, String, f64)> = Vec::new();
+    for s_exp in [0.8, 1.0] {
+        let traces: Vec<Vec<Id>> = (0..threads).map(|i| workload::zipf_trace(n, s_exp, ops, 700 + i as u64)).collect();
+        for cap_pct in [1.0, 10.0] {
+            let cap = (n as f64 * cap_pct / 100.0) as u64 * per_entry;
+            let est = (n as f64 * cap_pct / 100.0) as usize;
+            let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
+                ("embercache", Box::new(move || Box::new(peers::ember(cap, None)))),
+                ("moka", Box::new(move || Box::new(Moka::new(cap)))),
+                ("quick_cache", Box::new(move || Box::new(Quick::new(cap, est)))),
+                ("foyer (memory)", Box::new(move || Box::new(Foyer::new(cap)))),
+            ];
+            for (name, make) in &makers {
+                let (mut rates, mut hits) = (Runs::default(), Runs::default());
+                for _ in 0..scale.runs {
+                    let c = make();
+                    let counts: Vec<std::sync::atomic::AtomicU64> = (0..2).map(|_| Default::default()).collect();
+                    let before = c.hot_hits();
+                    let secs = timed(&traces, |_, tr| {
+                        let (mut g, mut h) = (0u64, 0u64);
+                        for (i, &id) in tr.iter().enumerate() {
+                            let k = &d.keys[id as usize];
+                            if i % 10 == 9 {
+                                c.set(k, d.values[id as usize].clone());
+                            } else {
+                                g += 1;
+                                if c.get(k).is_some() {
+                                    h += 1;
+                                } else {
+                                    c.set(k, d.values[id as usize].clone());
+                                }
+                            }
+                        }
+                        counts[0].fetch_add(g, std::sync::atomic::Ordering::Relaxed);
+                        counts[1].fetch_add(h, std::sync::atomic::Ordering::Relaxed);
+                    });
+                    rates.0.push((ops * threads) as f64 / secs);
+                    let gets = counts[0].load(std::sync::atomic::Ordering::Relaxed) as f64;
+                    let h = match before {
+                        // embercache: only hot-tier hits count (the warm tier holds every key written)
+                        Some(b) => (c.hot_hits().unwrap_or(0) - b) as f64,
+                        None => counts[1].load(std::sync::atomic::Ordering::Relaxed) as f64,
+                    };
+                    hits.0.push(100.0 * h / gets);
+                }
+                hit_rows.push((format!("{s_exp}/{cap_pct}"), name.to_string(), hits.median()));
+                t.row(vec![
+                    s_exp.to_string(),
+                    format!("{cap_pct} %"),
+                    name.to_string(),
+                    rates.rate(),
+                    format!("{:.2}", hits.median()),
+                ]);
+            }
+        }
+    }
+    let mut s = String::new();
+    let _ = writeln!(s, "## W2 mixed with eviction\n");
+    let _ = writeln!(
+        s,
+        "{n} keys, {threads} threads × {ops} ops per run, {} runs, each run on a fresh (cold) cache: every 10th op is a \
+         set, the others are gets that insert on a miss. Capacity in bytes = capacity % × keys × {per_entry} \
+         (same charge for every cache). embercache runs in memory at default settings: its hit ratio counts only \
+         hot-tier hits, although its in-memory warm tier answers the other gets too (a hot miss costs a redb read, \
+         then a fill); every set also goes through zstd and the writer thread.\n",
+        scale.runs
+    );
+    s.push_str(&t.md());
+    let mut diffs = Vec::new();
+    for (cfg, name, h) in &hit_rows {
+        if name == "embercache"
+            && let Some(m) = hit_rows.iter().find(|r| &r.0 == cfg && r.1 == "moka")
+        {
+            diffs.push(h - m.2);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nembercache − moka hit ratio: {} points.\n",
+        diffs.iter().map(|x| format!("{x:+.2}")).collect::<Vec<_>>().join(", ")
+    );
+    let _ = si(0.0);
+    s
+}
+
