@@ -2,7 +2,7 @@
 //!
 //! One file per command group: `demo.rs` (the trading-bot workload),
 //! `io.rs` (get, set, del, scan, export, import), `admin.rs` (stats,
-//! verify, compact). This file holds the argument definitions, the error
+//! verify, compact), `torture.rs` (the kill -9 loop). This file holds the argument definitions, the error
 //! type that maps failures to exit codes, and helpers shared by the groups.
 //!
 //! Exit codes: 0 success, 1 failure (including "key absent" for `get` and
@@ -11,6 +11,7 @@
 mod admin;
 mod demo;
 mod io;
+mod torture;
 
 use clap::{Parser, Subcommand};
 use embercache::{Cache, DB_FILE};
@@ -44,6 +45,10 @@ enum Command {
     Compact(admin::CompactArgs),
     Export(io::ExportArgs),
     Import(io::ImportArgs),
+    Torture(torture::Args),
+    /// The writer process of `torture` (started by it, not by hand).
+    #[command(hide = true)]
+    TortureChild(torture::ChildArgs),
 }
 
 /// A failure to report: a one-line message and the exit code.
@@ -91,6 +96,8 @@ fn main() -> ExitCode {
         Command::Compact(a) => admin::compact(a),
         Command::Export(a) => io::export(a),
         Command::Import(a) => io::import(a),
+        Command::Torture(a) => torture::run(a),
+        Command::TortureChild(a) => torture::child(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
