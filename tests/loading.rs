@@ -810,3 +810,23 @@ fn refresher_keeps_hot_keys_fresh_within_the_rate_limit() {
         .unwrap();
     bg.stop();
 }
+
+#[test]
+fn each_cache_has_its_own_loading_state() {
+    let clock = ManualClock::new(T0);
+    let a = builder(&clock).open().unwrap();
+    let b = builder(&clock).open().unwrap();
+    a.configure_upstream("rpc", BreakerConfig::legacy_bot())
+        .unwrap();
+    assert_eq!(a.breaker("rpc").config(), &BreakerConfig::legacy_bot());
+    assert_eq!(b.breaker("rpc").config().window_size, 100);
+    // A clone shares it.
+    assert_eq!(a.clone().breaker("rpc").config().window_size, 3);
+    drop(a);
+    // A cache opened after another was dropped starts fresh, even if it
+    // lands at the same address.
+    for _ in 0..8 {
+        let c = builder(&clock).open().unwrap();
+        assert_eq!(c.breaker("rpc").config().window_size, 100);
+    }
+}
