@@ -101,6 +101,8 @@ pub struct CacheBuilder {
     strict: bool,
     limits: Limits,
     outbox: bool,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::mirror::MirrorConfig>,
 }
 
 impl Default for CacheBuilder {
@@ -118,6 +120,8 @@ impl Default for CacheBuilder {
             strict: false,
             limits: Limits::default(),
             outbox: false,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -212,6 +216,26 @@ impl CacheBuilder {
     pub fn outbox(mut self, enabled: bool) -> Self {
         self.outbox = enabled;
         self
+    }
+
+    /// Mirror the cache to Redis (feature `redis`): every write goes
+    /// through the durable outbox to Redis, a local miss reads through,
+    /// an empty directory warms from Redis, deletes and epoch bumps reach
+    /// the other instances. Turns the outbox on. See docs/MIRROR.md.
+    /// Default: no mirror.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, config: crate::mirror::MirrorConfig) -> Self {
+        self.redis = Some(config);
+        self
+    }
+    /// [`CacheBuilder::redis`] with `MirrorConfig::from_env()` when
+    /// `EMBERCACHE_REDIS_URL` is set; unchanged otherwise.
+    #[cfg(feature = "redis")]
+    pub fn redis_from_env(self) -> Self {
+        match crate::mirror::MirrorConfig::from_env() {
+            Some(c) => self.redis(c),
+            None => self,
+        }
     }
 
     /// Limits and write-path tuning. Default: `Limits::default()`.
@@ -315,6 +339,15 @@ impl CacheBuilder {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shards = self.shards.unwrap_or((cores * 4).next_power_of_two());
         self.validate(shards)?;
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            r.validate()
+                .map_err(|(setting, reason)| OpenError::InvalidConfig { setting, reason })?;
+        }
+        #[cfg(feature = "redis")]
+        let outbox = self.outbox || self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        let outbox = self.outbox;
         let source = match (&self.backend, &self.dir) {
             (Some(f), _) => open::Source::Backend(f.clone()),
             (None, Some(dir)) => open::Source::Dir(dir.clone()),
@@ -398,7 +431,7 @@ impl CacheBuilder {
             moved_aside: opened.moved_aside,
             file: opened.file,
             warm_capacity: self.warm_capacity,
-            outbox: self.outbox,
+            outbox,
             max_retention_ms: self
                 .namespaces
                 .values()
@@ -410,6 +443,7 @@ impl CacheBuilder {
             next_dict_id: AtomicU32::new(meta.dicts.keys().max().map_or(1, |m| m + 1)),
             tx,
             closed: AtomicBool::new(false),
+            read_miss: Default::default(),
         });
         let writer = Writer::new(shared.clone(), rx, purge);
         let spawn_err = |source| OpenError::Io {
@@ -425,10 +459,19 @@ impl CacheBuilder {
             .name("embercache-warmup".into())
             .spawn(move || s2.warm_up())
             .map_err(spawn_err)?;
+        #[cfg(feature = "redis")]
+        let mirror = match self.redis.clone() {
+            Some(cfg) => {
+                Some(crate::mirror::Mirror::start(shared.clone(), cfg).map_err(spawn_err)?)
+            }
+            None => None,
+        };
         Ok(Cache {
             inner: Arc::new(Inner {
                 shared,
                 threads: Mutex::new(vec![w, warm]),
+                #[cfg(feature = "redis")]
+                mirror,
             }),
         })
     }
@@ -437,12 +480,20 @@ impl CacheBuilder {
 struct Inner {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The Redis mirror, stopped before the writer on close.
+    #[cfg(feature = "redis")]
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 impl Inner {
     fn close(&self) -> Result<(), WriteError> {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
+        }
+        // The mirror's last delivery attempt needs the writer for its acks.
+        #[cfg(feature = "redis")]
+        if let Some(m) = &self.mirror {
+            m.stop();
         }
         let r = self.shared.request(Op::Close);
         for t in self.threads.lock().drain(..) {
@@ -480,6 +531,12 @@ impl Cache {
     /// A builder with every default.
     pub fn builder() -> CacheBuilder {
         CacheBuilder::default()
+    }
+
+    /// The Redis mirror, if one runs (for src/mirror).
+    #[cfg(feature = "redis")]
+    pub(crate) fn mirror_handle(&self) -> Option<&crate::mirror::Mirror> {
+        self.inner.mirror.as_ref()
     }
 
     /// The shared engine state (for src/admin.rs).

@@ -122,6 +122,16 @@ pub(crate) struct Shared {
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
     pub closed: AtomicBool,
+    /// Consulted after a hot and warm miss (the Redis mirror's read path);
+    /// set once when the mirror starts. See "mirror hooks" below.
+    pub read_miss: std::sync::OnceLock<Arc<dyn ReadMiss>>,
+}
+
+/// A second-level lookup after a local miss (the Redis mirror). It fills
+/// the local tiers itself, through [`Shared::fill_remote`].
+pub(crate) trait ReadMiss: Send + Sync {
+    /// Looks `keys` up; one answer per key, in order.
+    fn fetch(&self, sh: &Shared, ns: &Arc<Namespace>, keys: &[&[u8]]) -> Vec<Option<Found>>;
 }
 
 impl Shared {
@@ -336,6 +346,7 @@ impl Shared {
                 record: prepared.finish(expires_at, version, epoch),
                 version,
                 expires_at,
+                mirror: true,
                 done: done.clone(),
             },
             |p, version, epoch| {
@@ -380,6 +391,7 @@ impl Shared {
                 hash,
                 key: key.into(),
                 version,
+                mirror: true,
                 done: done.clone(),
             },
             |p, version, _| {
@@ -624,14 +636,20 @@ impl Shared {
         let rec = t
             .get((&*ns.name, key))
             .map_err(|e| ReadError::Storage(storage(e)))?;
-        self.accept_warm(
+        let found = self.accept_warm(
             &ns,
             hash,
             key,
             rec.as_ref().map(|g| g.value()),
             at,
             Fill::Read,
-        )
+        )?;
+        if found.is_none()
+            && let Some(m) = self.read_miss.get()
+        {
+            return Ok(m.fetch(self, &ns, &[key]).pop().flatten());
+        }
+        Ok(found)
     }
 
     /// Looks up many keys; the redb misses share one read transaction.
@@ -675,6 +693,16 @@ impl Shared {
                     at,
                     Fill::Read,
                 )?;
+            }
+        }
+        if let Some(m) = self.read_miss.get() {
+            // One round trip for every key still missing.
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+            if !missing.is_empty() {
+                let ks: Vec<&[u8]> = missing.iter().map(|&i| keys[i]).collect();
+                for (i, f) in missing.into_iter().zip(m.fetch(self, &ns, &ks)) {
+                    out[i] = f;
+                }
             }
         }
         Ok(out)
@@ -804,6 +832,156 @@ impl Shared {
             add(&self.counters.warmup_loaded, chunk.len() as u64);
         }
         self.counters.warmup_done.store(1, Ordering::Release);
+    }
+
+    // ----- mirror hooks -------------------------------------------------
+    //
+    // Writes that come from the mirror (Redis) carry the version they were
+    // written with elsewhere and are never recorded in the outbox (they
+    // must not be echoed back). Versions act as a Lamport clock across the
+    // instances sharing one Redis: every version seen from the mirror
+    // raises `next_version` above it, so a local write made after seeing a
+    // remote one always wins over it.
+
+    /// Raises the version clock above `version`.
+    pub(crate) fn observe_version(&self, version: u64) {
+        self.next_version
+            .fetch_max(version.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// Stores a value read from the mirror with its original version and
+    /// expiry (hot tier, pending, then redb), unless it is dead, older than
+    /// the local epoch, or a local write of the key is in flight. Returns
+    /// the value when it is live.
+    pub(crate) fn fill_remote(
+        &self,
+        ns: &Arc<Namespace>,
+        key: &[u8],
+        h: &Header,
+        value: Bytes,
+    ) -> Option<Found> {
+        self.observe_version(h.version);
+        let now = self.time.now_ms();
+        if self.closed.load(Ordering::Acquire)
+            || h.expires_at <= now
+            || h.epoch < ns.epoch()
+            || self.check_sizes(key, value.len()).is_err()
+        {
+            return None;
+        }
+        let found = Found {
+            value: value.clone(),
+            expires_at: h.expires_at,
+        };
+        let hash = self.hot.hash(ns.id, key);
+        let dict = ns.dict.read().clone();
+        let prepared = Prepared::new(
+            &value,
+            &Encoding {
+                level: ns.policy.compression_level,
+                threshold: self.limits.compression_threshold,
+                dict: dict.as_ref().map(|(id, d)| (*id, &**d)),
+            },
+        );
+        let mut p = self.pending.lock(hash);
+        if p.get(hash, ns.id, key).is_some()
+            || self
+                .hot
+                .version_of(hash, ns.id, key)
+                .is_some_and(|v| v >= h.version)
+        {
+            return None;
+        }
+        let epoch = ns.epoch();
+        let op = Op::Put {
+            ns: ns.clone(),
+            hash,
+            key: key.into(),
+            record: prepared.finish(h.expires_at, h.version, epoch),
+            version: h.version,
+            expires_at: h.expires_at,
+            mirror: false,
+            done: None,
+        };
+        if self.tx.try_send(op).is_err() {
+            // Queue full: answer without keeping a local copy.
+            return Some(found);
+        }
+        p.put(PendingOp {
+            hash,
+            ns: ns.id,
+            key: key.into(),
+            version: h.version,
+            kind: PendingKind::Set {
+                value: value.clone(),
+                expires_at: h.expires_at,
+                epoch,
+            },
+        });
+        if ns.policy.hot_admission {
+            let e = Entry::new(hash, ns.id, key, value, h.expires_at, epoch, h.version);
+            self.hot_insert(e, now);
+        }
+        Some(found)
+    }
+
+    /// Applies a delete made elsewhere (version `version`) to the local
+    /// tiers, unless a newer local write of the key exists.
+    pub(crate) fn delete_remote(&self, ns: &Arc<Namespace>, key: &[u8], version: u64) {
+        self.observe_version(version);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let hash = self.hot.hash(ns.id, key);
+        let mut p = self.pending.lock(hash);
+        if p.get(hash, ns.id, key)
+            .is_some_and(|op| op.version >= version)
+            || self
+                .hot
+                .version_of(hash, ns.id, key)
+                .is_some_and(|v| v >= version)
+        {
+            return;
+        }
+        let op = Op::Delete {
+            ns: ns.clone(),
+            hash,
+            key: key.into(),
+            version,
+            mirror: false,
+            done: None,
+        };
+        // A full queue: the hot copy still goes; the warm copy is dropped
+        // by the next reconciliation or its TTL.
+        if self.tx.try_send(op).is_ok() {
+            p.put(PendingOp {
+                hash,
+                ns: ns.id,
+                key: key.into(),
+                version,
+                kind: PendingKind::Delete,
+            });
+        }
+        self.hot.remove(hash, ns.id, key, version);
+    }
+
+    /// Raises the namespace's epoch to `epoch` (an invalidation made
+    /// elsewhere); a no-op when the local epoch is already there.
+    pub(crate) fn raise_epoch(&self, ns_name: &str, epoch: u64) -> Result<bool, WriteError> {
+        self.check_open_w()?;
+        let ns = self.ns.get(ns_name)?;
+        let _serial = ns.invalidate.lock();
+        if epoch <= ns.epoch() {
+            return Ok(false);
+        }
+        self.send(Op::Epoch {
+            ns: ns.clone(),
+            epoch,
+            done: None,
+        })?;
+        ns.epoch.store(epoch, Ordering::Release);
+        add(&ns.counters.invalidations, 1);
+        Ok(true)
     }
 
     /// Validates the hot tier's invariants (tests and fuzzing).

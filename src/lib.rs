@@ -74,6 +74,8 @@ mod hot;
 mod import;
 mod load;
 mod metrics;
+#[cfg(feature = "redis")]
+mod mirror;
 mod namespace;
 mod stats;
 mod store;
@@ -98,6 +100,8 @@ pub use load::{
     Lookup, NEGATIVE_SUFFIX, NamespaceLoadStats, Origin, Permit, RefreshReport, Refresher,
     RefresherConfig, StaleReason, breaker_metrics_text,
 };
+#[cfg(feature = "redis")]
+pub use mirror::{MirrorConfig, MirrorStats};
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;
 pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};

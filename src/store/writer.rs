@@ -36,6 +36,9 @@ pub(crate) enum Op {
         record: Vec<u8>,
         version: u64,
         expires_at: u64,
+        /// Also record it in the outbox (false for writes that came from
+        /// the mirror itself, which must not be echoed back).
+        mirror: bool,
         done: Option<Done>,
     },
     Delete {
@@ -43,6 +46,8 @@ pub(crate) enum Op {
         hash: u64,
         key: Box<[u8]>,
         version: u64,
+        /// See `Put::mirror`.
+        mirror: bool,
         done: Option<Done>,
     },
     /// Persist a namespace epoch bump (the highest one wins).
@@ -337,6 +342,7 @@ impl Writer {
                         record,
                         version,
                         expires_at,
+                        mirror: m,
                         ..
                     } => {
                         if !remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?
@@ -350,12 +356,20 @@ impl Writer {
                             .insert((*expires_at, *version), (&*ns.name, &**key))
                             .map_err(storage)?;
                         delta.add(key.len() + record.len());
-                        mirror(OutboxKind::Put, &ns.name, key, *version, record)?;
+                        if *m {
+                            mirror(OutboxKind::Put, &ns.name, key, *version, record)?;
+                        }
                     }
                     Op::Delete {
-                        ns, key, version, ..
+                        ns,
+                        key,
+                        version,
+                        mirror: m,
+                        ..
                     } => {
-                        if remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)? {
+                        if remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?
+                            && *m
+                        {
                             mirror(OutboxKind::Delete, &ns.name, key, *version, &[])?;
                         }
                     }

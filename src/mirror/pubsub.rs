@@ -1,0 +1,190 @@
+//! Invalidation across instances: deletes and epoch bumps that another
+//! instance applied in Redis arrive on the `inv` channel (published by the
+//! write script, only when the write was applied) and are applied locally
+//! with their original version, never echoed back.
+//!
+//! The rule after a lost subscription: messages sent while we were not
+//! subscribed are gone, so every (re)subscription is followed by a
+//! reconciliation: first the epoch of every local namespace is compared
+//! with Redis's (a higher one is adopted, hiding the older entries in all
+//! tiers), then every local entry is compared with Redis's version of it
+//! (a newer tombstone deletes it, a newer record replaces it). We
+//! subscribe before reconciling, so nothing falls between the two. While
+//! the breaker is open we do not subscribe at all.
+
+use super::read::{apply_remote, parse_entry};
+use super::warm::guarded;
+use super::{Inner, MSG_DELETE, MSG_EPOCH, Message};
+use crate::engine::Shared;
+use crate::load::{BreakerState, CallOutcome};
+use crate::stats::add;
+use crate::store::record::decode_header_verified;
+use futures_util::StreamExt;
+use redis::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
+    let c = &inner.counters;
+    loop {
+        if inner.stopping() {
+            return;
+        }
+        if inner.breaker.state() == BreakerState::Open {
+            inner.pause(Duration::from_millis(100)).await;
+            continue;
+        }
+        let Ok(permit) = inner.breaker.try_acquire(sh.time.now_ms()) else {
+            inner.pause(Duration::from_millis(100)).await;
+            continue;
+        };
+        let start = Instant::now();
+        let channel = inner.keys.channel();
+        let sub = tokio::time::timeout(
+            inner.cfg.connect_timeout + inner.cfg.command_timeout,
+            async {
+                let mut ps = inner.client.get_async_pubsub().await?;
+                ps.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            },
+        )
+        .await;
+        let took = start.elapsed();
+        let ps = match sub {
+            Ok(Ok(ps)) => {
+                permit.record(CallOutcome::Success, took, sh.time.now_ms());
+                ps
+            }
+            _ => {
+                permit.record(CallOutcome::Failure, took, sh.time.now_ms());
+                inner.pause(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        add(&c.pubsub_connects, 1);
+        let mut stream = ps.into_on_message();
+        reconcile(&inner, &sh).await;
+        loop {
+            if inner.stopping() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                Err(_) => continue,
+                Ok(None) => {
+                    tracing::info!("mirror: pub/sub connection lost; will reconcile on reconnect");
+                    break;
+                }
+                Ok(Some(msg)) => {
+                    let Some(m) = Message::decode(msg.get_payload_bytes()) else {
+                        continue;
+                    };
+                    if m.origin == inner.origin {
+                        continue;
+                    }
+                    add(&c.pubsub_received, 1);
+                    if apply_message(&sh, &m) {
+                        add(&c.pubsub_applied, 1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn apply_message(sh: &Shared, m: &Message) -> bool {
+    let Ok(ns) = sh.ns.get(&m.ns) else {
+        return false;
+    };
+    match m.kind {
+        MSG_DELETE => {
+            sh.delete_remote(&ns, &m.key, m.version);
+            true
+        }
+        MSG_EPOCH => sh.raise_epoch(&m.ns, m.version).unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Catches up with what was missed while not subscribed (see module docs).
+/// Gives up quietly on a Redis failure; the next reconnect tries again.
+async fn reconcile(inner: &Inner, sh: &Shared) {
+    let mut conn = None;
+    let names: Vec<String> = sh.ns.all().iter().map(|n| n.name.to_string()).collect();
+    if !names.is_empty() {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for n in &names {
+            pipe.cmd("GET").arg(inner.keys.epoch(n));
+        }
+        let Some(vals) = guarded(inner, sh, &mut conn, async |c| {
+            pipe.query_async::<Vec<Value>>(c).await
+        })
+        .await
+        else {
+            return;
+        };
+        for (n, v) in names.iter().zip(&vals) {
+            if let Value::BulkString(b) = v
+                && let Some(e) = std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+            {
+                let _ = sh.raise_epoch(n, e);
+            }
+        }
+    }
+    let mut after: Option<(String, Vec<u8>)> = None;
+    loop {
+        if inner.stopping() {
+            return;
+        }
+        let Ok(page) = super::drain::local_page(sh, after.as_ref(), inner.cfg.batch) else {
+            return;
+        };
+        let Some(last) = page.last() else { return };
+        after = Some((last.0.clone(), last.1.clone()));
+        let full = page.len() >= inner.cfg.batch;
+        let now = sh.time.now_ms();
+        let live: Vec<(String, Vec<u8>, u64)> = page
+            .into_iter()
+            .filter_map(|(n, k, rec)| {
+                let h = decode_header_verified(&rec).ok()?;
+                let ns = sh.ns.get(&n).ok()?;
+                (h.expires_at > now && h.epoch == ns.epoch()).then_some((n, k, h.version))
+            })
+            .collect();
+        if !live.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (n, k, _) in &live {
+                pipe.cmd("HMGET")
+                    .arg(inner.keys.data(n, k))
+                    .arg("v")
+                    .arg("r")
+                    .arg("d");
+            }
+            let Some(vals) = guarded(inner, sh, &mut conn, async |c| {
+                pipe.query_async::<Vec<Value>>(c).await
+            })
+            .await
+            else {
+                return;
+            };
+            for ((n, k, local), v) in live.iter().zip(&vals) {
+                let Ok(ns) = sh.ns.get(n) else { continue };
+                match parse_entry(v) {
+                    super::read::Remote::Tombstone(ver) if ver > *local => {
+                        sh.delete_remote(&ns, k, ver);
+                        add(&inner.counters.reconcile_fixed, 1);
+                    }
+                    r @ super::read::Remote::Record(ver, _) if ver > *local => {
+                        apply_remote(inner, sh, &ns, k, r);
+                        add(&inner.counters.reconcile_fixed, 1);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !full {
+            return;
+        }
+    }
+}

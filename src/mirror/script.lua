@@ -1,0 +1,37 @@
+-- embercache mirror: a versioned write, applied only when it is newer.
+--
+-- KEYS[1]  the entry key (a hash: v = version, r = record | d = 1 for a
+--          tombstone), or for mode 'e' the namespace's epoch key (a string)
+-- ARGV[1]  mode: 'p' put, 'd' delete, 'e' epoch
+-- ARGV[2]  version (the epoch for 'e'); decimal, below 2^53
+-- ARGV[3]  PX in ms for the key ('0' = no expiry)
+-- ARGV[4]  the record (mode 'p'), else empty
+-- ARGV[5]  pub/sub channel; ARGV[6] message, published only when applied
+--          (deletes and epochs; never for puts)
+--
+-- Returns {applied (0|1), the version now stored}. A key holding anything
+-- else than our hash (a foreign value under our prefix) counts as version
+-- 0 and is replaced.
+local v = tonumber(ARGV[2])
+if ARGV[1] == 'e' then
+  local t = redis.call('TYPE', KEYS[1])['ok']
+  local cur = 0
+  if t == 'string' then cur = tonumber(redis.call('GET', KEYS[1])) or 0 end
+  if cur >= v then return {0, cur} end
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  return {1, v}
+end
+local t = redis.call('TYPE', KEYS[1])['ok']
+local cur = 0
+if t == 'hash' then cur = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0 end
+if cur >= v then return {0, cur} end
+redis.call('DEL', KEYS[1])
+if ARGV[1] == 'p' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[4])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', '1')
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {1, v}

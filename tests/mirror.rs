@@ -1,0 +1,710 @@
+//! The Redis mirror against real `redis-server` processes started here on
+//! free loopback ports (never the shared server on 6379), each with its
+//! own temp dir. Outages are real: the server is stopped with SIGTERM or
+//! SIGKILL and started again on the same port.
+//!
+//! Figures (writes during the outage, time to converge) are printed on
+//! stderr: `cargo test --test mirror -- --nocapture`.
+#![cfg(feature = "redis")]
+
+use embercache::{BreakerConfig, BreakerState, Cache, MirrorConfig};
+use rand::{Rng, SeedableRng};
+use redis::Value;
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "embercache:";
+const NS: &str = "t";
+
+/// A redis-server child process on a loopback port of its own.
+struct Redis {
+    port: u16,
+    dir: tempfile::TempDir,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(aof: bool) -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut r = Redis {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            aof,
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) on the same port and directory.
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--dir"])
+            .arg(self.dir.path())
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = self.try_conn()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self, signal: &str) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args([signal, &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
+    }
+
+    fn conn(&self) -> redis::Connection {
+        self.try_conn().expect("connect to the test redis")
+    }
+
+    /// Calls per command from INFO commandstats.
+    fn commandstats(&self) -> HashMap<String, u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .unwrap();
+        info.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("cmdstat_")?;
+                let (name, stats) = rest.split_once(':')?;
+                let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop("-KILL");
+    }
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    let mut k = format!("{PREFIX}d\0{NS}\0").into_bytes();
+    k.extend_from_slice(key);
+    k
+}
+
+fn mirror_config(url: &str) -> MirrorConfig {
+    MirrorConfig::new(url)
+        .check_interval(Duration::from_millis(200))
+        .breaker(
+            BreakerConfig::default()
+                .window(10, 3)
+                .wait(Duration::from_millis(200), Duration::from_secs(2))
+                .slow_calls(100.0, Duration::from_secs(5)),
+        )
+}
+
+fn open(dir: &std::path::Path, cfg: MirrorConfig) -> Cache {
+    Cache::builder()
+        .dir(dir)
+        .hot_capacity(16 << 20)
+        .shards(4)
+        .redis(cfg)
+        .open()
+        .expect("open the cache")
+}
+
+/// What Redis holds for a key: `Some((version, value, expires_at, pttl))`
+/// for a live record, `None` for nothing or a tombstone.
+type RemoteEntry = Option<(u64, Vec<u8>, u64, i64)>;
+
+fn remote(conn: &mut redis::Connection, keys: &[Vec<u8>]) -> Vec<RemoteEntry> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("HMGET")
+            .arg(data_key(k))
+            .arg("v")
+            .arg("r")
+            .arg("d");
+        pipe.cmd("PTTL").arg(data_key(k));
+    }
+    let vals: Vec<Value> = pipe.query(conn).expect("read redis");
+    vals.chunks(2)
+        .map(|pair| {
+            let Value::Array(a) = &pair[0] else {
+                panic!("not a hash reply: {:?}", pair[0])
+            };
+            let pttl = match pair[1] {
+                Value::Int(i) => i,
+                _ => -3,
+            };
+            match (&a[0], &a[1]) {
+                (Value::BulkString(v), Value::BulkString(r)) => {
+                    let v: u64 = std::str::from_utf8(v).unwrap().parse().unwrap();
+                    let (h, value) =
+                        embercache::record::decode(r, 1 << 30, &|_| None).expect("valid record");
+                    assert_eq!(h.version, v, "stored version matches the record");
+                    Some((v, value, h.expires_at, pttl))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Differences between the cache and Redis over `keys`: values that
+/// differ, keys live in one only, and keys whose Redis TTL is longer than
+/// the record's expiry (extended).
+fn differences(cache: &Cache, conn: &mut redis::Connection, keys: &[Vec<u8>]) -> Vec<String> {
+    let local: HashMap<Vec<u8>, Vec<u8>> = cache
+        .scan(NS, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec()))
+        .collect();
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (k, r) in keys.iter().zip(remote(conn, keys)) {
+        let l = local.get(k);
+        match (l, r) {
+            (None, None) => {}
+            (Some(lv), Some((_, rv, exp, pttl))) => {
+                if lv != &rv {
+                    out.push(format!("{k:?}: value differs"));
+                }
+                if exp != u64::MAX && pttl > 0 && pttl as u64 > exp.saturating_sub(now) + 100 {
+                    out.push(format!(
+                        "{k:?}: extended (pttl {pttl}, expires in {})",
+                        exp.saturating_sub(now)
+                    ));
+                }
+            }
+            (Some(_), None) => out.push(format!("{k:?}: missing in Redis")),
+            (None, Some((_, _, exp, _))) => {
+                if exp > now + 50 {
+                    out.push(format!("{k:?}: live in Redis only (resurrected)"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Polls until the outbox is empty and nothing differs; the time it took.
+fn converge(cache: &Cache, redis: &Redis, keys: &[Vec<u8>], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut conn = redis.conn();
+    loop {
+        let s = cache.mirror_stats().unwrap();
+        if s.outbox_rows == 0 {
+            let d = differences(cache, &mut conn, keys);
+            if d.is_empty() {
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "not converged after {limit:?}: {} differ, e.g. {:?}; {s:?}",
+                    d.len(),
+                    &d[..d.len().min(5)]
+                );
+            }
+        } else {
+            assert!(
+                start.elapsed() < limit,
+                "outbox not drained after {limit:?}: {s:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Highest version seen per key; counts any decrease (a regression).
+struct VersionWatch {
+    seen: HashMap<Vec<u8>, u64>,
+    regressions: u64,
+}
+
+impl VersionWatch {
+    fn sample(&mut self, conn: &mut redis::Connection, keys: &[Vec<u8>]) {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("HGET").arg(data_key(k)).arg("v");
+        }
+        let Ok(vals) = pipe.query::<Vec<Option<u64>>>(conn) else {
+            return;
+        };
+        for (k, v) in keys.iter().zip(vals) {
+            let Some(v) = v else { continue };
+            let e = self.seen.entry(k.clone()).or_insert(0);
+            if v < *e {
+                self.regressions += 1;
+            }
+            *e = (*e).max(v);
+        }
+    }
+}
+
+/// Steady writes (sets with TTLs from 1 to 60 s, deletes) while Redis is
+/// stopped with SIGTERM (appendonly, so its data survives) for `outage`.
+fn outage_under_steady_writes(outage: Duration) {
+    let mut redis = Redis::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), mirror_config(&redis.url()));
+    let keys: Vec<Vec<u8>> = (0..400).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut watch = VersionWatch {
+        seen: HashMap::new(),
+        regressions: 0,
+    };
+    let mut conn = redis.conn();
+    let mut write = |rng: &mut rand::rngs::StdRng, cache: &Cache| {
+        let k = &keys[rng.gen_range(0..keys.len())];
+        if rng.gen_bool(0.15) {
+            cache.delete(NS, k).unwrap();
+        } else {
+            let ttl = Duration::from_millis(rng.gen_range(1_000..60_000));
+            let v = format!("v{}", rng.r#gen::<u32>()).repeat(rng.gen_range(1..20));
+            cache.set_with_ttl(NS, k, v.into_bytes(), ttl).unwrap();
+        }
+    };
+    // Before: 2 s of writes at ~1000/s, sampling versions.
+    let phase = |secs: f64,
+                 rng: &mut rand::rngs::StdRng,
+                 write: &mut dyn FnMut(&mut rand::rngs::StdRng, &Cache)| {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            for _ in 0..10 {
+                write(rng, &cache);
+                n += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        n
+    };
+    phase(1.0, &mut rng, &mut write);
+    watch.sample(&mut conn, &keys);
+    phase(1.0, &mut rng, &mut write);
+    watch.sample(&mut conn, &keys);
+    redis.stop("-TERM");
+    let down = Instant::now();
+    let during = phase(outage.as_secs_f64(), &mut rng, &mut write);
+    let s = cache.mirror_stats().unwrap();
+    assert_eq!(s.breaker, BreakerState::Open, "{s:?}");
+    assert!(s.outbox_rows > 0);
+    // Local reads stay local and fast while Redis is down.
+    let t = Instant::now();
+    for k in &keys {
+        let _ = cache.get(NS, k).unwrap();
+    }
+    let per_get = t.elapsed() / keys.len() as u32;
+    assert!(
+        per_get < Duration::from_millis(2),
+        "gets took {per_get:?} each during the outage"
+    );
+    redis.restart();
+    let downtime = down.elapsed();
+    let mut conn = redis.conn();
+    let up = Instant::now();
+    // Writes go on after the restart while the outbox replays.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        watch.sample(&mut conn, &keys);
+        phase(0.1, &mut rng, &mut write);
+    }
+    let took = converge(&cache, &redis, &keys, Duration::from_secs(30));
+    watch.sample(&mut conn, &keys);
+    let s = cache.mirror_stats().unwrap();
+    eprintln!(
+        "outage {downtime:?}: {during} writes during the outage, peak outbox {} rows; converged {:?} after restart ({took:?} after writes stopped); 0 keys differ, {} version regressions; {s:?}",
+        s.outbox_rows,
+        up.elapsed(),
+        watch.regressions
+    );
+    assert_eq!(watch.regressions, 0);
+    assert!(during > 1000);
+    cache.close().unwrap();
+}
+
+#[test]
+fn outage_of_5s_under_steady_writes_converges() {
+    outage_under_steady_writes(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "30 s outage; run with --ignored"]
+fn outage_of_30s_under_steady_writes_converges() {
+    outage_under_steady_writes(Duration::from_secs(30));
+}
+
+#[test]
+fn redis_killed_with_appendonly_is_detected_and_resynced() {
+    let mut redis = Redis::start(true);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), mirror_config(&redis.url()));
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+    for k in &keys {
+        cache.set(NS, k, b"v1".to_vec()).unwrap();
+    }
+    converge(&cache, &redis, &keys, Duration::from_secs(10));
+    let before = cache.mirror_stats().unwrap().resyncs;
+    redis.stop("-KILL");
+    // Simulate what an unsynced AOF tail loses: the server comes back
+    // with part of our data missing.
+    redis.restart();
+    let mut conn = redis.conn();
+    for k in &keys[..100] {
+        let _: () = redis::cmd("DEL").arg(data_key(k)).query(&mut conn).unwrap();
+    }
+    let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
+    let s = cache.mirror_stats().unwrap();
+    assert!(s.resyncs > before, "restart detected: {s:?}");
+    eprintln!("restart after SIGKILL: resynced and converged in {took:?}");
+    // FLUSHALL is detected the same way (our marker is gone).
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
+    assert!(cache.mirror_stats().unwrap().resyncs > s.resyncs);
+    eprintln!("FLUSHALL: resynced and converged in {took:?}");
+    cache.close().unwrap();
+}
+
+/// The child of `outbox_replays_after_our_process_is_killed_mid_outage`.
+#[test]
+#[ignore = "run by the parent test"]
+fn child_writer_during_outage() {
+    let Ok(dir) = std::env::var("EMBERCACHE_MIRROR_CHILD_DIR") else {
+        return;
+    };
+    let url = std::env::var("EMBERCACHE_MIRROR_CHILD_URL").unwrap();
+    let cache = open(&PathBuf::from(dir), mirror_config(&url));
+    for i in 0..500 {
+        let k = format!("k{i}");
+        if i % 7 == 0 {
+            cache.delete(NS, k.as_bytes()).unwrap();
+        } else {
+            cache
+                .set(NS, k.as_bytes(), format!("child{i}").into_bytes())
+                .unwrap();
+        }
+    }
+    cache.flush().unwrap();
+    println!("flushed");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn outbox_replays_after_our_process_is_killed_mid_outage() {
+    let mut redis = Redis::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<Vec<u8>> = (0..500).map(|i| format!("k{i}").into_bytes()).collect();
+    // Before the outage, Redis holds older values of every key.
+    {
+        let cache = open(dir.path(), mirror_config(&redis.url()));
+        for k in &keys {
+            cache.set(NS, k, b"old".to_vec()).unwrap();
+        }
+        converge(&cache, &redis, &keys, Duration::from_secs(10));
+        cache.close().unwrap();
+    }
+    redis.stop("-TERM");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "child_writer_during_outage",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("EMBERCACHE_MIRROR_CHILD_DIR", dir.path())
+        .env("EMBERCACHE_MIRROR_CHILD_URL", redis.url())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "child ended before flushing");
+        if line.contains("flushed") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    redis.restart(); // empty: appendonly no, no snapshot
+    let cache = open(dir.path(), mirror_config(&redis.url()));
+    let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
+    let mut conn = redis.conn();
+    let r = remote(&mut conn, &keys);
+    for (i, e) in r.iter().enumerate() {
+        if i % 7 == 0 {
+            assert!(e.is_none(), "k{i} deleted by the child");
+        } else {
+            assert_eq!(e.as_ref().unwrap().1, format!("child{i}").into_bytes());
+        }
+    }
+    eprintln!("killed mid-outage: outbox replayed, converged in {took:?}");
+    cache.close().unwrap();
+}
+
+#[test]
+fn no_commands_reach_redis_while_the_breaker_is_open() {
+    let mut redis = Redis::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mirror_config(&redis.url()).breaker(
+        BreakerConfig::default()
+            .window(4, 2)
+            .wait(Duration::from_secs(4), Duration::from_secs(4))
+            .jitter(0.0)
+            .half_open_probes(1),
+    );
+    let cache = open(dir.path(), cfg);
+    let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();
+    for k in &keys {
+        cache.set(NS, k, b"a".to_vec()).unwrap();
+    }
+    converge(&cache, &redis, &keys, Duration::from_secs(10));
+    redis.stop("-KILL");
+    let start = Instant::now();
+    while cache.mirror_stats().unwrap().breaker != BreakerState::Open {
+        cache.set(NS, b"k0", b"b".to_vec()).unwrap();
+        let _ = cache.get(NS, b"absent").unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "breaker never opened"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let opened = Instant::now();
+    redis.restart();
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    // Writes, misses and hits while open: all local.
+    let mut worst = Duration::ZERO;
+    while opened.elapsed() < Duration::from_millis(2500) {
+        cache.set(NS, b"k1", b"c".to_vec()).unwrap();
+        let _ = cache.get(NS, b"absent").unwrap();
+        let t = Instant::now();
+        assert!(cache.get(NS, b"k2").unwrap().is_some());
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(cache.mirror_stats().unwrap().breaker, BreakerState::Open);
+    let stats = redis.commandstats();
+    let ours: u64 = stats
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "config|resetstat" | "info"))
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(ours, 0, "commands while open: {stats:?}");
+    assert!(
+        worst < Duration::from_millis(20),
+        "local hit took {worst:?}"
+    );
+    assert!(cache.mirror_stats().unwrap().read_skipped > 0);
+    // After the wait, probes go through and the mirror converges.
+    let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
+    eprintln!("breaker: 0 commands while open; converged {took:?} after the wait");
+    cache.close().unwrap();
+}
+
+#[test]
+fn two_instances_see_each_others_deletes_and_epoch_bumps() {
+    let redis = Redis::start(false);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(da.path(), mirror_config(&redis.url()));
+    let b = open(db.path(), mirror_config(&redis.url()));
+    for i in 0..20 {
+        a.set(NS, format!("k{i}").as_bytes(), format!("a{i}").into_bytes())
+            .unwrap();
+    }
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // B reads A's writes through Redis (and keeps them locally).
+    wait("B sees A's write", &|| {
+        b.get(NS, b"k1").unwrap().as_deref() == Some(&b"a1"[..])
+    });
+    for i in 0..20 {
+        assert_eq!(
+            b.get(NS, format!("k{i}").as_bytes()).unwrap().as_deref(),
+            Some(format!("a{i}").as_bytes())
+        );
+    }
+    // A delete in A reaches B's local copy.
+    a.delete(NS, b"k1").unwrap();
+    wait("B drops k1", &|| b.get(NS, b"k1").unwrap().is_none());
+    // A delete in B reaches A.
+    b.delete(NS, b"k2").unwrap();
+    wait("A drops k2", &|| a.get(NS, b"k2").unwrap().is_none());
+    // An epoch bump in A hides B's copies.
+    assert!(b.get(NS, b"k3").unwrap().is_some());
+    a.invalidate_namespace(NS).unwrap();
+    wait("B drops the namespace", &|| {
+        b.get(NS, b"k3").unwrap().is_none()
+    });
+    // Writes after the bump are visible on both sides.
+    b.set(NS, b"new", b"after".to_vec()).unwrap();
+    wait("A reads B's new write", &|| {
+        a.get(NS, b"new").unwrap().as_deref() == Some(&b"after"[..])
+    });
+    let sa = a.mirror_stats().unwrap();
+    let sb = b.mirror_stats().unwrap();
+    assert!(
+        sb.pubsub_applied >= 2 && sa.pubsub_applied >= 1,
+        "{sa:?} {sb:?}"
+    );
+    a.close().unwrap();
+    b.close().unwrap();
+}
+
+#[test]
+fn garbage_in_redis_is_a_counted_miss() {
+    let redis = Redis::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), mirror_config(&redis.url()));
+    cache.set(NS, b"good", b"value".to_vec()).unwrap();
+    converge(&cache, &redis, &[b"good".to_vec()], Duration::from_secs(10));
+    let mut conn = redis.conn();
+    let rec: Vec<u8> = redis::cmd("HGET")
+        .arg(data_key(b"good"))
+        .arg("r")
+        .query(&mut conn)
+        .unwrap();
+    let mut flipped = rec.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let put = |conn: &mut redis::Connection, k: &[u8], fields: &[(&str, &[u8])]| {
+        let mut c = redis::cmd("HSET");
+        c.arg(data_key(k));
+        for (f, v) in fields {
+            c.arg(*f).arg(*v);
+        }
+        let _: () = c.query(conn).unwrap();
+    };
+    let _: () = redis::cmd("SET")
+        .arg(data_key(b"foreign"))
+        .arg("hello")
+        .query(&mut conn)
+        .unwrap();
+    put(&mut conn, b"truncated", &[("v", b"99"), ("r", &rec[..20])]);
+    put(&mut conn, b"flipped", &[("v", b"99"), ("r", &flipped)]);
+    put(&mut conn, b"wrongversion", &[("v", b"12345"), ("r", &rec)]);
+    put(&mut conn, b"noversion", &[("r", &rec)]);
+    for k in [
+        &b"foreign"[..],
+        b"truncated",
+        b"flipped",
+        b"wrongversion",
+        b"noversion",
+    ] {
+        assert_eq!(
+            cache.get(NS, k).unwrap(),
+            None,
+            "{}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    let got = cache
+        .get_many(NS, &[&b"foreign"[..], b"truncated", b"nothing"])
+        .unwrap();
+    assert_eq!(got, vec![None, None, None]);
+    let s = cache.mirror_stats().unwrap();
+    assert_eq!(s.read_errors, 7, "{s:?}");
+    assert_eq!(s.breaker, BreakerState::Closed);
+    assert_eq!(
+        cache.get(NS, b"good").unwrap().as_deref(),
+        Some(&b"value"[..])
+    );
+    let text = cache.mirror_metrics_text();
+    assert!(
+        text.contains("embercache_mirror_read_errors_total 7"),
+        "{text}"
+    );
+    assert!(text.contains("embercache_breaker_state{upstream=\"redis\",state=\"closed\"} 1"));
+    cache.close().unwrap();
+}
+
+#[test]
+fn an_empty_directory_warms_from_redis() {
+    let redis = Redis::start(false);
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path(), mirror_config(&redis.url()));
+        for k in &keys {
+            cache.set(NS, k, k.clone()).unwrap();
+            cache.set("other", k, b"x".to_vec()).unwrap();
+        }
+        for k in &keys[..10] {
+            assert!(cache.get(NS, k).unwrap().is_some());
+        }
+        converge(&cache, &redis, &keys, Duration::from_secs(10));
+        // Let a health check report the namespace heat.
+        std::thread::sleep(Duration::from_millis(500));
+        cache.close().unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::builder()
+        .dir(dir.path())
+        .shards(4)
+        .redis(mirror_config(&redis.url()).read_through(false))
+        .open()
+        .unwrap();
+    let start = Instant::now();
+    while !cache.mirror_stats().unwrap().warm_done {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "warm start did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = cache.mirror_stats().unwrap();
+    assert_eq!(s.warm_loaded, 600, "{s:?}");
+    for k in &keys {
+        assert_eq!(cache.get(NS, k).unwrap().as_deref(), Some(k.as_slice()));
+    }
+    cache.close().unwrap();
+}
