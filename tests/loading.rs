@@ -830,3 +830,33 @@ fn each_cache_has_its_own_loading_state() {
         assert_eq!(c.breaker("rpc").config().window_size, 100);
     }
 }
+
+#[test]
+fn async_batch_loads_only_missing_keys() {
+    let clock = ManualClock::new(T0);
+    let cache = builder(&clock).open().unwrap();
+    cache.set("position", b"alice", &b"cached"[..]).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let r = rt
+        .block_on(cache.get_many_or_load_async(
+            "position",
+            &[&b"alice"[..], b"bob"],
+            "positions-api",
+            |ks| async move {
+                assert_eq!(ks, vec![b"bob".to_vec()]);
+                Ok(ks
+                    .into_iter()
+                    .map(|k| (k, Ok(Loaded::value(&b"2 NO"[..]))))
+                    .collect())
+            },
+        ))
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap().origin, Origin::Cache);
+    let b = r[1].as_ref().unwrap();
+    assert_eq!(
+        (b.value.as_deref(), b.origin),
+        (Some(&b"2 NO"[..]), Origin::Loader)
+    );
+}

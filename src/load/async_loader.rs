@@ -7,7 +7,7 @@
 //! redb (usually the page cache); in `Durability::Sync` the store of a
 //! loaded value waits for its fsync, so it is moved to `spawn_blocking`.
 
-use super::loader::{Cached, Ctx, LoadError, Loaded, Lookup, Origin, StaleReason};
+use super::loader::{BatchLoaded, Cached, Ctx, LoadError, Loaded, Lookup, Origin, StaleReason};
 use super::single_flight::Role;
 use super::state::FlightResult;
 use crate::Cache;
@@ -143,6 +143,44 @@ impl Cache {
             origin: r.origin,
             error: r.error,
         })
+    }
+
+    /// [`Cache::get_many_or_load`] for async code: one loader call for the
+    /// missing keys not already being loaded; keys loaded by other callers
+    /// are awaited without blocking the runtime.
+    pub async fn get_many_or_load_async<K, F, Fut>(
+        &self,
+        ns: &str,
+        keys: &[K],
+        upstream: &str,
+        loader: F,
+    ) -> Result<Vec<Result<Lookup, LoadError>>, LoadError>
+    where
+        K: AsRef<[u8]>,
+        F: FnOnce(Vec<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<BatchLoaded, LoadError>>,
+    {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        let mut plan = self.batch_plan(ns, &keys, upstream)?;
+        if !plan.to_load.is_empty() {
+            let r = match self.begin_load(&plan.cx, &plan.upstream) {
+                Err(e) => Err(e),
+                Ok(s) => {
+                    let ks: Vec<Vec<u8>> = plan
+                        .to_load
+                        .iter()
+                        .map(|(i, _)| keys[*i].to_vec())
+                        .collect();
+                    Ok((s, loader(ks).await))
+                }
+            };
+            self.batch_store(&mut plan, &keys, r);
+        }
+        for (i, f) in std::mem::take(&mut plan.followers) {
+            let r = f.wait_async().await;
+            plan.follower_done(i, r);
+        }
+        Ok(plan.into_results())
     }
 
     async fn run_async<F, Fut>(

@@ -233,6 +233,46 @@ impl Ctx {
     }
 }
 
+type Waiting = Vec<(usize, super::single_flight::Follower<FlightResult>)>;
+
+/// A batch between its cache lookups and its load.
+pub(crate) struct BatchPlan {
+    pub cx: Ctx,
+    pub upstream: Arc<str>,
+    out: Vec<Option<Result<Lookup, LoadError>>>,
+    stale: HashMap<usize, (Bytes, Duration)>,
+    pub to_load: Vec<(usize, super::single_flight::Leader<FlightKey, FlightResult>)>,
+    pub followers: Waiting,
+}
+
+impl BatchPlan {
+    /// Records the result a waited-for key got from another caller's load
+    /// (`None`: that load was abandoned).
+    pub(crate) fn follower_done(&mut self, i: usize, r: Option<FlightResult>) {
+        let r = r.unwrap_or_else(|| {
+            Err(LoadError::NotReturned {
+                upstream: self.upstream.clone(),
+            })
+        });
+        let stale = self.stale.remove(&i);
+        self.out[i] = Some(Cache::finish(&self.cx, r, Origin::Loader, stale));
+    }
+
+    pub(crate) fn into_results(self) -> Vec<Result<Lookup, LoadError>> {
+        let up = self.upstream;
+        self.out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(LoadError::NotReturned {
+                        upstream: up.clone(),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
 /// A load in progress: the breaker permit and when it started.
 pub(crate) struct Started {
     permit: Permit,
@@ -672,6 +712,34 @@ impl Cache {
         K: AsRef<[u8]>,
         F: FnOnce(&[&[u8]]) -> Result<BatchLoaded, LoadError>,
     {
+        let keys: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        let mut plan = self.batch_plan(ns, &keys, upstream)?;
+        if !plan.to_load.is_empty() {
+            let r = match self.begin_load(&plan.cx, &plan.upstream) {
+                Err(e) => Err(e),
+                Ok(s) => {
+                    let ks: Vec<&[u8]> = plan.to_load.iter().map(|(i, _)| keys[*i]).collect();
+                    let r = loader(&ks);
+                    Ok((s, r))
+                }
+            };
+            self.batch_store(&mut plan, &keys, r);
+        }
+        for (i, f) in std::mem::take(&mut plan.followers) {
+            let r = f.wait();
+            plan.follower_done(i, r);
+        }
+        Ok(plan.into_results())
+    }
+
+    /// The first half of a batch: answers from the cache, and the keys to
+    /// load (led by this call) or to wait for (led by another).
+    pub(crate) fn batch_plan(
+        &self,
+        ns: &str,
+        keys: &[&[u8]],
+        upstream: &str,
+    ) -> Result<BatchPlan, LoadError> {
         let cx = self.ctx(ns)?;
         let upstream: Arc<str> = upstream.into();
         let now = self.now_ms();
@@ -679,8 +747,7 @@ impl Cache {
         let mut stale: HashMap<usize, (Bytes, Duration)> = HashMap::new();
         let mut leaders = Vec::new();
         let mut followers = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            let key = k.as_ref();
+        for (i, &key) in keys.iter().enumerate() {
             cx.ns.access(self, key, &cx.policy, now);
             match self.cached(&cx, key)? {
                 Cached::Fresh(v, _) => {
@@ -707,7 +774,7 @@ impl Cache {
         // Second look for the keys we lead (see single_flight.rs).
         let mut to_load = Vec::new();
         for (i, l) in leaders {
-            match self.recheck(&cx, keys[i].as_ref()) {
+            match self.recheck(&cx, keys[i]) {
                 Ok(Some(v)) => {
                     l.complete(Ok(v.clone()));
                     out[i] = Some(Ok(Lookup::new(v, Origin::Cache)));
@@ -715,62 +782,52 @@ impl Cache {
                 _ => to_load.push((i, l)),
             }
         }
-        if !to_load.is_empty() {
-            let ks: Vec<&[u8]> = to_load.iter().map(|(i, _)| keys[*i].as_ref()).collect();
-            match self.begin_load(&cx, &upstream) {
-                Err(e) => {
-                    for (i, l) in to_load {
-                        l.complete(Err(e.clone()));
-                        out[i] = Some(Self::finish(
-                            &cx,
-                            Err(e.clone()),
-                            Origin::Loader,
-                            stale.remove(&i),
-                        ));
-                    }
-                }
-                Ok(s) => {
-                    let r = loader(&ks);
-                    let (latency, t1) = self.record_call(s, r.is_ok());
-                    let mut found = match r {
-                        Ok(m) => Ok(m),
-                        Err(e) => Err(e.with_upstream(&upstream)),
-                    };
-                    for (i, l) in to_load {
-                        let key = keys[i].as_ref();
-                        let one = match &mut found {
-                            Err(e) => Err(e.clone()),
-                            Ok(m) => m.remove(key).unwrap_or_else(|| {
-                                Err(LoadError::NotReturned {
-                                    upstream: upstream.clone(),
-                                })
-                            }),
-                        };
-                        let r = self.store_loaded(&cx, key, &upstream, one, latency, t1);
-                        l.complete(r.clone());
-                        out[i] = Some(Self::finish(&cx, r, Origin::Loader, stale.remove(&i)));
-                    }
-                }
+        Ok(BatchPlan {
+            cx,
+            upstream,
+            out,
+            stale,
+            to_load,
+            followers,
+        })
+    }
+
+    /// The second half: records the batch call with the breaker, stores
+    /// each answer and hands it to the key's waiters.
+    pub(crate) fn batch_store(
+        &self,
+        plan: &mut BatchPlan,
+        keys: &[&[u8]],
+        r: Result<(Started, Result<BatchLoaded, LoadError>), LoadError>,
+    ) {
+        let up = plan.upstream.clone();
+        let (mut found, timing) = match r {
+            Err(e) => (Err(e), None),
+            Ok((s, r)) => {
+                let timing = self.record_call(s, r.is_ok());
+                (r.map_err(|e| e.with_upstream(&up)), Some(timing))
             }
+        };
+        for (i, l) in std::mem::take(&mut plan.to_load) {
+            let key = keys[i];
+            let r = match (&mut found, timing) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(m), Some((latency, t1))) => {
+                    let one = m.remove(key).unwrap_or_else(|| {
+                        Err(LoadError::NotReturned {
+                            upstream: up.clone(),
+                        })
+                    });
+                    self.store_loaded(&plan.cx, key, &up, one, latency, t1)
+                }
+                (Ok(_), None) => Err(LoadError::NotReturned {
+                    upstream: up.clone(),
+                }),
+            };
+            l.complete(r.clone());
+            let stale = plan.stale.remove(&i);
+            plan.out[i] = Some(Self::finish(&plan.cx, r, Origin::Loader, stale));
         }
-        for (i, f) in followers {
-            let r = f.wait().unwrap_or_else(|| {
-                Err(LoadError::NotReturned {
-                    upstream: upstream.clone(),
-                })
-            });
-            out[i] = Some(Self::finish(&cx, r, Origin::Loader, stale.remove(&i)));
-        }
-        Ok(out
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(LoadError::NotReturned {
-                        upstream: upstream.clone(),
-                    })
-                })
-            })
-            .collect())
     }
 
     // ----- configuration ----------------------------------------------
