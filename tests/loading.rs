@@ -860,3 +860,47 @@ fn async_batch_loads_only_missing_keys() {
         (Some(&b"2 NO"[..]), Origin::Loader)
     );
 }
+
+#[test]
+fn xfetch_refreshes_a_slow_hot_key_early_once() {
+    let clock = ManualClock::new(T0);
+    let cache = builder(&clock).open().unwrap();
+    cache.set_load_policy(
+        "user_stats",
+        LoadPolicy::default()
+            .ttl(10 * S)
+            .ttl_jitter(0.0)
+            .xfetch_beta(1.0),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (c, ck) = (calls.clone(), clock.clone());
+    cache
+        .get_or_load("user_stats", b"whale", "stats-db", move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            ck.advance(2 * S); // an expensive aggregate: 2 s
+            Ok(Loaded::value(&b"v1"[..]))
+        })
+        .unwrap();
+    // 10 ms before expiry, a 2 s load makes an early refresh nearly certain
+    // (p = 1 - e^-200 per hit).
+    clock.advance(Duration::from_millis(9_990));
+    let mut hits = 0;
+    while cache.load_stats().namespaces[0].early_refreshes == 0 {
+        hits += 1;
+        assert!(hits < 100, "no early refresh in 100 hits");
+        let c = calls.clone();
+        let r = cache
+            .get_or_load("user_stats", b"whale", "stats-db", move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(Loaded::value(&b"v2"[..]))
+            })
+            .unwrap();
+        assert_eq!(r.origin, Origin::Cache, "served at once, still fresh");
+    }
+    cache.wait_refreshes();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        cache.get("user_stats", b"whale").unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+}
