@@ -487,13 +487,17 @@ struct Inner {
 
 impl Inner {
     fn close(&self) -> Result<(), WriteError> {
+        // The mirror stops first: its last delivery attempt needs the
+        // writer for its acks, and the writer exits on its own once it sees
+        // `closed` with an empty queue.
+        #[cfg(feature = "redis")]
+        if let Some(m) = &self.mirror
+            && !self.shared.closed.load(Ordering::Acquire)
+        {
+            m.stop();
+        }
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
-        }
-        // The mirror's last delivery attempt needs the writer for its acks.
-        #[cfg(feature = "redis")]
-        if let Some(m) = &self.mirror {
-            m.stop();
         }
         let r = self.shared.request(Op::Close);
         for t in self.threads.lock().drain(..) {

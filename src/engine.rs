@@ -834,6 +834,16 @@ impl Shared {
         self.counters.warmup_done.store(1, Ordering::Release);
     }
 
+    /// Validates the hot tier's invariants (tests and fuzzing).
+    #[cfg(any(test, feature = "validate"))]
+    pub(crate) fn validate(&self) {
+        self.hot.validate();
+        assert!(self.hot.used_bytes() <= self.hot_capacity);
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Shared {
     // ----- mirror hooks -------------------------------------------------
     //
     // Writes that come from the mirror (Redis) carry the version they were
@@ -982,12 +992,5 @@ impl Shared {
         ns.epoch.store(epoch, Ordering::Release);
         add(&ns.counters.invalidations, 1);
         Ok(true)
-    }
-
-    /// Validates the hot tier's invariants (tests and fuzzing).
-    #[cfg(any(test, feature = "validate"))]
-    pub(crate) fn validate(&self) {
-        self.hot.validate();
-        assert!(self.hot.used_bytes() <= self.hot_capacity);
     }
 }

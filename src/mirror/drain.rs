@@ -436,7 +436,23 @@ impl Link {
                 continue;
             };
             let Ok(ns) = sh.ns.get(ns_name) else { continue };
-            if h.expires_at <= now || h.epoch != ns.epoch() {
+            if h.epoch != ns.epoch() {
+                continue;
+            }
+            if h.expires_at <= now {
+                // Expired here: make sure no older live copy survives there.
+                let tomb = inner.cfg.tombstone_ttl.as_millis().max(1) as u64;
+                push_write(
+                    inner,
+                    &mut pipe,
+                    &inner.keys.data(ns_name, key),
+                    "d",
+                    h.version,
+                    tomb,
+                    b"",
+                    b"",
+                );
+                n += 1;
                 continue;
             }
             let px = if h.expires_at == u64::MAX {
@@ -502,8 +518,29 @@ impl Link {
                         continue;
                     };
                     if h.expires_at <= now {
-                        // Never resurrect or extend: an expired write is not sent.
+                        // Never resurrect or extend: an expired write is not
+                        // sent, but it still replaces any older value Redis
+                        // may hold (which could outlive it): a tombstone.
                         add(&inner.counters.expired_skipped, 1);
+                        let msg = Message {
+                            kind: MSG_DELETE,
+                            version: it.version,
+                            origin: self.instance,
+                            ns: it.namespace.clone(),
+                            key: it.key.clone(),
+                        };
+                        let key = inner.keys.data(&it.namespace, &it.key);
+                        push_write(
+                            inner,
+                            &mut pipe,
+                            &key,
+                            "d",
+                            it.version,
+                            tomb,
+                            b"",
+                            &msg.encode(),
+                        );
+                        kinds.push(None);
                         continue;
                     }
                     let px = if h.expires_at == u64::MAX {

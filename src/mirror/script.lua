@@ -19,7 +19,7 @@ if ARGV[1] == 'e' then
   if t == 'string' then cur = tonumber(redis.call('GET', KEYS[1])) or 0 end
   if cur >= v then return {0, cur} end
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
   return {1, v}
 end
 local t = redis.call('TYPE', KEYS[1])['ok']
@@ -31,7 +31,7 @@ if ARGV[1] == 'p' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'r', ARGV[4])
 else
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', '1')
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 end
 if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return {1, v}

@@ -56,6 +56,12 @@ pub(crate) struct Args {
     /// Hot-tier capacity in MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     hot_mib: u64,
+    /// Mirror to this Redis (`redis://127.0.0.1:6379/`): writes reach it
+    /// through the outbox, misses read through, an empty directory warms
+    /// from it. Default: `EMBERCACHE_REDIS_URL` if set, else no mirror.
+    #[cfg(feature = "redis")]
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 const NAMESPACES: [&str; 7] = [
@@ -88,6 +94,11 @@ fn open(a: &Args) -> Result<Cache, crate::Failure> {
         .namespace("search", NamespacePolicy::default().ttl(min(5)))
         .namespace("user_stats", NamespacePolicy::default().ttl(min(10)))
         .namespace("watched_addresses", NamespacePolicy::default().ttl(min(15)));
+    #[cfg(feature = "redis")]
+    let b = match &a.redis {
+        Some(url) => b.redis(embercache::MirrorConfig::new(url.as_str())),
+        None => b.redis_from_env(),
+    };
     b.open().map_err(crate::Failure::from)
 }
 
@@ -647,6 +658,19 @@ pub(crate) fn run(a: Args) -> Outcome {
         }
     }
     let end = cache.stats();
+    #[cfg(feature = "redis")]
+    if let Some(m) = cache.mirror_stats() {
+        println!(
+            "redis mirror   breaker {}, {} writes applied ({} refused as older), outbox {} rows, read-through {} hits / {} misses, warm start {} loaded",
+            m.breaker.as_str(),
+            m.applied,
+            m.stale,
+            m.outbox_rows,
+            m.read_hits,
+            m.read_misses,
+            m.warm_loaded
+        );
+    }
     let total_ops = ops.load(Ordering::Relaxed);
     let closing = Instant::now();
     close(cache)?;
