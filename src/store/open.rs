@@ -109,6 +109,13 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
         source,
     })?;
     let file = dir.join(DB_FILE);
+    if !file.exists() {
+        match create_fresh(&file, dir) {
+            Ok(()) => {}
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Damaged(reason)) => return Err(OpenError::Corrupt { file, reason }),
+        }
+    }
     match try_open(&file, dir) {
         Ok((db, meta)) => Ok(Opened {
             db,
@@ -168,6 +175,41 @@ fn create_file(file: &Path) -> Result<Database, DatabaseError> {
         .map_err(|e| DatabaseError::Storage(StorageError::Io(e)))?;
     let backend = redb::backends::FileBackend::new(f)?;
     Database::builder().create_with_backend(BoxedBackend(Box::new(backend)))
+}
+
+/// Builds a new database under a temporary name and links it into place
+/// once its tables exist. redb writes a new file's magic number last, so a
+/// crash while creating it in place would leave a file that a strict open
+/// refuses forever; this way a crash leaves only a temporary file. Linking
+/// (not renaming) never replaces a database another process created first.
+fn create_fresh(file: &Path, dir: &Path) -> Result<(), Failure> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!("{DB_FILE}.creating-{}-{nanos}", std::process::id()));
+    let io = |source| {
+        Failure::Fatal(OpenError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        })
+    };
+    let made = (|| {
+        let db = create_file(&tmp).map_err(|e| classify(e, dir))?;
+        init(&db).map_err(|e| Failure::Damaged(e.to_string()))?;
+        drop(db);
+        match std::fs::hard_link(&tmp, file) {
+            Ok(()) => {}
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        // Make the new name durable before anything is written through it.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    made
 }
 
 fn try_open(file: &Path, dir: &Path) -> Result<(Database, MetaState), Failure> {
