@@ -2,11 +2,11 @@
 //! without a trained 64 KiB dictionary (what `train_dictionary` builds),
 //! one value per frame as the engine stores them.
 
-use crate::workload;
-use crate::report::{Runs, Table};
 use crate::Scale;
-use rand::rngs::StdRng;
+use crate::report::{Runs, Table};
+use crate::workload;
 use rand::SeedableRng;
+use rand::rngs::StdRng;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -14,7 +14,9 @@ type Make = fn(&mut StdRng, u64) -> String;
 
 fn corpus(make: Make, n: usize, seed: u64) -> Vec<Vec<u8>> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n as u64).map(|i| make(&mut rng, i * 7 + seed).into_bytes()).collect()
+    (0..n as u64)
+        .map(|i| make(&mut rng, i * 7 + seed).into_bytes())
+        .collect()
 }
 
 pub fn w9(scale: &Scale) -> String {
@@ -27,7 +29,13 @@ pub fn w9(scale: &Scale) -> String {
     ];
     println!("W9 compression");
     let mut t = Table::new(&[
-        "values", "mean bytes", "level", "dictionary", "ratio", "compress MB/s (min–max)", "decompress MB/s (min–max)",
+        "values",
+        "mean bytes",
+        "level",
+        "dictionary",
+        "ratio",
+        "compress MB/s (min–max)",
+        "decompress MB/s (min–max)",
     ]);
     let mut summary = Vec::new();
     for (name, make) in &kinds {
@@ -51,23 +59,41 @@ pub fn w9(scale: &Scale) -> String {
                 let mut packed = Vec::new();
                 for _ in 0..scale.runs {
                     let start = Instant::now();
-                    packed = test.iter().map(|v| comp.compress(v).expect("compress")).collect::<Vec<_>>();
-                    c_mbs.0.push(raw as f64 / start.elapsed().as_secs_f64() / 1e6);
+                    packed = test
+                        .iter()
+                        .map(|v| comp.compress(v).expect("compress"))
+                        .collect::<Vec<_>>();
+                    c_mbs
+                        .0
+                        .push(raw as f64 / start.elapsed().as_secs_f64() / 1e6);
                     let start = Instant::now();
                     for (p, v) in packed.iter().zip(&test) {
                         std::hint::black_box(dec.decompress(p, v.len()).expect("decompress"));
                     }
-                    d_mbs.0.push(raw as f64 / start.elapsed().as_secs_f64() / 1e6);
+                    d_mbs
+                        .0
+                        .push(raw as f64 / start.elapsed().as_secs_f64() / 1e6);
                 }
                 let stored: usize = packed.iter().map(|p| p.len()).sum();
                 let ratio = raw as f64 / stored as f64;
-                summary.push((name.to_string(), level, use_dict, raw, stored, d_mbs.median()));
+                summary.push((
+                    name.to_string(),
+                    level,
+                    use_dict,
+                    raw,
+                    stored,
+                    d_mbs.median(),
+                ));
                 let mbs = |r: &Runs| format!("{:.0} ({:.0}–{:.0})", r.median(), r.min(), r.max());
                 t.row(vec![
                     name.to_string(),
                     format!("{}", raw / test.len()),
                     level.to_string(),
-                    if use_dict { "64 KiB trained".into() } else { "none".into() },
+                    if use_dict {
+                        "64 KiB trained".into()
+                    } else {
+                        "none".into()
+                    },
                     format!("{ratio:.2}"),
                     mbs(&c_mbs),
                     mbs(&d_mbs),
@@ -83,20 +109,27 @@ pub fn w9(scale: &Scale) -> String {
          engine stores them (embercache adds a 40-byte record header, not counted here; values under 64 bytes \
          are stored raw by default). Dictionary: `zstd::dict::from_samples` over 4000 other values of the same \
          kind, 64 KiB, as `Cache::train_dictionary` does per namespace. Speeds are raw (uncompressed) bytes per \
-         second, single thread, median of {} runs.\n",
+         second, single thread, one reused (de)compression context, the engine's best case; median of {} runs.\n",
         scale.runs
     );
     s.push_str(&t.md());
     for level in [1, 3] {
         for use_dict in [false, true] {
-            let rows: Vec<_> = summary.iter().filter(|r| r.1 == level && r.2 == use_dict).collect();
+            let rows: Vec<_> = summary
+                .iter()
+                .filter(|r| r.1 == level && r.2 == use_dict)
+                .collect();
             let raw: usize = rows.iter().map(|r| r.3).sum();
             let stored: usize = rows.iter().map(|r| r.4).sum();
             let _ = writeln!(
                 s,
                 "{}level {level}, {}: all kinds together (equal counts) ratio {:.2}",
                 if level == 1 && !use_dict { "\n" } else { "" },
-                if use_dict { "trained dictionary" } else { "no dictionary" },
+                if use_dict {
+                    "trained dictionary"
+                } else {
+                    "no dictionary"
+                },
                 raw as f64 / stored as f64
             );
             let _ = writeln!(s);

@@ -1,10 +1,10 @@
 //! W5 durable writes: embercache `Sync` (group commit) and `Buffered`
 //! against raw redb with the same batch sizes and Redis with an AOF.
 
-use crate::workload;
-use crate::redis_srv::RedisServer;
-use crate::report::{dur_ns, si, Runs, Table};
 use crate::Scale;
+use crate::redis_srv::RedisServer;
+use crate::report::{Runs, Table, dur_ns, si};
+use crate::workload;
 use bytes::Bytes;
 use embercache::{Cache, Durability};
 use hdrhistogram::Histogram;
@@ -83,24 +83,42 @@ pub fn w5(scale: &Scale) -> String {
         values.len(),
         scale.runs
     );
-    let mut t = Table::new(&["store", "writers / batch", "writes/s median (min–max)", "avg ops per commit"]);
+    let mut t = Table::new(&[
+        "store",
+        "writers / batch",
+        "writes/s median (min–max)",
+        "avg ops per commit",
+    ]);
     let mut ember_sync = Vec::new();
     for &w in &WRITERS {
         let mut runs = Runs::default();
         let mut group = Runs::default();
         for _ in 0..scale.runs {
             let dir = tempfile::tempdir().expect("tempdir");
-            let c = Cache::builder().dir(dir.path()).durability(Durability::Sync).open().expect("open");
+            let c = Cache::builder()
+                .dir(dir.path())
+                .durability(Durability::Sync)
+                .open()
+                .expect("open");
             let s0 = c.stats();
             runs.0.push(hammer(w, secs, |t, j| {
-                c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j)).expect("sync set")
+                c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
+                    .expect("sync set")
             }));
             let s1 = c.stats();
-            group.0.push((s1.committed_ops - s0.committed_ops) as f64 / (s1.commits - s0.commits).max(1) as f64);
+            group.0.push(
+                (s1.committed_ops - s0.committed_ops) as f64
+                    / (s1.commits - s0.commits).max(1) as f64,
+            );
             c.close().expect("close");
         }
         ember_sync.push(runs.median());
-        t.row(vec!["embercache Sync".into(), w.to_string(), runs.rate(), format!("{:.1}", group.median())]);
+        t.row(vec![
+            "embercache Sync".into(),
+            w.to_string(),
+            runs.rate(),
+            format!("{:.1}", group.median()),
+        ]);
     }
     for &w in &[1usize, 4] {
         let mut runs = Runs::default();
@@ -109,13 +127,19 @@ pub fn w5(scale: &Scale) -> String {
             let c = Cache::builder().dir(dir.path()).open().expect("open");
             let start = Instant::now();
             let n = hammer(w, secs, |t, j| {
-                c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j)).expect("buffered set")
+                c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
+                    .expect("buffered set")
             }) * secs;
             c.flush().expect("flush");
             runs.0.push(n / start.elapsed().as_secs_f64());
             c.close().expect("close");
         }
-        t.row(vec!["embercache Buffered 10 ms (incl. final flush)".into(), w.to_string(), runs.rate(), "–".into()]);
+        t.row(vec![
+            "embercache Buffered 10 ms (incl. final flush)".into(),
+            w.to_string(),
+            runs.rate(),
+            "–".into(),
+        ]);
     }
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     let mut redb_rates = Vec::new();
@@ -132,7 +156,8 @@ pub fn w5(scale: &Scale) -> String {
                     let mut tab = tx.open_table(table).expect("table");
                     for _ in 0..b {
                         let v: Bytes = value(0, j);
-                        tab.insert(format!("w0:{j}").as_bytes(), &v[..]).expect("insert");
+                        tab.insert(format!("w0:{j}").as_bytes(), &v[..])
+                            .expect("insert");
                         j += 1;
                     }
                 }
@@ -141,18 +166,32 @@ pub fn w5(scale: &Scale) -> String {
             runs.0.push(j as f64 / start.elapsed().as_secs_f64());
         }
         redb_rates.push(runs.median());
-        t.row(vec!["raw redb (1 thread)".into(), format!("batch {b}"), runs.rate(), b.to_string()]);
+        t.row(vec![
+            "raw redb (1 thread)".into(),
+            format!("batch {b}"),
+            runs.rate(),
+            b.to_string(),
+        ]);
     }
     let mut redis_always = Vec::new();
     for mode in ["always", "everysec"] {
-        let Some(srv) = RedisServer::start(&["--save", "", "--appendonly", "yes", "--appendfsync", mode]) else {
-            t.row(vec!["Redis".into(), "–".into(), "redis-server not found".into(), "–".into()]);
+        let Some(srv) =
+            RedisServer::start(&["--save", "", "--appendonly", "yes", "--appendfsync", mode])
+        else {
+            t.row(vec![
+                "Redis".into(),
+                "–".into(),
+                "redis-server not found".into(),
+                "–".into(),
+            ]);
             break;
         };
         for &w in &WRITERS {
             let mut runs = Runs::default();
             for _ in 0..scale.runs {
-                let cons: Vec<_> = (0..w).map(|_| std::sync::Mutex::new(srv.connection())).collect();
+                let cons: Vec<_> = (0..w)
+                    .map(|_| std::sync::Mutex::new(srv.connection()))
+                    .collect();
                 runs.0.push(hammer(w, secs, |t, j| {
                     let mut c = cons[t].lock().expect("connection");
                     let _: () = redis::cmd("SET")
@@ -165,12 +204,27 @@ pub fn w5(scale: &Scale) -> String {
             if mode == "always" {
                 redis_always.push(runs.median());
             }
-            t.row(vec![format!("Redis appendfsync {mode} (networked)"), w.to_string(), runs.rate(), "–".into()]);
+            t.row(vec![
+                format!("Redis appendfsync {mode} (networked)"),
+                w.to_string(),
+                runs.rate(),
+                "–".into(),
+            ]);
         }
     }
     s.push_str(&t.md());
-    let _ = writeln!(s, "\n| check (medians) | 1 | 4 | 16 | 64 | target |\n|---|---|---|---|---|---|");
-    let cells = |f: &dyn Fn(usize) -> String| WRITERS.iter().enumerate().map(|(i, _)| f(i)).collect::<Vec<_>>().join(" | ");
+    let _ = writeln!(
+        s,
+        "\n| check (medians) | 1 | 4 | 16 | 64 | target |\n|---|---|---|---|---|---|"
+    );
+    let cells = |f: &dyn Fn(usize) -> String| {
+        WRITERS
+            .iter()
+            .enumerate()
+            .map(|(i, _)| f(i))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     let _ = writeln!(
         s,
         "| embercache Sync (N writers) / raw redb (batch N) | {} | ≥ 0.87 (overhead ≤ 15 %) |",

@@ -11,13 +11,13 @@
 
 mod compress;
 mod durable;
-mod workload;
 mod peers;
 mod redis_srv;
 mod report;
 mod sim;
 mod tput;
 mod w3;
+mod workload;
 
 use report::Doc;
 use std::fmt::Write as _;
@@ -45,7 +45,12 @@ impl Scale {
     }
     /// The scale W3 uses.
     pub fn for_w3(&self) -> Scale {
-        Scale { factor: self.w3_factor, w3_factor: self.w3_factor, runs: self.runs, secs: self.secs }
+        Scale {
+            factor: self.w3_factor,
+            w3_factor: self.w3_factor,
+            runs: self.runs,
+            secs: self.secs,
+        }
     }
 }
 
@@ -55,16 +60,40 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut out = root.join("docs/BENCHMARKS.md");
-    let mut scale = Scale { factor: 1.0, w3_factor: 1.0, runs: 5, secs: 1.5 };
+    let mut scale = Scale {
+        factor: 1.0,
+        w3_factor: 1.0,
+        runs: 5,
+        secs: 1.5,
+    };
     let mut only: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
     while let Some(a) = args.next() {
-        let mut val = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut val = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--out" => out = PathBuf::from(val()),
-            "--scale" => scale.factor = val().parse().unwrap_or_else(|_| usage("--scale takes a number")),
-            "--w3-scale" => scale.w3_factor = val().parse().unwrap_or_else(|_| usage("--w3-scale takes a number")),
-            "--runs" => scale.runs = val().parse().unwrap_or_else(|_| usage("--runs takes a count")),
-            "--secs" => scale.secs = val().parse().unwrap_or_else(|_| usage("--secs takes seconds")),
+            "--scale" => {
+                scale.factor = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--scale takes a number"))
+            }
+            "--w3-scale" => {
+                scale.w3_factor = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--w3-scale takes a number"))
+            }
+            "--runs" => {
+                scale.runs = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--runs takes a count"))
+            }
+            "--secs" => {
+                scale.secs = val()
+                    .parse()
+                    .unwrap_or_else(|_| usage("--secs takes seconds"))
+            }
             "--only" => only = val().split(',').map(str::to_string).collect(),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -75,11 +104,18 @@ fn main() {
     }
     let command = format!(
         "cargo run --release --manifest-path benches/peers/Cargo.toml --{}",
-        std::env::args().skip(1).map(|a| format!(" {a}")).collect::<String>()
+        std::env::args()
+            .skip(1)
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
     );
     let started = Instant::now();
     let load_before = sh("uptime", &[]);
-    let mut doc = Doc { path: out.clone(), head: header(&root, &command, &scale, &load_before), sections: Vec::new() };
+    let mut doc = Doc {
+        path: out.clone(),
+        head: header(&root, &command, &scale, &load_before),
+        sections: Vec::new(),
+    };
     // The hand-written reading of the numbers (targets missed, why, what
     // would close them) lives beside the code and is copied in verbatim.
     if let Ok(a) = std::fs::read_to_string(root.join("benches/peers/analysis.md")) {
@@ -93,7 +129,10 @@ fn main() {
             "w2" => tput::w2(&scale),
             "w5" => durable::w5(&scale),
             "w9" => compress::w9(&scale),
-            other => usage(&format!("unknown workload {other}; known: {}", ALL.join(","))),
+            other => usage(&format!(
+                "unknown workload {other}; known: {}",
+                ALL.join(",")
+            )),
         };
         doc.add(section);
     }
@@ -147,7 +186,11 @@ fn header(root: &std::path::Path, command: &str, scale: &Scale, load: &str) -> S
             if l == format!("name = \"{name}\"")
                 && let Some(v) = lines.next()
             {
-                found.push(v.trim_start_matches("version = ").trim_matches('"').to_string());
+                found.push(
+                    v.trim_start_matches("version = ")
+                        .trim_matches('"')
+                        .to_string(),
+                );
             }
         }
         found.join(", ")
@@ -162,20 +205,39 @@ fn header(root: &std::path::Path, command: &str, scale: &Scale, load: &str) -> S
     );
     let _ = writeln!(s, "## Machine and versions\n");
     let _ = writeln!(s, "- CPU: {model}, `nproc` = {}", sh("nproc", &[]).trim());
-    let _ = writeln!(s, "- Memory: {}", mem.trim_start_matches("MemTotal:").trim());
+    let _ = writeln!(
+        s,
+        "- Memory: {}",
+        mem.trim_start_matches("MemTotal:").trim()
+    );
     let _ = writeln!(s, "- Kernel: {}", sh("uname", &["-sr"]).trim());
     let _ = writeln!(s, "- Load before the run: `{}`", load.trim());
     let _ = writeln!(
         s,
         "- embercache at `{}`; moka {}, quick_cache {}, foyer {}, redb {}, redis-rs {}, zstd {}; {}",
-        std::env::var("EMBERCACHE_REV").unwrap_or_else(|_| sh("git", &["-C", &root.display().to_string(), "rev-parse", "--short", "HEAD"]).trim().to_string()),
+        std::env::var("EMBERCACHE_REV").unwrap_or_else(|_| sh(
+            "git",
+            &[
+                "-C",
+                &root.display().to_string(),
+                "rev-parse",
+                "--short",
+                "HEAD"
+            ]
+        )
+        .trim()
+        .to_string()),
         version("moka"),
         version("quick_cache"),
         version("foyer"),
         version("redb"),
         version("redis"),
         version("zstd"),
-        sh("redis-server", &["--version"]).split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        sh("redis-server", &["--version"])
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let _ = writeln!(s, "- rustc: {}", sh("rustc", &["--version"]).trim());
     let _ = writeln!(

@@ -68,7 +68,11 @@ pub struct Quick(pub quick_cache::sync::Cache<Vec<u8>, Bytes, ChargeW>);
 
 impl Quick {
     pub fn new(capacity_bytes: u64, est_items: usize) -> Self {
-        Quick(quick_cache::sync::Cache::with_weighter(est_items, capacity_bytes, ChargeW))
+        Quick(quick_cache::sync::Cache::with_weighter(
+            est_items,
+            capacity_bytes,
+            ChargeW,
+        ))
     }
 }
 

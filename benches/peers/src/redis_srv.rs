@@ -16,9 +16,20 @@ impl RedisServer {
     /// `None` when it is not installed.
     pub fn start(extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--protected-mode",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .args(extra)
@@ -27,7 +38,12 @@ impl RedisServer {
             .spawn()
             .ok()?;
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-        let srv = RedisServer { child, port, _dir: dir, client };
+        let srv = RedisServer {
+            child,
+            port,
+            _dir: dir,
+            client,
+        };
         srv.wait_ready(Duration::from_secs(120));
         Some(srv)
     }
@@ -47,7 +63,9 @@ impl RedisServer {
     }
 
     pub fn connection(&self) -> redis::Connection {
-        self.client.get_connection().expect("connect to the bench redis-server")
+        self.client
+            .get_connection()
+            .expect("connect to the bench redis-server")
     }
 }
 

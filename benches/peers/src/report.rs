@@ -25,7 +25,12 @@ impl Runs {
     }
     /// `1.23 M (1.20–1.25)` for rates.
     pub fn rate(&self) -> String {
-        format!("{} ({}–{})", si(self.median()), si(self.min()), si(self.max()))
+        format!(
+            "{} ({}–{})",
+            si(self.median()),
+            si(self.min()),
+            si(self.max())
+        )
     }
 }
 
@@ -43,7 +48,13 @@ pub fn si(x: f64) -> String {
     } else {
         (x, "")
     };
-    if v >= 100.0 { format!("{v:.0}{u}") } else if v >= 10.0 { format!("{v:.1}{u}") } else { format!("{v:.2}{u}") }
+    if v >= 100.0 {
+        format!("{v:.0}{u}")
+    } else if v >= 10.0 {
+        format!("{v:.1}{u}")
+    } else {
+        format!("{v:.2}{u}")
+    }
 }
 
 /// Nanoseconds → "850 ns", "12.3 µs", "4.56 ms".
@@ -64,7 +75,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(head: &[&str]) -> Self {
-        Table { head: head.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+        Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
     }
     pub fn row(&mut self, r: Vec<String>) {
         println!("  {}", r.join(" | "));
@@ -73,7 +87,11 @@ impl Table {
     pub fn md(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "| {} |", self.head.join(" | "));
-        let _ = writeln!(s, "|{}", self.head.iter().map(|_| "---|").collect::<String>());
+        let _ = writeln!(
+            s,
+            "|{}",
+            self.head.iter().map(|_| "---|").collect::<String>()
+        );
         for r in &self.rows {
             let _ = writeln!(s, "| {} |", r.join(" | "));
         }

@@ -11,11 +11,20 @@ pub fn lru(trace: &[Id], n: usize, cap: usize) -> u64 {
     let (mut prev, mut next) = (vec![NIL; n], vec![NIL; n]);
     let mut present = vec![false; n];
     let (mut head, mut tail, mut len, mut hits) = (NIL, NIL, 0usize, 0u64);
-    let unlink = |k: u32, prev: &mut Vec<u32>, next: &mut Vec<u32>, head: &mut u32, tail: &mut u32| {
-        let (p, nx) = (prev[k as usize], next[k as usize]);
-        if p != NIL { next[p as usize] = nx } else { *head = nx }
-        if nx != NIL { prev[nx as usize] = p } else { *tail = p }
-    };
+    let unlink =
+        |k: u32, prev: &mut Vec<u32>, next: &mut Vec<u32>, head: &mut u32, tail: &mut u32| {
+            let (p, nx) = (prev[k as usize], next[k as usize]);
+            if p != NIL {
+                next[p as usize] = nx
+            } else {
+                *head = nx
+            }
+            if nx != NIL {
+                prev[nx as usize] = p
+            } else {
+                *tail = p
+            }
+        };
     for &k in trace {
         if present[k as usize] {
             hits += 1;

@@ -1,11 +1,11 @@
 //! W1 hot read and W2 mixed with eviction: throughput and latency with 1
 //! and 2 threads, byte keys and `Bytes` values for every cache.
 
-use crate::workload::{self, Id};
+use crate::Scale;
 use crate::peers::{self, Foyer, Kv, Moka, Quick};
 use crate::redis_srv::RedisServer;
-use crate::report::{dur_ns, si, Runs, Table};
-use crate::Scale;
+use crate::report::{Runs, Table, dur_ns, si};
+use crate::workload::{self, Id};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -46,7 +46,11 @@ impl Data {
         }
     }
     fn bytes(&self) -> u64 {
-        self.keys.iter().zip(&self.values).map(|(k, v)| peers::charge(k.len(), v.len())).sum()
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .map(|(k, v)| peers::charge(k.len(), v.len()))
+            .sum()
     }
 }
 
@@ -67,7 +71,9 @@ fn latencies(c: &dyn Kv, d: &Data, traces: &[Vec<Id>]) -> Histogram<u64> {
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("latency thread")).collect()
+        hs.into_iter()
+            .map(|h| h.join().expect("latency thread"))
+            .collect()
     });
     let mut all = Histogram::<u64>::new(3).expect("histogram");
     for h in hists {
@@ -82,13 +88,30 @@ pub fn w1(scale: &Scale) -> String {
     let d = Data::new(n);
     let cap = d.bytes() * 5 / 4;
     println!("W1 hot read: {n} keys, capacity {cap} bytes");
-    let mut t = Table::new(&["cache", "threads", "gets/s median (min–max)", "p50", "p99", "p99.9", "resident"]);
+    let mut t = Table::new(&[
+        "cache",
+        "threads",
+        "gets/s median (min–max)",
+        "p50",
+        "p99",
+        "p99.9",
+        "resident",
+    ]);
     let mut medians: Vec<(String, usize, f64)> = Vec::new();
     let peers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
-        ("embercache", Box::new(move || Box::new(peers::ember(cap, None)))),
+        (
+            "embercache",
+            Box::new(move || Box::new(peers::ember(cap, None))),
+        ),
         ("moka", Box::new(move || Box::new(Moka::new(cap)))),
-        ("quick_cache", Box::new(move || Box::new(Quick::new(cap, n)))),
-        ("foyer (memory)", Box::new(move || Box::new(Foyer::new(cap)))),
+        (
+            "quick_cache",
+            Box::new(move || Box::new(Quick::new(cap, n))),
+        ),
+        (
+            "foyer (memory)",
+            Box::new(move || Box::new(Foyer::new(cap))),
+        ),
     ];
     for (name, make) in &peers {
         let c = make();
@@ -97,8 +120,9 @@ pub fn w1(scale: &Scale) -> String {
         }
         let resident = d.keys.iter().filter(|k| c.get(k).is_some()).count();
         for threads in [1usize, 2] {
-            let traces: Vec<Vec<Id>> =
-                (0..threads).map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64)).collect();
+            let traces: Vec<Vec<Id>> = (0..threads)
+                .map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64))
+                .collect();
             let mut runs = Runs::default();
             for _ in 0..scale.runs {
                 let secs = timed(&traces, |_, tr| {
@@ -108,7 +132,10 @@ pub fn w1(scale: &Scale) -> String {
                 });
                 runs.0.push((ops * threads) as f64 / secs);
             }
-            let lat_traces: Vec<Vec<Id>> = traces.iter().map(|tr| tr[..tr.len().min(1_000_000)].to_vec()).collect();
+            let lat_traces: Vec<Vec<Id>> = traces
+                .iter()
+                .map(|tr| tr[..tr.len().min(1_000_000)].to_vec())
+                .collect();
             let h = latencies(c.as_ref(), &d, &lat_traces);
             medians.push((name.to_string(), threads, runs.median()));
             t.row(vec![
@@ -137,14 +164,31 @@ pub fn w1(scale: &Scale) -> String {
         scale.runs
     );
     s.push_str(&t.md());
-    let find = |name: &str, th: usize| medians.iter().find(|m| m.0 == name && m.1 == th).map(|m| m.2);
-    let _ = writeln!(s, "\n| ratio (median gets/s) | 1 thread | 2 threads | target |\n|---|---|---|---|");
-    for (peer, target) in [("quick_cache", "≥ 1.1×"), ("moka", "≥ 3×"), ("foyer (memory)", "–")] {
+    let find = |name: &str, th: usize| {
+        medians
+            .iter()
+            .find(|m| m.0 == name && m.1 == th)
+            .map(|m| m.2)
+    };
+    let _ = writeln!(
+        s,
+        "\n| ratio (median gets/s) | 1 thread | 2 threads | target |\n|---|---|---|---|"
+    );
+    for (peer, target) in [
+        ("quick_cache", "≥ 1.1×"),
+        ("moka", "≥ 3×"),
+        ("foyer (memory)", "–"),
+    ] {
         let r = |th| match (find("embercache", th), find(peer, th)) {
             (Some(a), Some(b)) => format!("{:.2}×", a / b),
             _ => "–".into(),
         };
-        let _ = writeln!(s, "| embercache / {peer} | {} | {} | {target} |", r(1), r(2));
+        let _ = writeln!(
+            s,
+            "| embercache / {peer} | {} | {} | {target} |",
+            r(1),
+            r(2)
+        );
     }
     s.push('\n');
     s
@@ -152,13 +196,20 @@ pub fn w1(scale: &Scale) -> String {
 
 fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
     let Some(srv) = RedisServer::start(&["--save", "", "--appendonly", "no"]) else {
-        return vec![vec!["Redis".into(), "–".into(), "redis-server not found".into()]];
+        return vec![vec![
+            "Redis".into(),
+            "–".into(),
+            "redis-server not found".into(),
+        ]];
     };
     let mut con = srv.connection();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut p = redis::pipe();
         for &i in chunk {
-            p.cmd("SET").arg(&d.keys[i][..]).arg(&d.values[i][..]).ignore();
+            p.cmd("SET")
+                .arg(&d.keys[i][..])
+                .arg(&d.values[i][..])
+                .ignore();
         }
         let _: () = p.query(&mut con).expect("redis load");
     }
@@ -166,7 +217,9 @@ fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
     for depth in [1usize, 16] {
         for threads in [1usize, 2] {
             let ops = scale.ops(200_000) * if depth == 16 { 4 } else { 1 };
-            let traces: Vec<Vec<Id>> = (0..threads).map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64)).collect();
+            let traces: Vec<Vec<Id>> = (0..threads)
+                .map(|i| workload::zipf_trace(n, 0.99, ops, 100 + i as u64))
+                .collect();
             let mut runs = Runs::default();
             let mut hist = Histogram::<u64>::new(3).expect("histogram");
             let hists = parking_hist(threads);
@@ -177,8 +230,10 @@ fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
                     for chunk in tr.chunks(depth) {
                         let start = Instant::now();
                         if depth == 1 {
-                            let v: Option<Vec<u8>> =
-                                redis::cmd("GET").arg(&d.keys[chunk[0] as usize][..]).query(&mut con).expect("GET");
+                            let v: Option<Vec<u8>> = redis::cmd("GET")
+                                .arg(&d.keys[chunk[0] as usize][..])
+                                .query(&mut con)
+                                .expect("GET");
                             std::hint::black_box(v);
                         } else {
                             let mut p = redis::pipe();
@@ -198,7 +253,14 @@ fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
                 hist.add(&*h.lock().expect("hist")).expect("merge");
             }
             rows.push(vec![
-                format!("Redis (networked, pipeline {depth}{})", if depth > 1 { ", latency per pipeline" } else { "" }),
+                format!(
+                    "Redis (networked, pipeline {depth}{})",
+                    if depth > 1 {
+                        ", latency per pipeline"
+                    } else {
+                        ""
+                    }
+                ),
                 threads.to_string(),
                 runs.rate(),
                 dur_ns(hist.value_at_quantile(0.5) as f64),
@@ -212,7 +274,9 @@ fn redis_w1(d: &Data, n: usize, scale: &Scale) -> Vec<Vec<String>> {
 }
 
 fn parking_hist(n: usize) -> Vec<std::sync::Mutex<Histogram<u64>>> {
-    (0..n).map(|_| std::sync::Mutex::new(Histogram::<u64>::new(3).expect("histogram"))).collect()
+    (0..n)
+        .map(|_| std::sync::Mutex::new(Histogram::<u64>::new(3).expect("histogram")))
+        .collect()
 }
 
 /// W2: 90 % get (insert on miss) / 10 % set, capacity 1 % and 10 %.
@@ -223,24 +287,42 @@ pub fn w2(scale: &Scale) -> String {
     let d = Data::new(n);
     let per_entry = peers::charge(10, 100);
     println!("W2 mixed with eviction");
-    let mut t = Table::new(&["zipf", "capacity", "cache", "ops/s median (min–max)", "hit ratio % (median)"]);
+    let mut t = Table::new(&[
+        "zipf",
+        "capacity",
+        "cache",
+        "ops/s median (min–max)",
+        "hit ratio % (median)",
+    ]);
     let mut hit_rows: Vec<(String, String, f64)> = Vec::new();
     for s_exp in [0.8, 1.0] {
-        let traces: Vec<Vec<Id>> = (0..threads).map(|i| workload::zipf_trace(n, s_exp, ops, 700 + i as u64)).collect();
+        let traces: Vec<Vec<Id>> = (0..threads)
+            .map(|i| workload::zipf_trace(n, s_exp, ops, 700 + i as u64))
+            .collect();
         for cap_pct in [1.0, 10.0] {
             let cap = (n as f64 * cap_pct / 100.0) as u64 * per_entry;
             let est = (n as f64 * cap_pct / 100.0) as usize;
             let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
-                ("embercache", Box::new(move || Box::new(peers::ember(cap, None)))),
+                (
+                    "embercache",
+                    Box::new(move || Box::new(peers::ember(cap, None))),
+                ),
                 ("moka", Box::new(move || Box::new(Moka::new(cap)))),
-                ("quick_cache", Box::new(move || Box::new(Quick::new(cap, est)))),
-                ("foyer (memory)", Box::new(move || Box::new(Foyer::new(cap)))),
+                (
+                    "quick_cache",
+                    Box::new(move || Box::new(Quick::new(cap, est))),
+                ),
+                (
+                    "foyer (memory)",
+                    Box::new(move || Box::new(Foyer::new(cap))),
+                ),
             ];
             for (name, make) in &makers {
                 let (mut rates, mut hits) = (Runs::default(), Runs::default());
                 for _ in 0..scale.runs {
                     let c = make();
-                    let counts: Vec<std::sync::atomic::AtomicU64> = (0..2).map(|_| Default::default()).collect();
+                    let counts: Vec<std::sync::atomic::AtomicU64> =
+                        (0..2).map(|_| Default::default()).collect();
                     let before = c.hot_hits();
                     let secs = timed(&traces, |_, tr| {
                         let (mut g, mut h) = (0u64, 0u64);
@@ -269,7 +351,11 @@ pub fn w2(scale: &Scale) -> String {
                     };
                     hits.0.push(100.0 * h / gets);
                 }
-                hit_rows.push((format!("{s_exp}/{cap_pct}"), name.to_string(), hits.median()));
+                hit_rows.push((
+                    format!("{s_exp}/{cap_pct}"),
+                    name.to_string(),
+                    hits.median(),
+                ));
                 t.row(vec![
                     s_exp.to_string(),
                     format!("{cap_pct} %"),
@@ -303,9 +389,12 @@ pub fn w2(scale: &Scale) -> String {
     let _ = writeln!(
         s,
         "\nembercache − moka hit ratio: {} points.\n",
-        diffs.iter().map(|x| format!("{x:+.2}")).collect::<Vec<_>>().join(", ")
+        diffs
+            .iter()
+            .map(|x| format!("{x:+.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let _ = si(0.0);
     s
 }
-

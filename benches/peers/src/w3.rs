@@ -1,11 +1,11 @@
 //! W3 hit ratio: single thread, deterministic traces, every cache charged
 //! the same bytes per entry, insert on miss.
 
-use crate::workload::{self, Id};
-use crate::peers::{self, Foyer, Kv, Moka, Quick, NS};
+use crate::Scale;
+use crate::peers::{self, Foyer, Kv, Moka, NS, Quick};
 use crate::report::Table;
 use crate::sim;
-use crate::Scale;
+use crate::workload::{self, Id};
 use bytes::Bytes;
 use embercache::{Cache, NamespacePolicy};
 use std::fmt::Write as _;
@@ -31,7 +31,14 @@ struct Outcome {
 }
 
 const COLUMNS: &[&str] = &[
-    "OPT", "LRU", "S3-FIFO ref", "embercache", "embercache 1 shard", "moka", "quick_cache", "foyer",
+    "OPT",
+    "LRU",
+    "S3-FIFO ref",
+    "embercache",
+    "embercache 1 shard",
+    "moka",
+    "quick_cache",
+    "foyer",
 ];
 
 fn peer_hits(c: &dyn Kv, keys: &[Vec<u8>], trace: &[Id], value: &Bytes) -> u64 {
@@ -52,7 +59,13 @@ fn peer_hits(c: &dyn Kv, keys: &[Vec<u8>], trace: &[Id], value: &Bytes) -> u64 {
 /// so the hot-hit count is the hit ratio a memory-only cache of the same
 /// bytes would get. The hot tier starts full of never-read filler, as
 /// cold as the empty peers.
-fn ember_hits(keys: &[Vec<u8>], trace: &[Id], value: &Bytes, cap_bytes: u64, shards: Option<usize>) -> Option<u64> {
+fn ember_hits(
+    keys: &[Vec<u8>],
+    trace: &[Id],
+    value: &Bytes,
+    cap_bytes: u64,
+    shards: Option<usize>,
+) -> Option<u64> {
     let mut b = Cache::builder()
         .in_memory()
         .hot_capacity(cap_bytes)
@@ -70,7 +83,8 @@ fn ember_hits(keys: &[Vec<u8>], trace: &[Id], value: &Bytes, cap_bytes: u64, sha
     c.flush().expect("flush");
     let filler = 2 * (cap_bytes / entry_charge()) as usize + 64;
     for i in 0..filler {
-        c.set("filler", format!("f{i:09}").as_bytes(), value.clone()).expect("filler");
+        c.set("filler", format!("f{i:09}").as_bytes(), value.clone())
+            .expect("filler");
     }
     c.flush().expect("flush");
     let before = peers::ember_hot_hits(&c);
@@ -97,7 +111,12 @@ fn run(cfg: &Config, keys: &[Vec<u8>]) -> Outcome {
         ember_hits(keys, t, &value, cap_bytes, Some(1)).map_or(f64::NAN, pct),
     ];
     ratios.push(pct(peer_hits(&Moka::new(cap_bytes), keys, t, &value)));
-    ratios.push(pct(peer_hits(&Quick::new(cap_bytes, cap_entries), keys, t, &value)));
+    ratios.push(pct(peer_hits(
+        &Quick::new(cap_bytes, cap_entries),
+        keys,
+        t,
+        &value,
+    )));
     ratios.push(pct(peer_hits(&Foyer::new(cap_bytes), keys, t, &value)));
     Outcome { ratios }
 }
@@ -112,21 +131,41 @@ pub fn w3(scale: &Scale) -> String {
     for (zi, &s) in zipfs.iter().enumerate() {
         let trace = workload::zipf_trace(n_small, s, n_small * 10, 300 + zi as u64);
         for &c in &caps {
-            configs.push(Config { label: format!("zipf {s}"), n: n_small, cap_pct: c, trace: trace.clone() });
+            configs.push(Config {
+                label: format!("zipf {s}"),
+                n: n_small,
+                cap_pct: c,
+                trace: trace.clone(),
+            });
         }
     }
     for (zi, &s) in [0.8, 1.0].iter().enumerate() {
         let trace = workload::zipf_trace(n_large, s, n_large * 4, 400 + zi as u64);
         for &c in &[1.0, 10.0] {
-            configs.push(Config { label: format!("zipf {s}"), n: n_large, cap_pct: c, trace: trace.clone() });
+            configs.push(Config {
+                label: format!("zipf {s}"),
+                n: n_large,
+                cap_pct: c,
+                trace: trace.clone(),
+            });
         }
     }
     let scan = workload::scan_trace(n_small, 0.9, n_small * 10, 50_000, n_small / 5, 500);
     let shift = workload::shifting_trace(n_small, 1.0, n_small * 10, 10, 600);
     let mut variants = Vec::new();
     for &c in &[1.0, 10.0] {
-        variants.push(Config { label: "scan (zipf 0.9 + 20 % scan / 50k)".into(), n: n_small, cap_pct: c, trace: scan.clone() });
-        variants.push(Config { label: "shifting (zipf 1.0, 10 phases)".into(), n: n_small, cap_pct: c, trace: shift.clone() });
+        variants.push(Config {
+            label: "scan (zipf 0.9 + 20 % scan / 50k)".into(),
+            n: n_small,
+            cap_pct: c,
+            trace: scan.clone(),
+        });
+        variants.push(Config {
+            label: "shifting (zipf 1.0, 10 phases)".into(),
+            n: n_small,
+            cap_pct: c,
+            trace: shift.clone(),
+        });
     }
 
     let keys_large: Vec<Vec<u8>> = (0..n_large as Id).map(workload::key_bytes).collect();
@@ -138,7 +177,10 @@ pub fn w3(scale: &Scale) -> String {
     let mut diffs = Vec::new();
     let mut diffs_1shard = Vec::new();
     println!("W3 hit ratio");
-    for (cfgs, table, count) in [(&configs, &mut main_t, true), (&variants, &mut var_t, false)] {
+    for (cfgs, table, count) in [
+        (&configs, &mut main_t, true),
+        (&variants, &mut var_t, false),
+    ] {
         for cfg in cfgs.iter() {
             let o = run(cfg, &keys_large[..cfg.n]);
             let r = &o.ratios;
@@ -147,7 +189,11 @@ pub fn w3(scale: &Scale) -> String {
                 diffs.push(d);
                 diffs_1shard.push(r[4] - r[5]);
             }
-            let mut row = vec![cfg.label.clone(), cfg.n.to_string(), format!("{} %", cfg.cap_pct)];
+            let mut row = vec![
+                cfg.label.clone(),
+                cfg.n.to_string(),
+                format!("{} %", cfg.cap_pct),
+            ];
             row.extend(r.iter().map(|x| format!("{x:.2}")));
             row.push(format!("{d:+.2}"));
             row.push(format!("{:.2}", r[0] - r[3]));

@@ -31,7 +31,14 @@ fn permutation(n: usize, rng: &mut StdRng) -> Vec<Id> {
 /// Zipf requests interrupted every `every` requests by a one-pass scan of
 /// `scan_len` consecutive ids (a range that moves on each time): a backup
 /// job or a "list all markets" page walking cold keys once.
-pub fn scan_trace(n: usize, s: f64, len: usize, every: usize, scan_len: usize, seed: u64) -> Vec<Id> {
+pub fn scan_trace(
+    n: usize,
+    s: f64,
+    len: usize,
+    every: usize,
+    scan_len: usize,
+    seed: u64,
+) -> Vec<Id> {
     let base = zipf_trace(n, s, len, seed);
     let mut out = Vec::with_capacity(len + len / every * scan_len);
     let mut next_scan = 0usize;
@@ -71,7 +78,11 @@ pub fn key_bytes(i: Id) -> Vec<u8> {
 
 /// A 100-byte value for key `i` (digits, so it does not compress to nothing).
 pub fn value_100(i: Id) -> bytes::Bytes {
-    let mut s = format!("{{\"id\":{i},\"bid\":0.{:04},\"ask\":0.{:04},\"pad\":\"", i % 9973, i % 7919);
+    let mut s = format!(
+        "{{\"id\":{i},\"bid\":0.{:04},\"ask\":0.{:04},\"pad\":\"",
+        i % 9973,
+        i % 7919
+    );
     while s.len() < 98 {
         s.push((b'a' + (s.len() as u8 % 26)) as char);
     }
@@ -82,9 +93,33 @@ pub fn value_100(i: Id) -> bytes::Bytes {
 // ----- the demo's JSON values (copied from src/bin/embercache/demo.rs) ------
 
 const WORDS: &[&str] = &[
-    "will", "the", "fed", "cut", "rates", "in", "march", "election", "winner", "btc", "above",
-    "price", "by", "end", "of", "year", "court", "ruling", "vote", "senate", "approve", "bill",
-    "launch", "token", "report", "growth", "inflation",
+    "will",
+    "the",
+    "fed",
+    "cut",
+    "rates",
+    "in",
+    "march",
+    "election",
+    "winner",
+    "btc",
+    "above",
+    "price",
+    "by",
+    "end",
+    "of",
+    "year",
+    "court",
+    "ruling",
+    "vote",
+    "senate",
+    "approve",
+    "bill",
+    "launch",
+    "token",
+    "report",
+    "growth",
+    "inflation",
 ];
 
 fn words(rng: &mut StdRng, bytes: usize) -> String {
@@ -139,7 +174,11 @@ pub fn position_json(rng: &mut StdRng, u: u64, markets: u64) -> String {
             )
         })
         .collect();
-    format!(r#"{{"user":"u{u}","positions":[{}],"ts":{}}}"#, ps.join(","), TS + rng.gen_range(0..1_000_000))
+    format!(
+        r#"{{"user":"u{u}","positions":[{}],"ts":{}}}"#,
+        ps.join(","),
+        TS + rng.gen_range(0..1_000_000)
+    )
 }
 
 pub fn search_json(rng: &mut StdRng, q: u64, markets: u64) -> String {
@@ -155,7 +194,10 @@ pub fn search_json(rng: &mut StdRng, q: u64, markets: u64) -> String {
             )
         })
         .collect();
-    format!(r#"{{"query":"q{q}","page":0,"sort":"volume","results":[{}]}}"#, rs.join(","))
+    format!(
+        r#"{{"query":"q{q}","page":0,"sort":"volume","results":[{}]}}"#,
+        rs.join(",")
+    )
 }
 
 pub fn user_stats_json(rng: &mut StdRng, u: u64) -> String {
