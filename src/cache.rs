@@ -443,6 +443,7 @@ impl CacheBuilder {
             next_dict_id: AtomicU32::new(meta.dicts.keys().max().map_or(1, |m| m + 1)),
             tx,
             closed: AtomicBool::new(false),
+            load: Default::default(),
             read_miss: Default::default(),
         });
         let writer = Writer::new(shared.clone(), rx, purge);
@@ -495,6 +496,14 @@ impl Inner {
             && !self.shared.closed.load(Ordering::Acquire)
         {
             m.stop();
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The loading layer's background refreshes finish and its learned
+        // state is queued while writes are still accepted.
+        if let Some(load) = self.shared.load.get() {
+            load.on_close(&self.shared);
         }
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -917,8 +926,28 @@ impl Cache {
     }
 
     /// Every metric in the Prometheus text exposition format.
+    /// Includes the loading layer's metrics once it is in use and the
+    /// Redis mirror's when one runs; every circuit breaker is one family.
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render(&self.stats(), &self.sh().commit_latency)
+        let mut out = crate::metrics::render(&self.stats(), &self.sh().commit_latency);
+        if let Some(body) = out.strip_suffix("# EOF\n") {
+            out.truncate(body.len());
+        }
+        let mut breakers = Vec::new();
+        if self.sh().load.get().is_some() {
+            out.push_str(&self.load_metrics_body());
+            breakers.extend(self.load_breakers());
+        }
+        #[cfg(feature = "redis")]
+        {
+            out.push_str(&self.mirror_metrics_body());
+            breakers.extend(self.mirror_breaker());
+        }
+        if !breakers.is_empty() {
+            out.push_str(&crate::load::breaker_metrics_text(&breakers));
+        }
+        out.push_str("# EOF\n");
+        out
     }
 
     /// The database file, or `None` in memory-only mode.

@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
     pub closed: AtomicBool,
+    /// The loading layer's state (src/load), created on first use.
+    pub load: std::sync::OnceLock<Arc<crate::load::LoadState>>,
     /// Consulted after a hot and warm miss (the Redis mirror's read path);
     /// set once when the mirror starts. See "mirror hooks" below.
     pub read_miss: std::sync::OnceLock<Arc<dyn ReadMiss>>,

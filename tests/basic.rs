@@ -395,7 +395,7 @@ fn restart_warms_the_hot_tier_from_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cache::builder()
         .dir(dir.path())
-        .hot_capacity(1 << 20)
+        .hot_capacity(4 << 20)
         .open()
         .unwrap();
     for i in 0..2000u32 {
@@ -410,7 +410,7 @@ fn restart_warms_the_hot_tier_from_the_snapshot() {
     c.close().unwrap();
     let c = Cache::builder()
         .dir(dir.path())
-        .hot_capacity(1 << 20)
+        .hot_capacity(4 << 20)
         .open()
         .unwrap();
     let mut waited = 0;
@@ -536,4 +536,53 @@ fn loader_state_persists_and_durable_invalidation_returns_after_fsync() {
     );
     assert_eq!(c.loader_meta_get("gone"), None);
     assert_eq!(c.get("ns", b"k").unwrap(), None);
+}
+
+#[test]
+fn close_saves_the_loading_state_and_metrics_text_has_each_family_once() {
+    use embercache::{BreakerState, LoadError, Loaded};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let open = || {
+        Cache::builder()
+            .dir(dir.path())
+            .clock(clock.clone())
+            .open()
+            .unwrap()
+    };
+    let c = open();
+    let mut cfg = embercache::BreakerConfig::default();
+    cfg.minimum_calls = 2;
+    cfg.window_size = 2;
+    c.configure_upstream("prices-api", cfg).unwrap();
+    for i in 0..4u8 {
+        let r = c.get_or_load("price", &[i], "prices-api", |_| {
+            Err(LoadError::failed(std::io::Error::other("upstream down")))
+        });
+        assert!(r.is_err());
+    }
+    assert_eq!(c.breaker("prices-api").state(), BreakerState::Open);
+    let ok = c.get_or_load("price", b"x", "other-api", |_| {
+        Ok(Loaded::Value(bytes::Bytes::from_static(b"1")))
+    });
+    assert!(ok.is_ok());
+
+    let text = c.metrics_text();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains("embercache_load_"), "loading metrics missing");
+    let mut families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let n = families.len();
+    families.sort();
+    families.dedup();
+    assert_eq!(families.len(), n, "a metric family is declared twice");
+    assert_eq!(text.matches("# EOF").count(), 1);
+
+    // No save_load_state(): close() alone must persist the open breaker.
+    c.close().unwrap();
+    let c = open();
+    assert_eq!(
+        c.breaker("prices-api").state(),
+        BreakerState::Open,
+        "breaker state lost at close"
+    );
 }

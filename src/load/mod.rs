@@ -23,3 +23,5 @@ pub use loader::{
 };
 pub use preload::{Refresher, RefresherConfig};
 pub use stats::{LoadStats, NamespaceLoadStats};
+
+pub(crate) use state::LoadState;

@@ -2,12 +2,9 @@
 //! in progress, per-namespace policies, key statistics and counters,
 //! registered loaders, background refresh handles.
 //!
-//! `Cache` has no slot for it (src/cache.rs belongs to the engine), so it
-//! lives in a process-wide registry keyed by the engine's address and a
-//! per-instance random fingerprint. An entry also keeps a `Weak` on one of
-//! the engine's namespaces: when the engine is dropped that `Weak` dies and
-//! the entry is pruned at the next registry access, so a new cache that
-//! happens to reuse the address never sees an old state.
+//! It lives in the engine's shared state (`Shared::load`), created on first
+//! use; `close()` (and a drop) waits for background refreshes and saves the
+//! learned state before the final commit (`LoadState::on_close`).
 
 use super::adaptive::{KeyTable, LoadPolicy, NsPersist, Rng};
 use super::breaker::{BreakerConfig, CircuitBreaker};
@@ -15,12 +12,11 @@ use super::histogram::LatencyHistogram;
 use super::loader::{LoadError, Loaded};
 use super::single_flight::SingleFlight;
 use crate::Cache;
-use crate::namespace::Namespace;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
 
 /// meta key prefix of a namespace's key statistics.
 pub(crate) const META_NS: &str = "load/ns/";
@@ -88,18 +84,6 @@ pub(crate) struct LoadState {
     pub tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-struct Slot {
-    addr: usize,
-    fingerprint: u64,
-    anchor: Weak<Namespace>,
-    state: Arc<LoadState>,
-}
-
-fn registry() -> &'static RwLock<Vec<Slot>> {
-    static R: OnceLock<RwLock<Vec<Slot>>> = OnceLock::new();
-    R.get_or_init(|| RwLock::new(Vec::new()))
-}
-
 impl LoadState {
     fn new() -> Self {
         LoadState {
@@ -119,44 +103,50 @@ impl LoadState {
 
     /// The state of `cache`, created on first use.
     pub(crate) fn of(cache: &Cache) -> Arc<LoadState> {
-        let sh = cache.sh();
-        let addr = sh as *const _ as usize;
-        // The hasher is seeded at random per engine: a fingerprint of it
-        // tells two engines at the same address apart.
-        let fingerprint = sh.hot.hash(u32::MAX, b"embercache/load-state");
-        let find = |r: &[Slot]| {
-            r.iter()
-                .find(|s| {
-                    s.addr == addr && s.fingerprint == fingerprint && s.anchor.strong_count() > 0
-                })
-                .map(|s| s.state.clone())
-        };
-        // Every loading call comes here: a shared lock on the fast path.
-        if let Some(s) = find(&registry().read()) {
-            return s;
+        cache
+            .sh()
+            .load
+            .get_or_init(|| Arc::new(LoadState::new()))
+            .clone()
+    }
+
+    /// At close: waits for background refreshes, then queues the learned
+    /// state (key statistics, breakers) so the final commit includes it.
+    pub(crate) fn on_close(&self, sh: &crate::engine::Shared) {
+        let hs: Vec<_> = self.threads.lock().drain(..).collect();
+        for h in hs {
+            let _ = h.join();
         }
-        let mut r = registry().write();
-        r.retain(|s| s.anchor.strong_count() > 0);
-        if let Some(s) = find(&r) {
-            return s;
+        #[cfg(feature = "async")]
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
         }
-        // Any namespace lives exactly as long as the engine.
-        let anchor = match sh.ns.all().into_iter().next() {
-            Some(n) => Arc::downgrade(&n),
-            None => sh
-                .ns
-                .get("default")
-                .map(|n| Arc::downgrade(&n))
-                .unwrap_or_default(),
+        let now = sh.time.now_ms();
+        let put = |key: String, bytes: Vec<u8>| {
+            let op = crate::store::writer::Op::LoaderMeta {
+                key,
+                value: Some(bytes),
+                done: None,
+            };
+            if let Err(e) = sh.send(op) {
+                tracing::warn!(error = %e, "could not save the loading state at close");
+            }
         };
-        let state = Arc::new(LoadState::new());
-        r.push(Slot {
-            addr,
-            fingerprint,
-            anchor,
-            state: state.clone(),
-        });
-        state
+        let nss: Vec<Arc<NsState>> = self.namespaces.read().values().cloned().collect();
+        for n in nss {
+            n.last_save.store(now, Ordering::Relaxed);
+            put(
+                format!("{META_NS}{}", n.name),
+                postcard::to_allocvec(&n.persist()).unwrap_or_default(),
+            );
+        }
+        let bs: Vec<CircuitBreaker> = self.breakers.read().values().cloned().collect();
+        for b in bs {
+            put(
+                format!("{META_BREAKER}{}", b.name()),
+                postcard::to_allocvec(&b.snapshot()).unwrap_or_default(),
+            );
+        }
     }
 
     /// The namespace's loading state, loaded from `loader_meta` on first use.

@@ -104,6 +104,22 @@ impl Cache {
     /// `embercache_load_` and `embercache_breaker_`), to serve next to
     /// `metrics_text()`.
     pub fn load_metrics_text(&self) -> String {
+        let mut out = self.load_metrics_body();
+        out.push_str(&breaker_metrics_text(&self.load_breakers()));
+        out
+    }
+
+    /// The upstream breakers, sorted by name.
+    pub(crate) fn load_breakers(&self) -> Vec<CircuitBreaker> {
+        let st = LoadState::of(self);
+        let mut bs: Vec<CircuitBreaker> = st.breakers.read().values().cloned().collect();
+        bs.sort_by(|a, b| a.name().cmp(b.name()));
+        bs
+    }
+
+    /// The loading metrics without the breakers (`metrics_text` renders all
+    /// breakers, the mirror's included, as one family).
+    pub(crate) fn load_metrics_body(&self) -> String {
         let st = LoadState::of(self);
         let mut nss: Vec<Arc<NsState>> = st.namespaces.read().values().cloned().collect();
         nss.sort_by(|a, b| a.name.cmp(&b.name));
@@ -178,9 +194,6 @@ impl Cache {
                 &format!("namespace=\"{}\"", escape(&n.name)),
             );
         }
-        let mut bs: Vec<CircuitBreaker> = st.breakers.read().values().cloned().collect();
-        bs.sort_by(|a, b| a.name().cmp(b.name()));
-        out.push_str(&breaker_metrics_text(&bs));
         out
     }
 }

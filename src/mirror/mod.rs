@@ -404,6 +404,20 @@ impl Cache {
     /// `embercache_breaker_`), to serve next to `metrics_text()`. Empty
     /// without a mirror.
     pub fn mirror_metrics_text(&self) -> String {
+        let mut out = self.mirror_metrics_body();
+        if let Some(m) = self.mirror_handle() {
+            out.push_str(&breaker_metrics_text([&m.inner.breaker]));
+        }
+        out
+    }
+
+    /// The mirror's Redis breaker, if a mirror runs.
+    pub(crate) fn mirror_breaker(&self) -> Option<CircuitBreaker> {
+        self.mirror_handle().map(|m| m.inner.breaker.clone())
+    }
+
+    /// The mirror's metrics without its breaker (see `load_metrics_body`).
+    pub(crate) fn mirror_metrics_body(&self) -> String {
         let Some(m) = self.mirror_handle() else {
             return String::new();
         };
@@ -539,7 +553,6 @@ impl Cache {
         if let Some(body) = out.strip_suffix("# EOF\n") {
             out.truncate(body.len());
         }
-        out.push_str(&breaker_metrics_text([&m.inner.breaker]));
         out
     }
 }
