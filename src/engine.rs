@@ -274,22 +274,30 @@ impl Shared {
     /// Enqueues `make(version, epoch)` under the key's pending lock, then
     /// runs `apply` (pending + hot update) under the same lock. Retries with
     /// a fresh version while the queue is full, up to `queue_wait`.
+    ///
+    /// With `only_in_epoch`, nothing is written (and `Ok(false)` returned)
+    /// when the namespace's epoch is no longer that one: a value computed
+    /// before an invalidation must not land after it.
     fn submit(
         &self,
         hash: u64,
         ns: &Namespace,
+        only_in_epoch: Option<u64>,
         mut make: impl FnMut(u64, u64) -> Op,
         mut apply: impl FnMut(&mut crate::store::pending::PendingShard, u64, u64),
-    ) -> Result<(), WriteError> {
+    ) -> Result<bool, WriteError> {
         let start = Instant::now();
         loop {
             let mut p = self.pending.lock(hash);
-            let version = self.next_version.fetch_add(1, Ordering::SeqCst);
             let epoch = ns.epoch();
+            if only_in_epoch.is_some_and(|e| e != epoch) {
+                return Ok(false);
+            }
+            let version = self.next_version.fetch_add(1, Ordering::SeqCst);
             match self.tx.try_send(make(version, epoch)) {
                 Ok(()) => {
                     apply(&mut p, version, epoch);
-                    return Ok(());
+                    return Ok(true);
                 }
                 Err(TrySendError::Full(_)) => {
                     drop(p);
@@ -322,6 +330,21 @@ impl Shared {
         ttl: Option<Duration>,
         wait: bool,
     ) -> Result<(), WriteError> {
+        self.set_in_epoch(ns_name, key, value, ttl, wait, None)
+            .map(drop)
+    }
+
+    /// `set`, skipped (`Ok(false)`) when `only_in_epoch` is given and the
+    /// namespace has moved past it since (see `submit`).
+    pub(crate) fn set_in_epoch(
+        &self,
+        ns_name: &str,
+        key: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+        wait: bool,
+        only_in_epoch: Option<u64>,
+    ) -> Result<bool, WriteError> {
         self.check_open_w()?;
         self.check_sizes(key, value.len())?;
         let ns = self.ns.get(ns_name)?;
@@ -338,9 +361,10 @@ impl Shared {
             },
         );
         let (done, rx) = self.done_pair(wait);
-        self.submit(
+        let stored = self.submit(
             hash,
             &ns,
+            only_in_epoch,
             |version, epoch| Op::Put {
                 ns: ns.clone(),
                 hash,
@@ -371,12 +395,15 @@ impl Shared {
                 }
             },
         )?;
+        drop(done);
+        if !stored {
+            return Ok(false);
+        }
         let c = &ns.counters;
         add(&c.sets, 1);
         add(&c.raw_bytes, value.len() as u64);
         add(&c.stored_bytes, prepared.payload_len() as u64);
-        drop(done);
-        Self::wait_for(rx)
+        Self::wait_for(rx).map(|()| true)
     }
 
     pub(crate) fn delete(&self, ns_name: &str, key: &[u8], wait: bool) -> Result<(), WriteError> {
@@ -388,6 +415,7 @@ impl Shared {
         self.submit(
             hash,
             &ns,
+            None,
             |version, _| Op::Delete {
                 ns: ns.clone(),
                 hash,

@@ -586,3 +586,30 @@ fn close_saves_the_loading_state_and_metrics_text_has_each_family_once() {
         "breaker state lost at close"
     );
 }
+
+#[test]
+fn a_value_loaded_across_an_invalidation_is_not_stored() {
+    use embercache::Loaded;
+    let c = Cache::builder().open().unwrap();
+    let c2 = c.clone();
+    // The upstream answers after the namespace was invalidated (a trade
+    // invalidated positions while the old position was being fetched).
+    let r = c
+        .get_or_load("position", b"alice", "positions-api", move |_| {
+            c2.invalidate_namespace("position").unwrap();
+            Ok(Loaded::Value(bytes::Bytes::from_static(
+                b"before the trade",
+            )))
+        })
+        .unwrap();
+    assert_eq!(
+        r.value.as_deref(),
+        Some(&b"before the trade"[..]),
+        "the caller still gets its answer"
+    );
+    assert_eq!(
+        c.get("position", b"alice").unwrap(),
+        None,
+        "a pre-invalidation answer was cached"
+    );
+}

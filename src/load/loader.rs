@@ -414,9 +414,15 @@ impl Cache {
                 };
                 cx.ns.dirty.store(true, Ordering::Relaxed);
                 c.last_ttl_ms.store(ttl, Ordering::Relaxed);
-                if let Err(e) =
-                    self.set_with_ttl(&cx.name, key, v.clone(), Duration::from_millis(ttl))
-                {
+                // Stored only if the namespace was not invalidated while the
+                // upstream answered: an answer computed before the
+                // invalidation must not land after it.
+                let ttl = Some(Duration::from_millis(ttl));
+                let wait = self.sh().waits(false);
+                let stored =
+                    self.sh()
+                        .set_in_epoch(&cx.name, key, v.clone(), ttl, wait, Some(cx.epoch));
+                if let Err(e) = stored {
                     tracing::warn!(namespace = %cx.name, error = %e, "storing a loaded value failed");
                 }
                 if cx.ns_policy.negative_ttl.is_some()
