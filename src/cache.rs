@@ -366,7 +366,7 @@ impl CacheBuilder {
             .collect();
         let bumped = open::apply_schema_versions(&opened.db, &mut meta, &schemas)
             .map_err(|e| OpenError::Storage(Arc::new(e)))?;
-        for ns in bumped {
+        for ns in &bumped {
             tracing::info!(namespace = %ns, "schema version changed; namespace epoch bumped");
         }
         let ns = Namespaces::new(
@@ -455,6 +455,21 @@ impl CacheBuilder {
             .name("embercache-writer".into())
             .spawn(move || writer.run())
             .map_err(spawn_err)?;
+        if shared.outbox {
+            // The bumps made at open were written straight to meta; queue
+            // them again so they reach the mirror's outbox (the writer
+            // never lowers a stored epoch, so this only adds the rows).
+            for name in &bumped {
+                if let Ok(n) = shared.ns.get(name) {
+                    let epoch = n.epoch();
+                    let _ = shared.send(Op::Epoch {
+                        ns: n,
+                        epoch,
+                        done: None,
+                    });
+                }
+            }
+        }
         let s2 = shared.clone();
         let warm = std::thread::Builder::new()
             .name("embercache-warmup".into())

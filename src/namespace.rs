@@ -36,8 +36,9 @@ impl Namespace {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// When an entry expiring at `expires_at` may be dropped: after its
-    /// stale-retention window. The expiry index is keyed by this.
+    /// When an entry expiring at `expires_at` may be dropped from the hot
+    /// tier: after its stale-retention window. (The disk sweeper keys its
+    /// index by `expires_at` and keeps the longest window of any namespace.)
     pub(crate) fn purge_at(&self, expires_at: u64) -> u64 {
         expires_at.saturating_add(self.retention_ms)
     }

@@ -737,3 +737,23 @@ fn impossible_settings_name_the_setting() {
         );
     }
 }
+
+#[test]
+fn verify_reports_a_corrupt_record_by_name() {
+    let dir = populated();
+    let clean = open(dir.path()).verify(&mut |_, _| {}).unwrap();
+    assert!(clean.is_clean(), "{:?}", clean.problems);
+    tamper(dir.path(), "ns", &key(3), |r| {
+        *r.last_mut().unwrap() ^= 0x01
+    });
+    let c = open(dir.path());
+    let report = c.verify(&mut |_, _| {}).unwrap();
+    assert!(!report.is_clean());
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let p = &report.problems[0];
+    assert_eq!(
+        (p.namespace.as_str(), p.key.as_slice()),
+        ("ns", &key(3)[..])
+    );
+    assert!(p.reason.contains("checksum"), "{}", p.reason);
+}

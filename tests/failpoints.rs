@@ -326,13 +326,24 @@ fn epoch_purge_never_deletes_writes_of_a_committed_epoch() {
             .unwrap();
     }
 
-    fail::cfg("writer::sweep", "pause").unwrap();
+    // The writer stops inside the maintenance pass, before the purge, and
+    // tells us; it goes on when released.
+    let (reached_tx, reached) = crossbeam_channel::bounded::<()>(1);
+    let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+    fail::cfg_callback("writer::sweep", move || {
+        let _ = reached_tx.try_send(());
+        let _ = release_rx.recv_timeout(Duration::from_secs(30));
+    })
+    .unwrap();
     let c2 = c.clone();
     let maint = std::thread::spawn(move || c2.run_maintenance());
-    std::thread::sleep(Duration::from_millis(100)); // the writer reaches the pause
+    reached
+        .recv_timeout(Duration::from_secs(30))
+        .expect("writer never reached the sweep");
     c.invalidate_namespace("pos").unwrap(); // visible now, not committed
     fail::cfg("writer::commit", "return").unwrap(); // and it will not commit
     fail::remove("writer::sweep");
+    release.send(()).unwrap();
     maint.join().unwrap().unwrap();
 
     // Power is cut here: the bump to epoch 2 never reached the disk.

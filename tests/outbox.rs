@@ -71,3 +71,34 @@ fn no_outbox_rows_when_the_mirror_is_off() {
     c.flush().unwrap();
     assert!(c.outbox_peek(10).unwrap().is_empty());
 }
+
+#[test]
+fn a_schema_version_bump_at_open_reaches_the_outbox() {
+    use embercache::NamespacePolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |v: &str| {
+        Cache::builder()
+            .dir(dir.path())
+            .outbox(true)
+            .namespace("search", NamespacePolicy::default().schema_version(v))
+            .open()
+            .unwrap()
+    };
+    let c = open("v1");
+    c.flush().unwrap();
+    assert!(c.outbox_peek(10).unwrap().is_empty());
+    c.close().unwrap();
+    let c = open("v2");
+    c.flush().unwrap();
+    let rows = c.outbox_peek(10).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (
+            rows[0].namespace.as_str(),
+            rows[0].key.as_slice(),
+            rows[0].kind
+        ),
+        (EPOCH_NAMESPACE, &b"search"[..], OutboxKind::Epoch)
+    );
+    assert_eq!(rows[0].version, 1);
+}

@@ -201,3 +201,28 @@ fn a_full_queue_blocks_for_a_bounded_time_then_errors() {
     assert!(matches!(e, WriteError::QueueFull { .. }), "{e}");
     full.store(false, Ordering::SeqCst);
 }
+
+#[test]
+fn close_on_a_failing_disk_returns_the_error_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.redb");
+    let full = Arc::new(AtomicBool::new(false));
+    let cache = open(&file, &full);
+    cache.set("ns", b"before", b"durable".to_vec()).unwrap();
+    full.store(true, Ordering::SeqCst);
+    // Sync mode: this write fails, stays queued for retry; close() must
+    // give up on it with an error rather than retry forever.
+    assert!(cache.set("ns", b"during", b"x".to_vec()).is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(cache.close()).unwrap());
+    let closed = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("close() hung on a failing disk");
+    assert!(matches!(closed, Err(WriteError::Storage(_))), "{closed:?}");
+    full.store(false, Ordering::SeqCst);
+    let cache = open(&file, &full);
+    assert_eq!(
+        cache.get("ns", b"before").unwrap().as_deref(),
+        Some(&b"durable"[..])
+    );
+}

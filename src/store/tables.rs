@@ -21,8 +21,8 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 /// written through the writer like everything else.
 pub(crate) const LOADER_META: TableDefinition<&str, &[u8]> = TableDefinition::new("loader_meta");
 
-// Reserved table name for a later issue, not created yet: "outbox" (Redis
-// mirror, written in the same transaction as the local write).
+// The mirror outbox tables ("outbox", "outbox_order") are defined in
+// src/store/outbox.rs.
 
 /// u32 LE: the database format version.
 pub(crate) const META_FORMAT: &str = "format_version";
