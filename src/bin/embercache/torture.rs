@@ -189,7 +189,7 @@ fn gen_op(rng: &mut StdRng, buffered: bool) -> Op {
 /// either a compressible pattern or random bytes.
 fn value(salt: u64, len: usize) -> Vec<u8> {
     let mut rng = StdRng::seed_from_u64(salt);
-    let mut v: Vec<u8> = if salt % 2 == 0 {
+    let mut v: Vec<u8> = if salt.is_multiple_of(2) {
         let b: u8 = rng.r#gen();
         (0..len).map(|j| b.wrapping_add((j / 64) as u8)).collect()
     } else {
