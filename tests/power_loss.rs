@@ -262,7 +262,10 @@ fn builder(disk: &PowerLossDisk, clock: &ManualClock) -> embercache::CacheBuilde
         .storage_backend(disk.factory())
         .clock(clock.clone())
         .shards(2)
-        .hot_capacity(1 << 20);
+        .hot_capacity(1 << 20)
+        // The mirror outbox is written in the same transaction as each
+        // write; every image also checks that (see `check_outbox`).
+        .outbox(true);
     for ns in NAMESPACES {
         b = b.namespace(ns, policy(ns));
     }
@@ -441,6 +444,37 @@ fn read_all(cache: &Cache) -> Visible {
     out
 }
 
+/// Every live value on disk has its outbox row: a `Put` of that very value
+/// (nothing is ever acknowledged to a mirror here, and the outbox keeps the
+/// latest write per key). A committed write without its row would be a
+/// mirror write lost to the crash.
+fn check_outbox(cache: &Cache, got: &Visible) -> Result<(), String> {
+    let rows = cache
+        .outbox_peek(usize::MAX)
+        .map_err(|e| format!("outbox unreadable: {e}"))?;
+    let by_key: BTreeMap<(&str, &[u8]), &embercache::OutboxItem> = rows
+        .iter()
+        .map(|r| ((r.namespace.as_str(), r.key.as_slice()), r))
+        .collect();
+    for ((n, k), v) in got {
+        let kb = key(*k);
+        let Some(row) = by_key.get(&(NAMESPACES[*n], kb.as_slice())) else {
+            return Err(format!(
+                "{}/{k} is on disk without its outbox row",
+                NAMESPACES[*n]
+            ));
+        };
+        let decoded = embercache::record::decode(&row.record, 1 << 24, &|_| None).map(|(_, v)| v);
+        if row.kind != embercache::OutboxKind::Put || decoded.as_ref().ok() != Some(v) {
+            return Err(format!(
+                "{}/{k}: outbox row {:?} does not carry the value on disk",
+                NAMESPACES[*n], row.kind
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn short(v: Option<&Vec<u8>>) -> String {
     match v {
         None => "-".into(),
@@ -513,6 +547,9 @@ fn check(seed: u64, n: usize, log: &[Issued], cut: &Cut, rng: &mut StdRng, f: &m
     };
     cache.validate();
     let got = read_all(&cache);
+    if let Err(why) = check_outbox(&cache, &got) {
+        fail(why);
+    }
     let us = started.elapsed().as_micros();
     f.reopen_us_total += us;
     f.reopen_us_max = f.reopen_us_max.max(us);
