@@ -14,8 +14,10 @@ mod durable;
 mod peers;
 mod redis_srv;
 mod report;
+mod restart;
 mod sim;
 mod tput;
+mod ttl;
 mod w3;
 mod workload;
 
@@ -54,7 +56,7 @@ impl Scale {
     }
 }
 
-const ALL: &[&str] = &["w3", "w1", "w2", "w5", "w9"];
+const ALL: &[&str] = &["w3", "w1", "w2", "w5", "w7", "w8", "w9"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -128,6 +130,8 @@ fn main() {
             "w1" => tput::w1(&scale),
             "w2" => tput::w2(&scale),
             "w5" => durable::w5(&scale),
+            "w7" => restart::w7(&scale),
+            "w8" => ttl::w8(&scale),
             "w9" => compress::w9(&scale),
             other => usage(&format!(
                 "unknown workload {other}; known: {}",

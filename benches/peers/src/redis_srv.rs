@@ -7,7 +7,7 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     /// Kept so the AOF/RDB directory lives as long as the server.
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     client: redis::Client,
 }
 
@@ -16,6 +16,16 @@ impl RedisServer {
     /// `None` when it is not installed.
     pub fn start(extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
+        let path = dir.path().to_path_buf();
+        Self::start_in(&path, Some(dir), extra)
+    }
+
+    /// Starts it with `--dir dir` (to reload an RDB or AOF left there).
+    pub fn start_in(
+        dir: &std::path::Path,
+        owned: Option<tempfile::TempDir>,
+        extra: &[&str],
+    ) -> Option<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -31,7 +41,7 @@ impl RedisServer {
                 "no",
             ])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -41,7 +51,7 @@ impl RedisServer {
         let srv = RedisServer {
             child,
             port,
-            _dir: dir,
+            _dir: owned,
             client,
         };
         srv.wait_ready(Duration::from_secs(120));
