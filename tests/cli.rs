@@ -219,3 +219,78 @@ fn second_demo_run_starts_warm() {
         "second run's first second had no hot hits:\n{second}"
     );
 }
+
+/// The figure that follows `label` in `line` ("opened 3" → 3), commas
+/// allowed.
+fn figure_after(line: &str, label: &str) -> u64 {
+    let rest = line
+        .split(label)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"));
+    rest.trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == ','))
+        .next()
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure after {label:?} in {line:?}"))
+}
+
+fn line_starting<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{stdout}"))
+}
+
+#[test]
+fn demo_loads_through_upstreams_and_rides_out_the_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = p(tmp.path());
+    let out = ok(&[
+        "demo",
+        "--dir",
+        d,
+        "--seconds",
+        "4",
+        "--threads",
+        "2",
+        "--markets",
+        "2000",
+        "--outage",
+        "1-2",
+    ]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    // Loading table: columns GETS CALLS SAVED SAVED % ... per namespace.
+    let all: Vec<&str> = line_starting(&out, "all ").split_whitespace().collect();
+    let num = |s: &str| s.replace(',', "").parse::<f64>().expect("a figure");
+    let (gets, calls, saved, saved_pct) = (num(all[1]), num(all[2]), num(all[3]), num(all[4]));
+    assert!(gets > 0.0 && calls > 0.0, "{out}");
+    assert_eq!(saved, gets - calls, "{out}");
+    assert!(
+        saved_pct > 50.0,
+        "the cache saved too few upstream calls:\n{out}"
+    );
+    // Markets that do not exist are answered from the negative cache.
+    let market: Vec<&str> = line_starting(&out, "market             markets-api ")
+        .split_whitespace()
+        .collect();
+    assert_eq!(market.len(), 10, "{out}");
+    assert_eq!(market[1], "markets-api");
+    assert!(num(market[9]) > 0.0, "no negative hits:\n{out}");
+    // The outage: stale prices served, the prices breaker opened and closed.
+    let outage = line_starting(&out, "outage ");
+    assert!(outage.contains("prices-api down 1.0-2.0 s"), "{outage}");
+    assert!(
+        figure_after(outage, ": ") > 0,
+        "no stale values served: {outage}"
+    );
+    let prices = line_starting(&out, "prices-api ");
+    assert!(figure_after(prices, "opened ") >= 1, "{prices}");
+    assert!(figure_after(prices, "closed ") >= 1, "{prices}");
+    assert!(
+        prices.contains(" closed "),
+        "breaker not closed at the end: {prices}"
+    );
+    let rpc = line_starting(&out, "rpc ");
+    assert_eq!(figure_after(rpc, "opened "), 0, "{rpc}");
+}

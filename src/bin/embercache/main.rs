@@ -2,7 +2,8 @@
 //!
 //! One file per command group: `demo.rs` (the trading-bot workload),
 //! `io.rs` (get, set, del, scan, export, import), `admin.rs` (stats,
-//! verify, compact), `torture.rs` (the kill -9 loop). This file holds the argument definitions, the error
+//! verify, compact), `torture.rs` (the kill -9 loop), `upstream.rs` (the
+//! demo's simulated upstream services). This file holds the argument definitions, the error
 //! type that maps failures to exit codes, and helpers shared by the groups.
 //!
 //! Exit codes: 0 success, 1 failure (including "key absent" for `get` and
@@ -12,6 +13,7 @@ mod admin;
 mod demo;
 mod io;
 mod torture;
+mod upstream;
 
 use clap::{Parser, Subcommand};
 use embercache::{Cache, DB_FILE};
@@ -177,6 +179,85 @@ pub(crate) fn spinner(what: &str) -> ProgressBar {
     pb.set_message(what.to_string());
     pb.enable_steady_tick(Duration::from_millis(100));
     pb
+}
+
+/// The progress of a warm start from Redis: a spinner counting the entries
+/// the mirror loads into an empty local store (`MirrorStats::warm_*`; the
+/// total is unknown until the SCAN ends). Drawn on a terminal only.
+#[cfg(feature = "redis")]
+pub(crate) struct WarmStartBar {
+    pb: ProgressBar,
+    started: std::time::Instant,
+}
+
+#[cfg(feature = "redis")]
+impl WarmStartBar {
+    /// A bar when a warm start from Redis is running or about to (the
+    /// mirror starts one on an empty local store), else `None`. `opened`
+    /// are the stats right after open. Added to `multi` when given.
+    pub fn start(
+        cache: &Cache,
+        opened: &embercache::Stats,
+        multi: Option<&indicatif::MultiProgress>,
+    ) -> Option<Self> {
+        let m = cache.mirror_stats()?;
+        if m.warm_done || !(m.warm_running || opened.disk_records == 0) {
+            return None;
+        }
+        if !interactive() {
+            return Some(WarmStartBar {
+                pb: ProgressBar::hidden(),
+                started: std::time::Instant::now(),
+            });
+        }
+        let pb = ProgressBar::new_spinner();
+        let pb = match multi {
+            Some(multi) => multi.add(pb),
+            None => pb,
+        };
+        let style = ProgressStyle::with_template(
+            "{spinner} warm start from Redis: {pos} entries loaded ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        pb.set_style(style);
+        pb.enable_steady_tick(Duration::from_millis(100));
+        Some(WarmStartBar {
+            pb,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Updates the bar from the mirror's counters; true once the warm start
+    /// is over (the bar is then finished with a one-line result).
+    pub fn poll(&mut self, cache: &Cache) -> bool {
+        let Some(m) = cache.mirror_stats() else {
+            return true;
+        };
+        if self.pb.is_finished() {
+            return true;
+        }
+        self.pb.set_position(m.warm_loaded);
+        self.pb
+            .set_message(format!("- {} Redis keys scanned", m.warm_scanned));
+        if m.warm_done {
+            self.pb.finish_with_message(format!(
+                "- done: {} Redis keys scanned in {} ms",
+                m.warm_scanned,
+                self.started.elapsed().as_millis()
+            ));
+            return true;
+        }
+        false
+    }
+
+    /// Leaves the bar with its last figures (the warm start may still be
+    /// running: it goes on in the background).
+    pub fn finish(mut self, cache: &Cache) {
+        if !self.poll(cache) {
+            self.pb
+                .abandon_with_message("- still running in the background");
+        }
+    }
 }
 
 /// Parses a duration such as `500ms`, `30s`, `2m`, `1h` or `7d`
