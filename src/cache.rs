@@ -443,6 +443,7 @@ impl CacheBuilder {
             next_dict_id: AtomicU32::new(meta.dicts.keys().max().map_or(1, |m| m + 1)),
             tx,
             closed: AtomicBool::new(false),
+            close_gate: RwLock::new(()),
             load: Default::default(),
             read_miss: Default::default(),
         });
@@ -486,6 +487,7 @@ impl CacheBuilder {
             inner: Arc::new(Inner {
                 shared,
                 threads: Mutex::new(vec![w, warm]),
+                close_result: Mutex::new(None),
                 #[cfg(feature = "redis")]
                 mirror,
             }),
@@ -496,37 +498,58 @@ impl CacheBuilder {
 struct Inner {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The outcome of the one close (see `Inner::close`).
+    close_result: Mutex<Option<Result<(), WriteError>>>,
     /// The Redis mirror, stopped before the writer on close.
     #[cfg(feature = "redis")]
     mirror: Option<crate::mirror::Mirror>,
 }
 
 impl Inner {
+    /// Closes once; later and concurrent callers wait for that close and
+    /// get its result (an early `Ok` would let a caller exit before the
+    /// data is durable).
     fn close(&self) -> Result<(), WriteError> {
-        // The mirror stops first: its last delivery attempt needs the
-        // writer for its acks, and the writer exits on its own once it sees
-        // `closed` with an empty queue.
-        #[cfg(feature = "redis")]
-        if let Some(m) = &self.mirror
-            && !self.shared.closed.load(Ordering::Acquire)
-        {
-            m.stop();
+        let mut result = self.close_result.lock();
+        if let Some(r) = result.as_ref() {
+            return r.clone();
         }
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Ok(());
+        let r = self.close_once();
+        *result = Some(r.clone());
+        r
+    }
+
+    fn close_once(&self) -> Result<(), WriteError> {
+        // The mirror stops first: its last delivery needs the writer for
+        // its acks.
+        #[cfg(feature = "redis")]
+        if let Some(m) = &self.mirror {
+            m.stop();
         }
         // The loading layer's background refreshes finish and its learned
         // state is queued while writes are still accepted.
         if let Some(load) = self.shared.load.get() {
             load.on_close(&self.shared);
         }
-        if self.shared.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        {
+            // No enqueue is in flight while `closed` flips (see close_gate):
+            // every accepted write is ahead of the Close op below.
+            let _gate = self.shared.close_gate.write();
+            self.shared.closed.store(true, Ordering::Release);
         }
-        let r = self.shared.request(Op::Close);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        // A blocking send: the queue drains, or the writer gives up on a
+        // failing disk and exits, which disconnects the channel.
+        let r = match self.shared.tx.send(Op::Close(tx)) {
+            Ok(()) => rx.recv().unwrap_or(Err(WriteError::Closed)),
+            Err(_) => Err(WriteError::Closed),
+        };
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
+        // Release the file (and its lock) now, not when the last clone goes:
+        // the directory can be opened again as soon as close returns.
+        drop(self.shared.db.write().take());
         r
     }
 }

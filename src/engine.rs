@@ -122,6 +122,10 @@ pub(crate) struct Shared {
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
     pub closed: AtomicBool,
+    /// Held shared by every enqueue (with its `closed` check) and
+    /// exclusively by `close` to set `closed`: each write is either queued
+    /// ahead of the Close op or refused, never accepted and then dropped.
+    pub close_gate: RwLock<()>,
     /// The loading layer's state (src/load), created on first use.
     pub load: std::sync::OnceLock<Arc<crate::load::LoadState>>,
     /// Consulted after a hot and warm miss (the Redis mirror's read path);
@@ -288,6 +292,8 @@ impl Shared {
     ) -> Result<bool, WriteError> {
         let start = Instant::now();
         loop {
+            let gate = self.close_gate.read();
+            self.check_open_w()?;
             let mut p = self.pending.lock(hash);
             let epoch = ns.epoch();
             if only_in_epoch.is_some_and(|e| e != epoch) {
@@ -301,6 +307,7 @@ impl Shared {
                 }
                 Err(TrySendError::Full(_)) => {
                     drop(p);
+                    drop(gate);
                     if start.elapsed() >= self.limits.queue_wait {
                         return Err(WriteError::QueueFull {
                             waited: start.elapsed(),
@@ -457,6 +464,8 @@ impl Shared {
 
     /// Sends a control op, waiting up to `queue_wait` for room.
     pub(crate) fn send(&self, op: Op) -> Result<(), WriteError> {
+        let _gate = self.close_gate.read();
+        self.check_open_w()?;
         self.tx
             .send_timeout(op, self.limits.queue_wait)
             .map_err(|e| match e {
@@ -923,6 +932,10 @@ impl Shared {
                 dict: dict.as_ref().map(|(id, d)| (*id, &**d)),
             },
         );
+        let _gate = self.close_gate.read();
+        if self.closed.load(Ordering::Acquire) {
+            return Some(found);
+        }
         let mut p = self.pending.lock(hash);
         if p.get(hash, ns.id, key).is_some()
             || self
@@ -973,6 +986,10 @@ impl Shared {
             return;
         }
         let hash = self.hot.hash(ns.id, key);
+        let _gate = self.close_gate.read();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let mut p = self.pending.lock(hash);
         if p.get(hash, ns.id, key)
             .is_some_and(|op| op.version >= version)

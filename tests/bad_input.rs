@@ -35,7 +35,7 @@ fn open(dir: &Path) -> Cache {
 
 /// Values that exercise both codecs: compressible (zstd) and not (raw).
 fn value(i: u32) -> Vec<u8> {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("value {i} ").repeat(50).into_bytes()
     } else {
         let mut rng = StdRng::seed_from_u64(u64::from(i));
@@ -756,4 +756,40 @@ fn verify_reports_a_corrupt_record_by_name() {
         ("ns", &key(3)[..])
     );
     assert!(p.reason.contains("checksum"), "{}", p.reason);
+}
+
+#[test]
+fn a_database_from_a_newer_embercache_is_refused_not_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.insert("format_version", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+            // A future format that changed the key type of `entries`.
+            let mut e = w
+                .open_table(redb::TableDefinition::<u64, &[u8]>::new("entries"))
+                .unwrap();
+            e.insert(1, b"future record".as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let r = Cache::builder().dir(dir.path()).open();
+    assert!(
+        matches!(r, Err(OpenError::UnsupportedFormat { found: 2, .. })),
+        "{r:?}"
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        1,
+        "the newer database was moved or copied: {names:?}"
+    );
 }

@@ -613,3 +613,98 @@ fn a_value_loaded_across_an_invalidation_is_not_stored() {
         "a pre-invalidation answer was cached"
     );
 }
+
+/// Writes accepted while close() runs (a full queue makes the race
+/// deterministic) are committed by it, never accepted and then dropped.
+#[test]
+fn writes_accepted_during_close_survive_it() {
+    use std::sync::{Arc, Mutex};
+    let (mut lost_total, mut accepted_total) = (0, 0);
+    for _round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut limits = Limits::default();
+        limits.queue_capacity = 4;
+        let cache = Cache::builder()
+            .dir(dir.path())
+            .durability(Durability::Buffered {
+                max_delay: Duration::from_millis(1),
+            })
+            .limits(limits.clone())
+            .shards(1)
+            .open()
+            .unwrap();
+        let ok: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let writers: Vec<_> = (0..8u8)
+            .map(|t| {
+                let (c, ok) = (cache.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    for i in 0u32.. {
+                        let k = [&[t][..], &i.to_le_bytes()[..]].concat();
+                        match c.set("n", &k, vec![1u8; 32]) {
+                            Ok(()) => ok.lock().unwrap().push(k),
+                            Err(_) => return,
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Let the queue fill up, then close while the writers keep going.
+        while ok.lock().unwrap().len() < 200 {
+            std::thread::yield_now();
+        }
+        cache.clone().close().unwrap();
+        for w in writers {
+            w.join().unwrap();
+        }
+        drop(cache);
+        let cache = Cache::builder()
+            .dir(dir.path())
+            .limits(limits)
+            .open()
+            .unwrap();
+        let ok = ok.lock().unwrap();
+        accepted_total += ok.len();
+        lost_total += ok
+            .iter()
+            .filter(|k| cache.get("n", k).unwrap().is_none())
+            .count();
+    }
+    assert_eq!(
+        lost_total, 0,
+        "{lost_total} of {accepted_total} writes accepted during close were lost"
+    );
+}
+
+/// A second close (another clone, or the drop after close) waits for the
+/// first and returns its result; it never says Ok before the data is durable.
+#[test]
+fn a_concurrent_second_close_waits_for_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .durability(Durability::Buffered {
+            max_delay: Duration::from_secs(10),
+        })
+        .open()
+        .unwrap();
+    for i in 0..2000u32 {
+        c.set("n", &i.to_be_bytes(), vec![7u8; 500]).unwrap();
+    }
+    let c2 = c.clone();
+    let first = std::thread::spawn(move || c2.close());
+    // Whichever close runs second must only return once everything is durable:
+    // then the directory can be opened (the lock is released) with all data.
+    c.close().unwrap();
+    let reopened = Cache::builder()
+        .dir(dir.path())
+        .open()
+        .expect("second close returned before the first finished");
+    for i in 0..2000u32 {
+        assert!(
+            reopened.contains("n", &i.to_be_bytes()).unwrap(),
+            "key {i} not durable after close returned"
+        );
+    }
+    drop(reopened);
+    first.join().unwrap().unwrap();
+}

@@ -366,3 +366,56 @@ fn epoch_purge_never_deletes_writes_of_a_committed_epoch() {
     drop(c);
     scenario.teardown();
 }
+
+/// An idle cache still persists engine time (with the hot-set snapshot), so
+/// a crash followed by a wall clock stepped back cannot revive an entry the
+/// running process already saw expire (it is kept on disk for stale reads).
+#[cfg(feature = "testing")]
+#[test]
+fn engine_time_is_persisted_while_idle() {
+    use embercache::testing::PowerLossDisk;
+    let t0 = T0;
+    let clock = ManualClock::new(t0);
+    let disk = PowerLossDisk::new();
+    let policy = NamespacePolicy::default().max_stale(Duration::from_secs(7200));
+    let mut limits = embercache::Limits::default();
+    limits.snapshot_interval = Duration::from_millis(1);
+    limits.maintenance_interval = Duration::from_millis(10);
+    let cache = Cache::builder()
+        .storage_backend(disk.factory())
+        .clock(clock.clone())
+        .limits(limits.clone())
+        .namespace("n", policy.clone())
+        .open()
+        .unwrap();
+    cache
+        .set_with_ttl("n", b"k", b"v".to_vec(), Duration::from_secs(600))
+        .unwrap();
+    cache.flush().unwrap();
+    clock.advance(Duration::from_secs(3600)); // expired an hour ago
+    assert_eq!(cache.get("n", b"k").unwrap(), None);
+    // Idle: no request reaches the writer, only its own maintenance passes
+    // (nothing to sweep: the entry is kept for stale reads). Wait for one of
+    // them to commit.
+    let syncs = disk.syncs();
+    let start = std::time::Instant::now();
+    while disk.syncs() <= syncs + 1 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no maintenance commit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let after = PowerLossDisk::from_image(disk.durable_image());
+    let c2 = Cache::builder()
+        .storage_backend(after.factory())
+        .clock(ManualClock::new(t0 + 5 * 60_000)) // the clock stepped back
+        .limits(limits)
+        .namespace("n", policy)
+        .open()
+        .unwrap();
+    assert_eq!(
+        c2.get("n", b"k").unwrap(),
+        None,
+        "expired entry revived after a crash"
+    );
+    drop(c2);
+    drop(cache);
+}

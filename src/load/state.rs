@@ -251,7 +251,11 @@ impl NsState {
     /// Counts an access (sampled), decays and saves when due.
     pub(crate) fn access(&self, cache: &Cache, key: &[u8], policy: &LoadPolicy, now: u64) {
         let n = u64::from(policy.access_sample.max(1));
-        if self.sample.fetch_add(1, Ordering::Relaxed).is_multiple_of(n) {
+        if self
+            .sample
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(n)
+        {
             self.keys
                 .lock()
                 .record_access(key, n, policy.max_tracked_keys);

@@ -95,6 +95,14 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
                 }
             }
             .map_err(|e| OpenError::Storage(storage(e)))?;
+            if let Some(found) = meta_format(&db)
+                && found > FORMAT
+            {
+                return Err(OpenError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT,
+                });
+            }
             let meta = init(&db).map_err(|e| OpenError::Storage(storage(e)))?;
             return Ok(Opened {
                 db,
@@ -220,18 +228,18 @@ fn try_open(file: &Path, dir: &Path) -> Result<(Database, MetaState), Failure> {
         Ok(Err(e)) => return Err(classify(e, dir)),
         Err(_) => return Err(Failure::Damaged("redb panicked while opening".into())),
     };
+    // A file from a newer embercache is refused before anything is written
+    // to it (and never mistaken for a damaged one).
+    if let Some(found) = meta_format(&db)
+        && found > FORMAT
+    {
+        return Err(Failure::Fatal(OpenError::UnsupportedFormat {
+            found,
+            supported: FORMAT,
+        }));
+    }
     match catch_unwind(AssertUnwindSafe(|| init(&db))) {
-        Ok(Ok(meta)) => {
-            if let Some(found) = meta_format(&db)
-                && found > FORMAT
-            {
-                return Err(Failure::Fatal(OpenError::UnsupportedFormat {
-                    found,
-                    supported: FORMAT,
-                }));
-            }
-            Ok((db, meta))
-        }
+        Ok(Ok(meta)) => Ok((db, meta)),
         Ok(Err(e)) => Err(Failure::Damaged(e.to_string())),
         Err(_) => Err(Failure::Damaged(
             "redb panicked while reading tables".into(),
