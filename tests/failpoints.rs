@@ -400,7 +400,10 @@ fn engine_time_is_persisted_while_idle() {
     let syncs = disk.syncs();
     let start = std::time::Instant::now();
     while disk.syncs() <= syncs + 1 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no maintenance commit");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no maintenance commit"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let after = PowerLossDisk::from_image(disk.durable_image());
