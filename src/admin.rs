@@ -198,35 +198,25 @@ impl Cache {
             if h.expires_at <= now || h.epoch < epochs.get(ns).copied().unwrap_or(0) {
                 rep.dead_records += 1;
             }
-            match expiry.get((h.expires_at, h.version)).map_err(st)? {
-                None => rep.problems.push(problem(
+            if expiry
+                .get((h.expires_at, h.version, ns, key))
+                .map_err(st)?
+                .is_none()
+            {
+                rep.problems.push(problem(
                     ns,
                     key,
                     format!(
                         "no expiry-index entry for (expires_at {}, version {}); the sweeper will never remove it",
                         h.expires_at, h.version
                     ),
-                )),
-                Some(g) => {
-                    let (ins, ikey) = g.value();
-                    if ins != ns || ikey != key {
-                        rep.problems.push(problem(
-                            ns,
-                            key,
-                            format!(
-                                "expiry-index entry (expires_at {}, version {}) points at another key",
-                                h.expires_at, h.version
-                            ),
-                        ));
-                    }
-                }
+                ));
             }
         }
         progress(rep.records, total.max(rep.records));
         for item in expiry.iter().map_err(st)? {
-            let (k, v) = item.map_err(st)?;
-            let (exp, ver) = k.value();
-            let (ns, key) = v.value();
+            let (k, _) = item.map_err(st)?;
+            let (exp, ver, ns, key) = k.value();
             rep.index_entries += 1;
             let stored = entries.get((ns, key)).map_err(st)?;
             let reason = match stored.map(|g| record::decode_header(g.value())) {

@@ -768,7 +768,7 @@ fn a_database_from_a_newer_embercache_is_refused_not_moved_aside() {
             let mut meta = w
                 .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
                 .unwrap();
-            meta.insert("format_version", 2u32.to_le_bytes().as_slice())
+            meta.insert("format_version", 99u32.to_le_bytes().as_slice())
                 .unwrap();
             // A future format that changed the key type of `entries`.
             let mut e = w
@@ -780,7 +780,7 @@ fn a_database_from_a_newer_embercache_is_refused_not_moved_aside() {
     }
     let r = Cache::builder().dir(dir.path()).open();
     assert!(
-        matches!(r, Err(OpenError::UnsupportedFormat { found: 2, .. })),
+        matches!(r, Err(OpenError::UnsupportedFormat { found: 99, .. })),
         "{r:?}"
     );
     let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -791,5 +791,72 @@ fn a_database_from_a_newer_embercache_is_refused_not_moved_aside() {
         names.len(),
         1,
         "the newer database was moved or copied: {names:?}"
+    );
+}
+
+/// A format-1 database (index keyed (expires_at, version) → (ns, key)) is
+/// upgraded at open: its index is rebuilt, nothing is lost, the sweeper
+/// works, and the old index table is gone.
+#[test]
+fn a_format_1_database_is_upgraded_in_place() {
+    use embercache::record::{Encoding, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let enc = Encoding {
+        level: None,
+        threshold: 64,
+        dict: None,
+    };
+    let far = u64::MAX;
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w
+                .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.insert("format_version", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("version_high_water", 10u64.to_le_bytes().as_slice())
+                .unwrap();
+            let mut entries = w
+                .open_table(TableDefinition::<(&str, &[u8]), &[u8]>::new("entries"))
+                .unwrap();
+            let mut index = w
+                .open_table(TableDefinition::<(u64, u64), (&str, &[u8])>::new("expiry"))
+                .unwrap();
+            for (i, exp) in [(1u64, far), (2, 1_000)] {
+                let key = format!("k{i}");
+                let rec = encode(format!("v{i}").as_bytes(), exp, i, 0, &enc);
+                entries
+                    .insert(("ns", key.as_bytes()), rec.as_slice())
+                    .unwrap();
+                index.insert((exp, i), ("ns", key.as_bytes())).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    assert_eq!(c.get("ns", b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(c.get("ns", b"k2").unwrap(), None, "expired long ago");
+    let report = c.verify(&mut |_, _| {}).unwrap();
+    assert_eq!(report.index_entries, 2);
+    assert!(
+        report.problems.iter().all(|p| p.namespace == "<meta>"),
+        "{:?}",
+        report.problems
+    );
+    c.run_maintenance().unwrap();
+    assert_eq!(
+        c.verify(&mut |_, _| {}).unwrap().index_entries,
+        1,
+        "the sweeper uses the rebuilt index"
+    );
+    c.close().unwrap();
+    let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+    let r = redb::ReadableDatabase::begin_read(&db).unwrap();
+    assert!(
+        r.open_table(TableDefinition::<(u64, u64), (&str, &[u8])>::new("expiry"))
+            .is_err(),
+        "old index kept"
     );
 }

@@ -716,3 +716,38 @@ fn an_empty_directory_warms_from_redis() {
     }
     cache.close().unwrap();
 }
+
+/// Versions are unique per key, not per database: a value filled from
+/// Redis keeps the version another instance gave it, which a local key may
+/// share. Each must keep its own expiry-index entry (format 1 keyed the
+/// index by (expires_at, version) alone and lost one of them).
+#[test]
+fn a_remote_fill_never_takes_another_keys_index_entry() {
+    let redis = Redis::start(false);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(
+        da.path(),
+        mirror_config(&redis.url()).warm_start(false).pubsub(false),
+    );
+    let b = open(
+        db.path(),
+        mirror_config(&redis.url()).warm_start(false).pubsub(false),
+    );
+    // Both caches are fresh: their first writes get the same versions.
+    b.set("n", b"y", b"local y".to_vec()).unwrap();
+    b.flush().unwrap();
+    a.set("n", b"x", b"remote x".to_vec()).unwrap();
+    a.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while b.get("n", b"x").unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "x never reached b through Redis"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.flush().unwrap();
+    let report = b.verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.index_entries, 2);
+}

@@ -294,16 +294,31 @@ fn meta_format(db: &Database) -> Option<u32> {
 fn init(db: &Database) -> Result<MetaState, redb::Error> {
     let w = db.begin_write()?;
     {
-        w.open_table(ENTRIES)?;
-        w.open_table(EXPIRY)?;
+        let entries = w.open_table(ENTRIES)?;
+        let mut expiry = w.open_table(EXPIRY)?;
         w.open_table(LOADER_META)?;
         w.open_table(super::outbox::OUTBOX)?;
         w.open_table(super::outbox::OUTBOX_ORDER)?;
         let mut meta = w.open_table(META)?;
-        if meta.get(META_FORMAT)?.is_none() {
+        let stored = meta.get(META_FORMAT)?.and_then(|v| u32_from(v.value()));
+        if stored == Some(1) {
+            // Format 1 keyed the index by (expires_at, version) alone;
+            // rebuild it from the records, in this same transaction.
+            for item in entries.iter()? {
+                let (k, v) = item?;
+                let (ns, key) = k.value();
+                if let Ok(h) = super::record::decode_header(v.value()) {
+                    expiry.insert((h.expires_at, h.version, ns, key), ())?;
+                }
+            }
+            tracing::info!("database format 1 upgraded to {FORMAT} (expiry index rebuilt)");
+        }
+        if stored != Some(FORMAT) {
             meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;
         }
     }
+    // Format 1's index, if any (false when there is none).
+    w.delete_table(EXPIRY_V1)?;
     w.commit()?;
     let r = db.begin_read()?;
     let meta = r.open_table(META)?;

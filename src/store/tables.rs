@@ -5,13 +5,20 @@ use redb::TableDefinition;
 /// (namespace, key) → record (see `record.rs`).
 pub(crate) const ENTRIES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("entries");
 
-/// (expires_at, version) → (namespace, key). Ordered by expiry, then by
+/// (expires_at, version, namespace, key) → (). Ordered by expiry, then by
 /// write order; entries without a TTL sit at `expires_at = u64::MAX`. The
 /// sweeper walks it from the start up to "now" minus the longest
 /// stale-retention window of any namespace; the disk bound walks it from
 /// the start too, so it drops what expires soonest, then what was written
-/// longest ago. The version makes every key unique.
-pub(crate) const EXPIRY: TableDefinition<(u64, u64), (&str, &[u8])> =
+/// longest ago. Namespace and key are part of the key: versions are unique
+/// per key, not per database (a value filled from the Redis mirror keeps
+/// the version another instance gave it).
+pub(crate) const EXPIRY: TableDefinition<(u64, u64, &str, &[u8]), ()> =
+    TableDefinition::new("expiry_v2");
+
+/// Format 1's index, `(expires_at, version) → (namespace, key)`: rebuilt as
+/// [`EXPIRY`] when a format-1 database is opened.
+pub(crate) const EXPIRY_V1: TableDefinition<(u64, u64), (&str, &[u8])> =
     TableDefinition::new("expiry");
 
 /// Named values: see the `meta` constants below.
@@ -51,7 +58,7 @@ pub(crate) fn dict_key(id: u32) -> String {
 }
 
 /// The database format this build writes.
-pub(crate) const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 2;
 
 pub(crate) fn u64_from(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))

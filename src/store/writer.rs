@@ -347,7 +347,7 @@ impl Writer {
                             .insert((&*ns.name, &**key), record.as_slice())
                             .map_err(storage)?;
                         expiry
-                            .insert((*expires_at, *version), (&*ns.name, &**key))
+                            .insert((*expires_at, *version, &*ns.name, &**key), ())
                             .map_err(storage)?;
                         delta.add(key.len() + record.len());
                         if *m {
@@ -594,26 +594,29 @@ impl Writer {
             let mut meta = txn.open_table(META).map_err(storage)?;
             let upper = expired_by.unwrap_or(u64::MAX);
             let victims: Vec<IndexEntry> = expiry
-                .range((0u64, 0u64)..=(upper, u64::MAX))
+                .iter()
                 .map_err(storage)?
                 .take(batch)
                 .map(|r| {
-                    r.map(|(k, v)| {
-                        let (ns, key) = v.value();
-                        (k.value(), (ns.to_string(), key.to_vec()))
+                    r.map(|(k, _)| {
+                        let (exp, ver, ns, key) = k.value();
+                        (exp, ver, ns.to_string(), key.to_vec())
                     })
                 })
+                .take_while(|r| r.as_ref().map_or(true, |v| v.0 <= upper))
                 .collect::<Result<_, _>>()
                 .map_err(storage)?;
             let mut freed = 0usize;
-            for ((exp, ver), (ns, key)) in victims {
+            for (exp, ver, ns, key) in victims {
                 if expired_by.is_some() && exp == u64::MAX {
                     break;
                 }
                 if expired_by.is_none() && freed >= free_bytes {
                     break;
                 }
-                expiry.remove((exp, ver)).map_err(storage)?;
+                expiry
+                    .remove((exp, ver, ns.as_str(), key.as_slice()))
+                    .map_err(storage)?;
                 let old = entries
                     .get((ns.as_str(), key.as_slice()))
                     .map_err(storage)?
@@ -689,7 +692,9 @@ impl Writer {
                     entries
                         .remove((name.as_str(), key.as_slice()))
                         .map_err(storage)?;
-                    expiry.remove((h.expires_at, h.version)).map_err(storage)?;
+                    expiry
+                        .remove((h.expires_at, h.version, name.as_str(), key.as_slice()))
+                        .map_err(storage)?;
                     delta.remove(key.len() + len);
                 }
                 self.write_counters(&mut meta, &delta)?;
@@ -761,8 +766,8 @@ fn superseded(group: &[Op]) -> Vec<bool> {
         .collect()
 }
 
-/// An expiry-index entry read out of its table: ((expires_at, version), (namespace, key)).
-type IndexEntry = ((u64, u64), (String, Vec<u8>));
+/// An expiry-index key read out of its table: (expires_at, version, namespace, key).
+type IndexEntry = (u64, u64, String, Vec<u8>);
 
 /// Record-count and byte changes of one transaction.
 #[derive(Default)]
@@ -791,7 +796,7 @@ fn apply(base: u64, d: i64) -> u64 {
 /// caller's write lost and must not be applied.
 fn remove_older(
     entries: &mut Table<(&str, &[u8]), &[u8]>,
-    expiry: &mut Table<(u64, u64), (&str, &[u8])>,
+    expiry: &mut Table<(u64, u64, &str, &[u8]), ()>,
     ns: &Namespace,
     key: &[u8],
     version: u64,
@@ -814,7 +819,9 @@ fn remove_older(
             // A record whose header is unreadable leaves a dangling index
             // entry; the sweeper drops index entries that match no record.
             if let Some(h) = h {
-                expiry.remove((h.expires_at, h.version)).map_err(storage)?;
+                expiry
+                    .remove((h.expires_at, h.version, ns, key))
+                    .map_err(storage)?;
             }
             delta.remove(key.len() + len);
             Ok(true)
