@@ -823,16 +823,7 @@ impl Cache {
     /// were written with, so old ones stay readable. Returns its id.
     pub fn train_dictionary(&self, ns: &str) -> Result<u32, Error> {
         let sh = self.sh();
-        let entries = sh.scan(ns, b"")?;
-        let mut samples = Vec::new();
-        let mut total = 0;
-        for (_, f) in entries {
-            if total > 4 << 20 {
-                break;
-            }
-            total += f.value.len();
-            samples.push(f.value);
-        }
+        let samples = sh.sample_values(ns, 4 << 20)?;
         if samples.len() < 8 {
             return Err(Error::Maintenance(format!(
                 "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",

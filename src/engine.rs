@@ -817,6 +817,44 @@ impl Shared {
             .collect())
     }
 
+    /// Live values of `ns` read straight from redb until `max_bytes`: the
+    /// samples a dictionary is trained on. Reads no more than it keeps.
+    pub(crate) fn sample_values(
+        &self,
+        ns_name: &str,
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        let now = self.time.now_ms();
+        let epoch = ns.epoch();
+        let r = self
+            .db()
+            .map_err(ReadError::Storage)?
+            .begin_read()
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let t = r
+            .open_table(ENTRIES)
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let range = t
+            .range((&*ns.name, &b""[..])..)
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let (mut out, mut total) = (Vec::new(), 0);
+        for item in range {
+            let (k, v) = item.map_err(|e| ReadError::Storage(storage(e)))?;
+            if k.value().0 != &*ns.name || total >= max_bytes {
+                break;
+            }
+            if let Ok((h, value)) = self.decode(&ns.name, v.value())
+                && h.epoch == epoch
+                && h.expires_at > now
+            {
+                total += value.len();
+                out.push(Bytes::from(value));
+            }
+        }
+        Ok(out)
+    }
+
     /// The hot-set snapshot stored in meta: (namespace, key), hottest first.
     /// Empty when there is none or it does not decode.
     pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {

@@ -727,9 +727,13 @@ impl Writer {
             // Closing before the warm-up finished: the hot tier holds only
             // part of what was hot. Keep the rest of the old snapshot after
             // it, so a short-lived process does not make the next start cold.
+            // Bounded by the longer of the two, so repeated short runs do
+            // not grow it.
             let seen: HashSet<(String, Vec<u8>)> = named.iter().cloned().collect();
             let old = sh.read_snapshot();
+            let limit = old.len().max(named.len());
             named.extend(old.into_iter().filter(|e| !seen.contains(e)));
+            named.truncate(limit);
         }
         let bytes = postcard::to_allocvec(&named)
             .map_err(|e| Arc::new(redb::Error::Corrupted(e.to_string())))?;
