@@ -708,3 +708,30 @@ fn a_concurrent_second_close_waits_for_the_first() {
     drop(reopened);
     first.join().unwrap().unwrap();
 }
+
+#[test]
+fn the_sweeper_reclaims_expired_entries_from_the_hot_tier_too() {
+    let clock = ManualClock::new(T0);
+    let c = Cache::builder().clock(clock.clone()).open().unwrap();
+    for i in 0..100u32 {
+        c.set_with_ttl(
+            "ns",
+            &i.to_be_bytes(),
+            vec![1u8; 100],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    }
+    c.set("ns", b"keep", b"v".to_vec()).unwrap();
+    c.flush().unwrap();
+    assert_eq!(c.stats().hot_entries, 101);
+    clock.advance(Duration::from_secs(6));
+    c.run_maintenance().unwrap();
+    let s = c.stats();
+    assert_eq!(
+        (s.hot_entries, s.disk_records),
+        (1, 1),
+        "expired entries still held"
+    );
+    c.validate();
+}

@@ -631,6 +631,11 @@ impl Writer {
                     freed += key.len() + len;
                     if let Ok(n) = sh.ns.get(&ns) {
                         let c = if expired_by.is_some() {
+                            // Reclaim the hot copy's memory too (unless a
+                            // newer write replaced it); it could only be
+                            // found dead by eviction otherwise.
+                            let hash = sh.hot.hash(n.id, &key);
+                            sh.hot.remove(hash, n.id, &key, ver);
                             &n.counters.expirations
                         } else {
                             &n.counters.warm_evictions
