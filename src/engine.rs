@@ -37,6 +37,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use zstd::dict::DecoderDictionary;
 
+/// A redb error on the read path.
+fn read_err<E: Into<redb::Error>>(e: E) -> ReadError {
+    ReadError::Storage(storage(e))
+}
+
 /// Prepares a decoder dictionary; `None` when it cannot be loaded.
 pub(crate) fn load_decoder(bytes: &[u8]) -> Option<Arc<DecoderDictionary<'static>>> {
     failpoint!("dict::load", |_| None);
@@ -166,6 +171,14 @@ impl Shared {
             }
             _ => ReadError::Closed,
         })
+    }
+
+    /// A read transaction on the database.
+    fn read_txn(&self) -> Result<redb::ReadTransaction, ReadError> {
+        self.db()
+            .map_err(ReadError::Storage)?
+            .begin_read()
+            .map_err(read_err)
     }
 
     /// The database, or an error while it is being reopened.
@@ -664,17 +677,9 @@ impl Shared {
         if let Fast::Done(r) = self.lookup_fast(&ns, hash, key, at) {
             return Ok(r);
         }
-        let r = self
-            .db()
-            .map_err(ReadError::Storage)?
-            .begin_read()
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let t = r
-            .open_table(ENTRIES)
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let rec = t
-            .get((&*ns.name, key))
-            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let r = self.read_txn()?;
+        let t = r.open_table(ENTRIES).map_err(read_err)?;
+        let rec = t.get((&*ns.name, key)).map_err(read_err)?;
         let found = self.accept_warm(
             &ns,
             hash,
@@ -712,18 +717,10 @@ impl Shared {
             }
         }
         if !warm.is_empty() {
-            let r = self
-                .db()
-                .map_err(ReadError::Storage)?
-                .begin_read()
-                .map_err(|e| ReadError::Storage(storage(e)))?;
-            let t = r
-                .open_table(ENTRIES)
-                .map_err(|e| ReadError::Storage(storage(e)))?;
+            let r = self.read_txn()?;
+            let t = r.open_table(ENTRIES).map_err(read_err)?;
             for (i, hash) in warm {
-                let rec = t
-                    .get((&*ns.name, keys[i]))
-                    .map_err(|e| ReadError::Storage(storage(e)))?;
+                let rec = t.get((&*ns.name, keys[i])).map_err(read_err)?;
                 out[i] = self.accept_warm(
                     &ns,
                     hash,
@@ -779,19 +776,11 @@ impl Shared {
             };
             out.insert(op.key.to_vec(), (op.version, v));
         });
-        let r = self
-            .db()
-            .map_err(ReadError::Storage)?
-            .begin_read()
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let t = r
-            .open_table(ENTRIES)
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let range = t
-            .range((&*ns.name, prefix)..)
-            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let r = self.read_txn()?;
+        let t = r.open_table(ENTRIES).map_err(read_err)?;
+        let range = t.range((&*ns.name, prefix)..).map_err(read_err)?;
         for item in range {
-            let (k, v) = item.map_err(|e| ReadError::Storage(storage(e)))?;
+            let (k, v) = item.map_err(read_err)?;
             let (n, key) = k.value();
             if n != &*ns.name || !key.starts_with(prefix) {
                 break;
@@ -827,20 +816,12 @@ impl Shared {
         let ns = self.namespace_r(ns_name)?;
         let now = self.time.now_ms();
         let epoch = ns.epoch();
-        let r = self
-            .db()
-            .map_err(ReadError::Storage)?
-            .begin_read()
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let t = r
-            .open_table(ENTRIES)
-            .map_err(|e| ReadError::Storage(storage(e)))?;
-        let range = t
-            .range((&*ns.name, &b""[..])..)
-            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let r = self.read_txn()?;
+        let t = r.open_table(ENTRIES).map_err(read_err)?;
+        let range = t.range((&*ns.name, &b""[..])..).map_err(read_err)?;
         let (mut out, mut total) = (Vec::new(), 0);
         for item in range {
-            let (k, v) = item.map_err(|e| ReadError::Storage(storage(e)))?;
+            let (k, v) = item.map_err(read_err)?;
             if k.value().0 != &*ns.name || total >= max_bytes {
                 break;
             }
