@@ -323,7 +323,9 @@ fn outage_under_steady_writes(outage: Duration) {
     let down = Instant::now();
     let during = phase(outage.as_secs_f64(), &mut rng, &mut write);
     let s = cache.mirror_stats().unwrap();
-    assert_eq!(s.breaker, BreakerState::Open, "{s:?}");
+    // Open, or half-open while a probe is out (the wait in open is short
+    // here): never closed while Redis is down.
+    assert_ne!(s.breaker, BreakerState::Closed, "{s:?}");
     assert!(s.outbox_rows > 0);
     let peak_rows = s.outbox_rows;
     // Local reads stay local and fast while Redis is down.
