@@ -7,7 +7,7 @@
 //! redb (usually the page cache); in `Durability::Sync` the store of a
 //! loaded value waits for its fsync, so it is moved to `spawn_blocking`.
 
-use super::loader::{BatchLoaded, Cached, Ctx, LoadError, Loaded, Lookup, Origin, StaleReason};
+use super::loader::{BatchLoaded, Ctx, Decision, LoadError, Loaded, Lookup, Origin};
 use super::single_flight::Role;
 use super::state::FlightResult;
 use crate::Cache;
@@ -50,36 +50,20 @@ impl Cache {
     {
         let cx = self.ctx(ns)?;
         let upstream: Arc<str> = upstream.into();
-        let now = self.now_ms();
-        cx.ns.access(self, key, &cx.policy, now);
-        let stale = match self.cached(&cx, key)? {
-            Cached::Fresh(v, ttl) => {
-                cx.ns.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                if self.wants_early_refresh(&cx, key, ttl)
-                    && self.spawn_refresh_async(&cx, key, &upstream, loader)
-                {
-                    cx.ns
-                        .counters
-                        .early_refreshes
-                        .fetch_add(1, Ordering::Relaxed);
+        let stale = match self.decide(&cx, key)? {
+            Decision::Answer(l) => return Ok(l),
+            Decision::EarlyRefresh(l) => {
+                if self.spawn_refresh_async(&cx, key, &upstream, loader) {
+                    let c = &cx.ns.counters.early_refreshes;
+                    c.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(Lookup::new(Some(v), Origin::Cache));
+                return Ok(l);
             }
-            Cached::Negative => {
-                cx.ns.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lookup::new(None, Origin::Cache));
-            }
-            Cached::Stale(v, by) if by <= cx.stale_for() => {
-                cx.ns.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+            Decision::Revalidate(l) => {
                 self.spawn_refresh_async(&cx, key, &upstream, loader);
-                let origin = Origin::Stale {
-                    stale_by: by,
-                    reason: StaleReason::Revalidating,
-                };
-                return Ok(Lookup::new(Some(v), origin));
+                return Ok(l);
             }
-            Cached::Stale(v, by) => Some((v, by)),
-            Cached::Miss => None,
+            Decision::Load(stale) => stale,
         };
         let fk = cx.fkey(key);
         let (r, origin) = loop {
@@ -126,23 +110,11 @@ impl Cache {
         F: FnOnce(Vec<u8>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Option<T>, LoadError>> + Send + 'static,
     {
-        let r = self
-            .get_or_load_async(ns, key, upstream, move |k| async move {
-                match loader(k).await? {
-                    Some(t) => Ok(Loaded::Value(postcard::to_allocvec(&t)?.into())),
-                    None => Ok(Loaded::NotFound),
-                }
-            })
-            .await?;
-        let value = match r.value {
-            Some(b) => Some(postcard::from_bytes(&b)?),
-            None => None,
-        };
-        Ok(Lookup {
-            value,
-            origin: r.origin,
-            error: r.error,
+        self.get_or_load_async(ns, key, upstream, move |k| async move {
+            Loaded::encode(loader(k).await?)
         })
+        .await?
+        .decode()
     }
 
     /// [`Cache::get_many_or_load`] for async code: one loader call for the

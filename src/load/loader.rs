@@ -76,6 +76,31 @@ pub struct Lookup<T = Bytes> {
     pub error: Option<LoadError>,
 }
 
+impl Lookup {
+    /// The typed form of a bytes answer (postcard).
+    pub(crate) fn decode<T: DeserializeOwned>(self) -> Result<Lookup<T>, LoadError> {
+        let value = match self.value {
+            Some(b) => Some(postcard::from_bytes(&b)?),
+            None => None,
+        };
+        Ok(Lookup {
+            value,
+            origin: self.origin,
+            error: self.error,
+        })
+    }
+}
+
+impl Loaded {
+    /// A typed loader's answer as bytes (postcard); `None` = not found.
+    pub(crate) fn encode<T: Serialize>(t: Option<T>) -> Result<Loaded, LoadError> {
+        Ok(match t {
+            Some(t) => Loaded::Value(postcard::to_allocvec(&t)?.into()),
+            None => Loaded::NotFound,
+        })
+    }
+}
+
 impl<T> Lookup<T> {
     pub(crate) fn new(value: Option<T>, origin: Origin) -> Self {
         Lookup {
@@ -207,6 +232,21 @@ pub(crate) enum Cached {
     Miss,
 }
 
+/// What a single-key load does with what the cache holds, before any load.
+/// Shared by the sync and async forms, which differ only in how they spawn
+/// a refresh and run the loader.
+pub(crate) enum Decision {
+    /// Answer at once.
+    Answer(Lookup),
+    /// Answer at once; a background refresh is due (XFetch early refresh
+    /// of a fresh value).
+    EarlyRefresh(Lookup),
+    /// Answer the stale value at once and refresh it in the background.
+    Revalidate(Lookup),
+    /// Load now; the stale value (and how stale) is the fallback.
+    Load(Option<(Bytes, Duration)>),
+}
+
 fn crc(v: &[u8]) -> u32 {
     crc32fast::hash(v)
 }
@@ -297,6 +337,37 @@ impl Cache {
             name: n.name.clone(),
             ns_policy: n.policy.clone(),
             epoch: n.epoch(),
+        })
+    }
+
+    /// Counts the access and decides from the cache alone (see [`Decision`]).
+    pub(crate) fn decide(&self, cx: &Ctx, key: &[u8]) -> Result<Decision, LoadError> {
+        let c = &cx.ns.counters;
+        cx.ns.access(self, key, &cx.policy, self.now_ms());
+        Ok(match self.cached(cx, key)? {
+            Cached::Fresh(v, ttl) => {
+                c.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let l = Lookup::new(Some(v), Origin::Cache);
+                if self.wants_early_refresh(cx, key, ttl) {
+                    Decision::EarlyRefresh(l)
+                } else {
+                    Decision::Answer(l)
+                }
+            }
+            Cached::Negative => {
+                c.negative_hits.fetch_add(1, Ordering::Relaxed);
+                Decision::Answer(Lookup::new(None, Origin::Cache))
+            }
+            Cached::Stale(v, by) if by <= cx.stale_for() => {
+                c.stale_served.fetch_add(1, Ordering::Relaxed);
+                let origin = Origin::Stale {
+                    stale_by: by,
+                    reason: StaleReason::Revalidating,
+                };
+                Decision::Revalidate(Lookup::new(Some(v), origin))
+            }
+            Cached::Stale(v, by) => Decision::Load(Some((v, by))),
+            Cached::Miss => Decision::Load(None),
         })
     }
 
@@ -634,38 +705,20 @@ impl Cache {
     {
         let cx = self.ctx(ns)?;
         let upstream: Arc<str> = upstream.into();
-        let now = self.now_ms();
-        cx.ns.access(self, key, &cx.policy, now);
-        let stale = match self.cached(&cx, key)? {
-            Cached::Fresh(v, ttl) => {
-                cx.ns.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                if self.wants_early_refresh(&cx, key, ttl)
-                    && self.spawn_refresh(&cx, key, &upstream, loader)
-                {
-                    cx.ns
-                        .counters
-                        .early_refreshes
-                        .fetch_add(1, Ordering::Relaxed);
+        let stale = match self.decide(&cx, key)? {
+            Decision::Answer(l) => return Ok(l),
+            Decision::EarlyRefresh(l) => {
+                if self.spawn_refresh(&cx, key, &upstream, loader) {
+                    let c = &cx.ns.counters.early_refreshes;
+                    c.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(Lookup::new(Some(v), Origin::Cache));
+                return Ok(l);
             }
-            Cached::Negative => {
-                cx.ns.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lookup::new(None, Origin::Cache));
-            }
-            Cached::Stale(v, by) if by <= cx.stale_for() => {
-                cx.ns.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+            Decision::Revalidate(l) => {
                 self.spawn_refresh(&cx, key, &upstream, loader);
-                return Ok(Lookup::new(
-                    Some(v),
-                    Origin::Stale {
-                        stale_by: by,
-                        reason: StaleReason::Revalidating,
-                    },
-                ));
+                return Ok(l);
             }
-            Cached::Stale(v, by) => Some((v, by)),
-            Cached::Miss => None,
+            Decision::Load(stale) => stale,
         };
         let (r, origin) = self.load_sync(&cx, key, &upstream, loader, false);
         Self::finish(&cx, r, origin, stale)
@@ -684,19 +737,8 @@ impl Cache {
         T: Serialize + DeserializeOwned,
         F: FnOnce(&[u8]) -> Result<Option<T>, LoadError> + Send + 'static,
     {
-        let r = self.get_or_load(ns, key, upstream, move |k| match loader(k)? {
-            Some(t) => Ok(Loaded::Value(postcard::to_allocvec(&t)?.into())),
-            None => Ok(Loaded::NotFound),
-        })?;
-        let value = match r.value {
-            Some(b) => Some(postcard::from_bytes(&b)?),
-            None => None,
-        };
-        Ok(Lookup {
-            value,
-            origin: r.origin,
-            error: r.error,
-        })
+        self.get_or_load(ns, key, upstream, move |k| Loaded::encode(loader(k)?))?
+            .decode()
     }
 
     /// Reads many keys; the loader is called at most once, with only the
