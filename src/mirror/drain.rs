@@ -511,66 +511,45 @@ impl Link {
         let mut kinds = Vec::with_capacity(items.len());
         for it in &items {
             match it.kind {
-                OutboxKind::Put => {
-                    let Ok(h) = decode_header_verified(&it.record) else {
-                        // Cannot happen for a row we wrote; never send garbage.
-                        count_error(inner, "outbox record", &"checksum mismatch");
-                        continue;
-                    };
-                    if h.expires_at <= now {
-                        // Never resurrect or extend: an expired write is not
-                        // sent, but it still replaces any older value Redis
-                        // may hold (which could outlive it): a tombstone.
-                        add(&inner.counters.expired_skipped, 1);
-                        let msg = Message {
-                            kind: MSG_DELETE,
-                            version: it.version,
-                            origin: self.instance,
-                            ns: it.namespace.clone(),
-                            key: it.key.clone(),
+                OutboxKind::Put | OutboxKind::Delete => {
+                    // `Some(px)` to store the record, `None` for a tombstone.
+                    let store = if it.kind == OutboxKind::Put {
+                        let Ok(h) = decode_header_verified(&it.record) else {
+                            // Cannot happen for a row we wrote; never send garbage.
+                            count_error(inner, "outbox record", &"checksum mismatch");
+                            continue;
                         };
-                        let key = inner.keys.data(&it.namespace, &it.key);
-                        push_write(
-                            inner,
-                            &mut pipe,
-                            &key,
-                            "d",
-                            it.version,
-                            tomb,
-                            b"",
-                            &msg.encode(),
-                        );
-                        kinds.push(None);
-                        continue;
-                    }
-                    let px = if h.expires_at == u64::MAX {
-                        0
+                        if h.expires_at <= now {
+                            // Never resurrect or extend: an expired write is
+                            // not sent, but it still replaces any older value
+                            // Redis may hold (which could outlive it).
+                            add(&inner.counters.expired_skipped, 1);
+                            None
+                        } else if h.expires_at == u64::MAX {
+                            Some(0)
+                        } else {
+                            Some(h.expires_at - now)
+                        }
                     } else {
-                        h.expires_at - now
+                        None
                     };
                     let key = inner.keys.data(&it.namespace, &it.key);
-                    push_write(inner, &mut pipe, &key, "p", it.version, px, &it.record, b"");
-                    kinds.push(None);
-                }
-                OutboxKind::Delete => {
-                    let msg = Message {
-                        kind: MSG_DELETE,
-                        version: it.version,
-                        origin: self.instance,
-                        ns: it.namespace.clone(),
-                        key: it.key.clone(),
-                    };
-                    let key = inner.keys.data(&it.namespace, &it.key);
-                    push_write(
-                        inner,
-                        &mut pipe,
-                        &key,
-                        "d",
-                        it.version,
-                        tomb,
-                        b"",
-                        &msg.encode(),
-                    );
+                    match store {
+                        Some(px) => {
+                            push_write(inner, &mut pipe, &key, "p", it.version, px, &it.record, b"")
+                        }
+                        None => {
+                            let msg = Message {
+                                kind: MSG_DELETE,
+                                version: it.version,
+                                origin: self.instance,
+                                ns: it.namespace.clone(),
+                                key: it.key.clone(),
+                            };
+                            let m = msg.encode();
+                            push_write(inner, &mut pipe, &key, "d", it.version, tomb, b"", &m);
+                        }
+                    }
                     kinds.push(None);
                 }
                 _ => {
