@@ -23,7 +23,7 @@ use crate::store::record;
 use crate::store::tables::{
     ENTRIES, EXPIRY, META, META_BYTES, META_EPOCH_PREFIX, META_RECORDS, u64_from,
 };
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,11 +162,7 @@ impl Cache {
     /// Runs on one read snapshot: the cache keeps serving meanwhile.
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, AdminError> {
         let sh = self.sh();
-        let r = sh
-            .db()
-            .map_err(AdminError::Storage)?
-            .begin_read()
-            .map_err(st)?;
+        let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;
         let expiry = r.open_table(EXPIRY).map_err(st)?;
         let epochs = epochs(&r)?;
@@ -267,11 +263,7 @@ impl Cache {
     ) -> Result<u64, AdminError> {
         self.flush()?;
         let sh = self.sh();
-        let r = sh
-            .db()
-            .map_err(AdminError::Storage)?
-            .begin_read()
-            .map_err(st)?;
+        let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;
         let epochs = epochs(&r)?;
         let now = sh.time.now_ms();
@@ -304,11 +296,7 @@ impl Cache {
     pub fn disk_usage(&self) -> Result<Vec<NamespaceDisk>, AdminError> {
         self.flush()?;
         let sh = self.sh();
-        let r = sh
-            .db()
-            .map_err(AdminError::Storage)?
-            .begin_read()
-            .map_err(st)?;
+        let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;
         let epochs = epochs(&r)?;
         let now = sh.time.now_ms();

@@ -174,11 +174,12 @@ impl Shared {
     }
 
     /// A read transaction on the database.
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, Arc<redb::Error>> {
+        self.db()?.begin_read().map_err(storage)
+    }
+
     fn read_txn(&self) -> Result<redb::ReadTransaction, ReadError> {
-        self.db()
-            .map_err(ReadError::Storage)?
-            .begin_read()
-            .map_err(read_err)
+        self.begin_read().map_err(ReadError::Storage)
     }
 
     /// The database, or an error while it is being reopened.
@@ -196,7 +197,7 @@ impl Shared {
         if let Some(d) = self.decoders.read().get(&id) {
             return Some(d.clone());
         }
-        let r = self.db().ok()?.begin_read().ok()?;
+        let r = self.begin_read().ok()?;
         let t = r.open_table(META).ok()?;
         let v = t.get(dict_key(id).as_str()).ok()??;
         let (_ns, bytes): (String, Vec<u8>) = postcard::from_bytes(v.value()).ok()?;
@@ -529,7 +530,7 @@ impl Shared {
     /// The value stored under `key` in the loader-state table, as of the
     /// last commit.
     pub(crate) fn loader_meta_get(&self, key: &str) -> Option<Vec<u8>> {
-        let r = self.db().ok()?.begin_read().ok()?;
+        let r = self.begin_read().ok()?;
         let t = r.open_table(LOADER_META).ok()?;
         let v = t.get(key).ok()??;
         Some(v.value().to_vec())
@@ -840,7 +841,7 @@ impl Shared {
     /// Empty when there is none or it does not decode.
     pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {
         (|| {
-            let r = self.db().ok()?.begin_read().ok()?;
+            let r = self.begin_read().ok()?;
             let t = r.open_table(META).ok()?;
             let v = t.get(META_HOT_SNAPSHOT).ok()??;
             postcard::from_bytes(v.value()).ok()
