@@ -227,17 +227,8 @@ impl Writer {
                     if matches!(*e, redb::Error::Io(_) | redb::Error::PreviousIo) {
                         self.reopen();
                     }
-                    group.retain(|o| {
-                        matches!(
-                            o,
-                            Op::Put { .. }
-                                | Op::Delete { .. }
-                                | Op::Epoch { .. }
-                                | Op::Dict { .. }
-                                | Op::LoaderMeta { .. }
-                                | Op::OutboxAck { .. }
-                        )
-                    });
+                    // Data ops are retried; control ops were answered.
+                    group.retain(|o| !matches!(o, Op::Flush(_) | Op::Maintain(_) | Op::Close(_)));
                     self.carry = group;
                     self.backoff =
                         (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(2));
