@@ -328,15 +328,22 @@ fn outage_under_steady_writes(outage: Duration) {
     assert_ne!(s.breaker, BreakerState::Closed, "{s:?}");
     assert!(s.outbox_rows > 0);
     let peak_rows = s.outbox_rows;
-    // Local reads stay local and fast while Redis is down.
+    // Local reads stay local while Redis is down: no read tries Redis (a
+    // try would count a Redis error). Their speed is reported, not asserted
+    // (speed lives in benchmarks).
+    let errors = cache.mirror_stats().unwrap().errors;
     let t = Instant::now();
     for k in &keys {
         let _ = cache.get(NS, k).unwrap();
     }
-    let per_get = t.elapsed() / keys.len() as u32;
-    assert!(
-        per_get < Duration::from_millis(2),
-        "gets took {per_get:?} each during the outage"
+    eprintln!(
+        "local get during the outage: {:?} each",
+        t.elapsed() / keys.len() as u32
+    );
+    assert_eq!(
+        cache.mirror_stats().unwrap().errors,
+        errors,
+        "a local read tried Redis"
     );
     redis.restart();
     let downtime = down.elapsed();
@@ -545,10 +552,9 @@ fn no_commands_reach_redis_while_the_breaker_is_open() {
         .map(|(_, c)| c)
         .sum();
     assert_eq!(ours, 0, "commands while open: {stats:?}");
-    assert!(
-        worst < Duration::from_millis(20),
-        "local hit took {worst:?}"
-    );
+    // Hits never wait for Redis (no command reached it, above); the worst
+    // hit time is reported, not asserted.
+    eprintln!("worst local hit while the breaker was open: {worst:?}");
     assert!(cache.mirror_stats().unwrap().read_skipped > 0);
     // After the wait, probes go through and the mirror converges.
     let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
