@@ -698,8 +698,27 @@ fn an_empty_directory_warms_from_redis() {
             assert!(cache.get(NS, k).unwrap().is_some());
         }
         converge(&cache, &redis, &keys, Duration::from_secs(10));
-        // Let a health check report the namespace heat.
-        std::thread::sleep(Duration::from_millis(500));
+        // Wait (bounded) until a health check reported the namespace heat:
+        // NS was read, "other" never, so NS is the hottest.
+        let mut conn = redis.conn();
+        let heat = format!("{PREFIX}heat");
+        let start = Instant::now();
+        loop {
+            let hottest: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&heat)
+                .arg(0)
+                .arg(0)
+                .query(&mut conn)
+                .unwrap();
+            if hottest.first().map(String::as_str) == Some(NS) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "heat never reported: {hottest:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         cache.close().unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
