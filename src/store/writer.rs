@@ -239,9 +239,10 @@ impl Writer {
     }
 
     /// redb refuses every operation after an I/O error until the database
-    /// is reopened. Close it (once in-flight reads let go) and open it
-    /// again; redb repairs at open. On failure the database stays closed,
-    /// reads of the warm tier fail, and the next retry tries again.
+    /// is reopened. Drop our handle (once no reader holds a clone of it) and
+    /// open it again; redb repairs at open. A read transaction still open
+    /// keeps the old file open, so the open can fail; then the database
+    /// stays closed, warm-tier reads fail, and the next retry tries again.
     fn reopen(&self) {
         let sh = &self.shared;
         if matches!(sh.source, Source::Memory) {
