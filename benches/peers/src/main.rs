@@ -9,8 +9,10 @@
 //! This crate has its own `[workspace]`, so the root `cargo test` and CI
 //! never build the peers.
 
+mod charts;
 mod compress;
 mod durable;
+mod hybrid;
 mod peers;
 mod redis_srv;
 mod report;
@@ -56,7 +58,7 @@ impl Scale {
     }
 }
 
-const ALL: &[&str] = &["w3", "w1", "w2", "w5", "w7", "w8", "w9"];
+const ALL: &[&str] = &["w3", "w1", "w2", "w5", "w6", "w7", "w8", "w9"];
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -129,7 +131,8 @@ fn main() {
             "w3" => w3::w3(&scale.for_w3()),
             "w1" => tput::w1(&scale),
             "w2" => tput::w2(&scale),
-            "w5" => durable::w5(&scale),
+            "w5" => durable::w5(&scale) + &hybrid::w5_foyer(&scale),
+            "w6" => hybrid::w6(&scale),
             "w7" => restart::w7(&scale),
             "w8" => ttl::w8(&scale),
             "w9" => compress::w9(&scale),
@@ -139,6 +142,10 @@ fn main() {
             )),
         };
         doc.add(section);
+    }
+    let charts = charts::render(&out.with_file_name("bench"), "bench");
+    if !charts.is_empty() {
+        doc.add(charts);
     }
     doc.add(format!(
         "---\nLoad after the run: `{}`. Whole run: {:.0} s.\n",

@@ -2,6 +2,7 @@
 //! and 2 threads, byte keys and `Bytes` values for every cache.
 
 use crate::Scale;
+use crate::charts;
 use crate::peers::{self, Foyer, Kv, Moka, Quick};
 use crate::redis_srv::RedisServer;
 use crate::report::{Runs, Table, dur_ns, si};
@@ -138,6 +139,12 @@ pub fn w1(scale: &Scale) -> String {
                 .collect();
             let h = latencies(c.as_ref(), &d, &lat_traces);
             medians.push((name.to_string(), threads, runs.median()));
+            charts::point(&charts::W1_THREADS, name, threads as f64, runs.median());
+            if threads == 1 {
+                for (x, q) in [(1.0, 0.5), (2.0, 0.99), (3.0, 0.999)] {
+                    charts::point(&charts::W1_LATENCY, name, x, h.value_at_quantile(q) as f64);
+                }
+            }
             t.row(vec![
                 name.to_string(),
                 threads.to_string(),

@@ -2,6 +2,7 @@
 //! the same bytes per entry, insert on miss.
 
 use crate::Scale;
+use crate::charts;
 use crate::peers::{self, Foyer, Kv, Moka, NS, Quick};
 use crate::report::Table;
 use crate::sim;
@@ -185,6 +186,11 @@ pub fn w3(scale: &Scale) -> String {
             let o = run(cfg, &keys_large[..cfg.n]);
             let r = &o.ratios;
             let d = r[3] - r[5];
+            if count && cfg.n == n_small && cfg.label == "zipf 1" {
+                for (name, &ratio) in COLUMNS.iter().zip(r) {
+                    charts::point(&charts::W3_CAPACITY, name, cfg.cap_pct, ratio);
+                }
+            }
             if count && d.is_finite() {
                 diffs.push(d);
                 diffs_1shard.push(r[4] - r[5]);
