@@ -63,7 +63,9 @@ fn timeout_error() -> RedisError {
     ))
 }
 
-/// Adds one EVALSHA of the versioned-write script to `pipe`.
+/// Adds one EVALSHA of the versioned-write script to `pipe`. `until` is
+/// the absolute expiry of a put's record (0 for none, and for the other
+/// modes), which caps the PX when the write is applied late.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn push_write(
     inner: &Inner,
@@ -72,6 +74,7 @@ pub(crate) fn push_write(
     mode: &str,
     version: u64,
     px: u64,
+    until: u64,
     record: &[u8],
     msg: &[u8],
 ) {
@@ -84,7 +87,8 @@ pub(crate) fn push_write(
         .arg(px)
         .arg(record)
         .arg(inner.keys.channel())
-        .arg(msg);
+        .arg(msg)
+        .arg(until);
 }
 
 /// Runs a pipeline of script calls, loading the script once on NOSCRIPT.
@@ -411,6 +415,7 @@ impl Link {
                         "e",
                         e,
                         0,
+                        0,
                         b"",
                         &msg.encode(),
                     );
@@ -449,16 +454,17 @@ impl Link {
                     "d",
                     h.version,
                     tomb,
+                    0,
                     b"",
                     b"",
                 );
                 n += 1;
                 continue;
             }
-            let px = if h.expires_at == u64::MAX {
-                0
+            let (px, until) = if h.expires_at == u64::MAX {
+                (0, 0)
             } else {
-                h.expires_at - now
+                (h.expires_at - now, h.expires_at)
             };
             push_write(
                 inner,
@@ -467,6 +473,7 @@ impl Link {
                 "p",
                 h.version,
                 px,
+                until,
                 rec,
                 b"",
             );
@@ -512,7 +519,7 @@ impl Link {
         for it in &items {
             match it.kind {
                 OutboxKind::Put | OutboxKind::Delete => {
-                    // `Some(px)` to store the record, `None` for a tombstone.
+                    // `Some((px, until))` to store the record, `None` for a tombstone.
                     let store = if it.kind == OutboxKind::Put {
                         let Ok(h) = decode_header_verified(&it.record) else {
                             // Cannot happen for a row we wrote; never send garbage.
@@ -526,18 +533,18 @@ impl Link {
                             add(&inner.counters.expired_skipped, 1);
                             None
                         } else if h.expires_at == u64::MAX {
-                            Some(0)
+                            Some((0, 0))
                         } else {
-                            Some(h.expires_at - now)
+                            Some((h.expires_at - now, h.expires_at))
                         }
                     } else {
                         None
                     };
                     let key = inner.keys.data(&it.namespace, &it.key);
                     match store {
-                        Some(px) => {
-                            push_write(inner, &mut pipe, &key, "p", it.version, px, &it.record, b"")
-                        }
+                        Some((px, until)) => push_write(
+                            inner, &mut pipe, &key, "p", it.version, px, until, &it.record, b"",
+                        ),
                         None => {
                             let msg = Message {
                                 kind: MSG_DELETE,
@@ -547,7 +554,7 @@ impl Link {
                                 key: it.key.clone(),
                             };
                             let m = msg.encode();
-                            push_write(inner, &mut pipe, &key, "d", it.version, tomb, b"", &m);
+                            push_write(inner, &mut pipe, &key, "d", it.version, tomb, 0, b"", &m);
                         }
                     }
                     kinds.push(None);
@@ -569,6 +576,7 @@ impl Link {
                         &key,
                         "e",
                         it.version,
+                        0,
                         0,
                         b"",
                         &msg.encode(),
