@@ -101,7 +101,7 @@ pub use load::{
     RefresherConfig, StaleReason, breaker_metrics_text,
 };
 #[cfg(feature = "redis")]
-pub use mirror::{MirrorConfig, MirrorStats};
+pub use mirror::{MirrorConfig, MirrorStats, RedisDeployment};
 pub use stats::{NamespaceStats, Stats};
 pub use store::open::DB_FILE;
 pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};

@@ -3,8 +3,33 @@
 use crate::load::BreakerConfig;
 use std::time::Duration;
 
-/// Settings of the Redis mirror. Every field has a default; only the URL
-/// is required. See docs/MIRROR.md.
+/// Which Redis deployment the mirror writes to. See docs/MIRROR.md,
+/// "Cluster and Sentinel".
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RedisDeployment {
+    /// One server at [`MirrorConfig::url`].
+    Single,
+    /// A Redis Cluster reached through any of these seed nodes
+    /// (`redis://host:port`; list every master so pub/sub can move to
+    /// another node when one is lost).
+    Cluster {
+        /// Seed URLs.
+        nodes: Vec<String>,
+    },
+    /// The master that these sentinels name `master_name`, followed
+    /// across failovers.
+    Sentinel {
+        /// Sentinel URLs (`redis://host:26379`).
+        sentinels: Vec<String>,
+        /// The monitored master's name (`sentinel monitor <name> ...`).
+        master_name: String,
+    },
+}
+
+/// Settings of the Redis mirror. Every field has a default; only where
+/// Redis is (a URL, cluster nodes or sentinels) is required. See
+/// docs/MIRROR.md.
 ///
 /// ```
 /// use embercache::MirrorConfig;
@@ -13,13 +38,22 @@ use std::time::Duration;
 ///     .key_prefix("bot:")
 ///     .command_timeout(Duration::from_millis(500));
 /// assert_eq!(cfg.key_prefix, "bot:");
+/// // A cluster, or a master behind Sentinel:
+/// let c = MirrorConfig::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
+/// let s = MirrorConfig::sentinel(["redis://10.0.0.1:26379"], "cache");
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MirrorConfig {
-    /// `redis://[user:pass@]host:port/db` (or `rediss://`).
+    /// `redis://[user:pass@]host:port/db` (or `rediss://`) of a `Single`
+    /// deployment; for a cluster or Sentinel the first node, for logs.
     /// Env: `EMBERCACHE_REDIS_URL`.
     pub url: String,
+    /// Single server (default), Cluster or Sentinel.
+    /// Env: `EMBERCACHE_REDIS_CLUSTER` (comma-separated node URLs), or
+    /// `EMBERCACHE_REDIS_SENTINEL` (comma-separated sentinel URLs) with
+    /// `EMBERCACHE_REDIS_SENTINEL_MASTER`.
+    pub deployment: RedisDeployment,
     /// Prefix of every key the mirror writes, so several caches (or other
     /// programs) can share one Redis. Default: `"embercache:"`.
     /// Env: `EMBERCACHE_REDIS_PREFIX`.
@@ -64,6 +98,7 @@ impl MirrorConfig {
     pub fn new(url: impl Into<String>) -> Self {
         MirrorConfig {
             url: url.into(),
+            deployment: RedisDeployment::Single,
             key_prefix: "embercache:".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(2),
@@ -84,18 +119,65 @@ impl MirrorConfig {
         }
     }
 
-    /// The settings from `EMBERCACHE_REDIS_URL` (required; `None` when
-    /// unset or empty) and the optional `EMBERCACHE_REDIS_*` variables
-    /// documented on each field. Unparsable durations are ignored with a
-    /// warning.
+    /// Default settings for a Redis Cluster reached through `nodes` (seed
+    /// URLs; any subset of the cluster works, all masters is best).
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let mut c = MirrorConfig::new(nodes.first().cloned().unwrap_or_default());
+        c.deployment = RedisDeployment::Cluster { nodes };
+        c
+    }
+
+    /// Default settings for the master that `sentinels` monitor under
+    /// `master_name`; the mirror asks them again on every reconnect, so it
+    /// follows failovers.
+    pub fn sentinel<S: Into<String>>(
+        sentinels: impl IntoIterator<Item = S>,
+        master_name: impl Into<String>,
+    ) -> Self {
+        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let mut c = MirrorConfig::new(sentinels.first().cloned().unwrap_or_default());
+        c.deployment = RedisDeployment::Sentinel {
+            sentinels,
+            master_name: master_name.into(),
+        };
+        c
+    }
+
+    /// The settings from `EMBERCACHE_REDIS_URL`, or `EMBERCACHE_REDIS_CLUSTER`,
+    /// or `EMBERCACHE_REDIS_SENTINEL` + `EMBERCACHE_REDIS_SENTINEL_MASTER`
+    /// (one is required; `None` when all are unset or empty; the cluster
+    /// wins over Sentinel, which wins over the URL) and the optional
+    /// `EMBERCACHE_REDIS_*` variables documented on each field. Unparsable
+    /// durations are ignored with a warning.
     pub fn from_env() -> Option<Self> {
         Self::from_vars(|k| std::env::var(k).ok())
     }
 
     /// Like [`MirrorConfig::from_env`] with any variable source.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
-        let url = var("EMBERCACHE_REDIS_URL").filter(|u| !u.is_empty())?;
-        let mut c = MirrorConfig::new(url);
+        let list = |name: &str| {
+            var(name).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut c = if let Some(nodes) = list("EMBERCACHE_REDIS_CLUSTER").filter(|n| !n.is_empty())
+        {
+            MirrorConfig::cluster(nodes)
+        } else if let Some(sentinels) = list("EMBERCACHE_REDIS_SENTINEL").filter(|n| !n.is_empty())
+        {
+            // A missing master name is reported by `validate()` at open.
+            MirrorConfig::sentinel(
+                sentinels,
+                var("EMBERCACHE_REDIS_SENTINEL_MASTER").unwrap_or_default(),
+            )
+        } else {
+            MirrorConfig::new(var("EMBERCACHE_REDIS_URL").filter(|u| !u.is_empty())?)
+        };
         if let Some(p) = var("EMBERCACHE_REDIS_PREFIX") {
             c.key_prefix = p;
         }
@@ -179,11 +261,47 @@ impl MirrorConfig {
 
     /// Checks the settings; the error names the setting.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Err(e) = redis::Client::open(self.url.as_str()) {
-            return Err((
-                "redis.url",
-                format!("{:?} is not a Redis URL: {e}", self.url),
-            ));
+        let check = |setting: &'static str, url: &str| match redis::Client::open(url) {
+            Ok(_) => Ok(()),
+            Err(e) => Err((
+                setting,
+                format!("{url:?} is not a Redis URL (redis://host:port): {e}"),
+            )),
+        };
+        match &self.deployment {
+            RedisDeployment::Single => check("redis.url", &self.url)?,
+            RedisDeployment::Cluster { nodes } => {
+                if nodes.is_empty() {
+                    return Err((
+                        "redis.cluster",
+                        "needs at least one node URL (EMBERCACHE_REDIS_CLUSTER=redis://h1:7000,redis://h2:7000)".into(),
+                    ));
+                }
+                for n in nodes {
+                    check("redis.cluster", n)?;
+                }
+            }
+            RedisDeployment::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                if sentinels.is_empty() {
+                    return Err((
+                        "redis.sentinel",
+                        "needs at least one sentinel URL (EMBERCACHE_REDIS_SENTINEL=redis://h1:26379)".into(),
+                    ));
+                }
+                for n in sentinels {
+                    check("redis.sentinel", n)?;
+                }
+                if master_name.is_empty() {
+                    return Err((
+                        "redis.sentinel_master",
+                        "names the master the sentinels monitor (EMBERCACHE_REDIS_SENTINEL_MASTER)"
+                            .into(),
+                    ));
+                }
+            }
         }
         if self.key_prefix.is_empty() {
             return Err((
@@ -243,6 +361,57 @@ mod tests {
         assert_eq!(
             MirrorConfig::new("nope").validate().unwrap_err().0,
             "redis.url"
+        );
+    }
+
+    #[test]
+    fn cluster_and_sentinel_from_env_and_validated() {
+        let c = MirrorConfig::from_vars(|k| match k {
+            "EMBERCACHE_REDIS_CLUSTER" => {
+                Some("redis://127.0.0.1:7000, redis://127.0.0.1:7001".into())
+            }
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.deployment,
+            RedisDeployment::Cluster {
+                nodes: vec![
+                    "redis://127.0.0.1:7000".into(),
+                    "redis://127.0.0.1:7001".into()
+                ]
+            }
+        );
+        c.validate().unwrap();
+        let s = MirrorConfig::from_vars(|k| match k {
+            "EMBERCACHE_REDIS_SENTINEL" => Some("redis://127.0.0.1:26379".into()),
+            "EMBERCACHE_REDIS_SENTINEL_MASTER" => Some("cache".into()),
+            _ => None,
+        })
+        .unwrap();
+        s.validate().unwrap();
+        // A missing master name or an empty node list names the setting.
+        let no_master = MirrorConfig::from_vars(|k| match k {
+            "EMBERCACHE_REDIS_SENTINEL" => Some("redis://127.0.0.1:26379".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(no_master.validate().unwrap_err().0, "redis.sentinel_master");
+        let empty: [&str; 0] = [];
+        assert_eq!(
+            MirrorConfig::cluster(empty).validate().unwrap_err().0,
+            "redis.cluster"
+        );
+        assert_eq!(
+            MirrorConfig::cluster(["redis://ok:1", "bad"])
+                .validate()
+                .unwrap_err()
+                .0,
+            "redis.cluster"
+        );
+        assert_eq!(
+            MirrorConfig::sentinel(empty, "m").validate().unwrap_err().0,
+            "redis.sentinel"
         );
     }
 }

@@ -6,6 +6,7 @@
 //! if needed, then one batch or check). Rows leave the outbox only after
 //! Redis answered the batch that carried them.
 
+use super::conn::Conn;
 use super::{Inner, MSG_DELETE, MSG_EPOCH, Message, count_error};
 use crate::engine::Shared;
 use crate::load::CallOutcome;
@@ -15,8 +16,7 @@ use crate::store::record::decode_header_verified;
 use crate::store::tables::ENTRIES;
 use crate::store::writer::Op;
 use redb::ReadableDatabase;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult, Value};
+use redis::{RedisError, RedisResult, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,15 +45,10 @@ pub(crate) fn instance_id(sh: &Shared) -> u64 {
     id
 }
 
-/// Opens a multiplexed connection with the configured timeouts.
-pub(crate) async fn connect(inner: &Inner) -> RedisResult<MultiplexedConnection> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(inner.cfg.connect_timeout))
-        .set_response_timeout(Some(inner.cfg.command_timeout));
-    inner
-        .client
-        .get_multiplexed_async_connection_with_config(&cfg)
-        .await
+/// Opens a connection (single server, cluster or Sentinel master) with
+/// the configured timeouts.
+pub(crate) async fn connect(inner: &Inner) -> RedisResult<Conn> {
+    inner.target.connect(&inner.cfg).await
 }
 
 fn timeout_error() -> RedisError {
@@ -91,24 +86,23 @@ pub(crate) fn push_write(
         .arg(until);
 }
 
-/// Runs a pipeline of script calls, loading the script once on NOSCRIPT.
+/// Runs a pipeline of script calls, loading the script once on NOSCRIPT
+/// (on every node of a cluster: a master restarted empty has lost it).
 /// Returns one `(applied, stored version)` per call; a server error in any
 /// call fails the batch (nothing is acknowledged).
 pub(crate) async fn run_writes(
     inner: &Inner,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     pipe: &redis::Pipeline,
 ) -> RedisResult<Vec<(bool, u64)>> {
-    // Per-call errors come back as values, so NOSCRIPT can be told apart.
-    let mut pipe = pipe.clone();
-    pipe.ignore_errors();
     for attempt in 0..2 {
-        let vals: Vec<Value> = pipe.query_async(conn).await?;
+        // Per-call errors come back as values, so NOSCRIPT can be told apart.
+        let vals: Vec<Value> = conn.run(pipe).await?;
         let noscript = vals
             .iter()
             .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"));
         if noscript && attempt == 0 {
-            inner.script.load_async(conn).await?;
+            conn.load_script(&inner.script).await?;
             continue;
         }
         let mut out = Vec::with_capacity(vals.len());
@@ -180,7 +174,7 @@ pub(crate) fn local_page(
 
 /// The drain's connection and bookkeeping.
 struct Link {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     instance: u64,
     /// Set when Redis lost our data: push everything local.
     resync: Option<Resync>,
@@ -306,10 +300,14 @@ enum Step {
 }
 
 impl Link {
-    async fn conn(&mut self, inner: &Inner) -> RedisResult<&mut MultiplexedConnection> {
+    async fn conn(&mut self, inner: &Inner) -> RedisResult<&mut Conn> {
         if self.conn.is_none() {
             let c = connect(inner).await?;
             inner.counters.connected.store(1, Ordering::Relaxed);
+            if let Conn::Cluster(_) = &c {
+                // The read path shares it, so a read need not connect.
+                inner.cluster_read.lock().get_or_insert_with(|| c.clone());
+            }
             self.conn = Some(c);
             // A new connection may be to a restarted Redis: check first.
             self.last_check = None;
@@ -335,9 +333,10 @@ impl Link {
         }
     }
 
-    /// Compares Redis's run_id with the one our marker field names; a
-    /// mismatch (restart that lost data, FLUSHALL, a new Redis) starts a
-    /// resync. Also reports namespace heat for warm starts.
+    /// Compares Redis's run_id (every master's, for a cluster) with the one
+    /// our marker field names; a mismatch (restart that lost data, FLUSHALL,
+    /// a new Redis, a failover to a replica) starts a resync. Also reports
+    /// namespace heat for warm starts.
     async fn check(&mut self, inner: &Inner, sh: &Shared) -> RedisResult<()> {
         let instance = self.instance;
         let mut heat = Vec::new();
@@ -350,26 +349,24 @@ impl Link {
             }
         }
         let conn = self.conn(inner).await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("server");
-        pipe.cmd("HGET").arg(inner.keys.marker()).arg(instance);
-        for (ns, delta, _) in &heat {
-            pipe.cmd("ZINCRBY")
-                .arg(inner.keys.heat())
-                .arg(*delta)
-                .arg(ns)
-                .ignore();
+        let run_id = conn.run_ids().await?;
+        let mut hget = redis::cmd("HGET");
+        hget.arg(inner.keys.marker()).arg(instance);
+        let marker: Option<String> = conn.query(&hget).await?;
+        if !heat.is_empty() {
+            let mut pipe = redis::pipe();
+            for (ns, delta, _) in &heat {
+                pipe.cmd("ZINCRBY")
+                    .arg(inner.keys.heat())
+                    .arg(*delta)
+                    .arg(ns);
+            }
+            conn.run(&pipe).await?;
         }
-        let (info, marker): (String, Option<String>) = pipe.query_async(conn).await?;
         for (ns, _, total) in heat {
             self.heat_sent.insert(ns, total);
         }
         self.last_check = Some(Instant::now());
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
         if marker.as_deref() != Some(run_id.as_str())
             && self.resync.as_ref().is_none_or(|r| r.run_id != run_id)
         {
@@ -493,12 +490,9 @@ impl Link {
         } else {
             let run_id = rs.run_id.clone();
             let conn = self.conn(inner).await?;
-            redis::cmd("HSET")
-                .arg(inner.keys.marker())
-                .arg(instance)
-                .arg(&run_id)
-                .exec_async(conn)
-                .await?;
+            let mut hset = redis::cmd("HSET");
+            hset.arg(inner.keys.marker()).arg(instance).arg(&run_id);
+            conn.query::<()>(&hset).await?;
             self.resync = None;
             tracing::info!(run_id = %run_id, "mirror: resync done");
         }

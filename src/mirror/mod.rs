@@ -8,9 +8,11 @@
 //! checks, resync), `read.rs` (read-through on a miss), `warm.rs` (warm
 //! start by SCAN), `pubsub.rs` (invalidations across instances and the
 //! reconciliation after a lost subscription), `script.lua` (the versioned
-//! write). Everything runs on one thread, `embercache-mirror`, with its own
-//! current-thread tokio runtime; the read path uses blocking connections
-//! from the caller's thread.
+//! write), `conn.rs` (one server, a Redis Cluster or a Sentinel master
+//! behind one connection type). Everything runs on one thread,
+//! `embercache-mirror`, with its own current-thread tokio runtime; the
+//! read path uses blocking connections from the caller's thread (for a
+//! cluster it hands the lookup to that runtime and waits for it).
 //!
 //! Redis layout under the prefix `P` (binary-safe; namespace names hold no
 //! control characters, so `\0` separates them):
@@ -19,18 +21,20 @@
 //! P d\0<ns>\0<key>  hash  v = version, r = record        (PX = remaining TTL)
 //!                         v = version, d = 1  (tombstone, PX = tombstone_ttl)
 //! P e\0<ns>         string  the namespace's epoch (highest wins)
-//! P marker          string  the run_id of the Redis we last resynced to
+//! P marker          hash    per instance: the run_id of the Redis we last
+//!                           resynced to (a cluster: every master's, sorted)
 //! P heat            zset    namespace → reads, for warm-start order
 //! P inv             channel deletes and epoch bumps (see `Message`)
 //! ```
 
 mod config;
+mod conn;
 mod drain;
 mod pubsub;
 mod read;
 mod warm;
 
-pub use config::MirrorConfig;
+pub use config::{MirrorConfig, RedisDeployment};
 
 use crate::cache::Cache;
 use crate::engine::Shared;
@@ -183,7 +187,8 @@ pub(crate) struct Counters {
 pub(crate) struct Inner {
     pub cfg: MirrorConfig,
     pub keys: Keys,
-    pub client: redis::Client,
+    /// Where Redis is: one server, a cluster, or Sentinel (see conn.rs).
+    pub target: conn::Target,
     pub breaker: CircuitBreaker,
     /// The persisted id of this cache directory: its field in the marker
     /// hash and the origin of its pub/sub messages (ours are ignored).
@@ -195,8 +200,13 @@ pub(crate) struct Inner {
     pub latency: Histogram,
     /// Since when the outbox has been non-empty (mirror lag).
     pub lag_since: Mutex<Option<Instant>>,
-    /// Blocking connections for the read path.
-    pub read_pool: Mutex<Vec<redis::Connection>>,
+    /// Blocking connections for the read path (single server or Sentinel
+    /// master), with the generation of the master they were opened to.
+    pub read_pool: Mutex<Vec<(u64, redis::Connection)>>,
+    /// The mirror's runtime: a cluster's read-through runs on it.
+    pub runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// The cluster connection the read path shares (cheap clones).
+    pub cluster_read: Mutex<Option<conn::Conn>>,
     pub script: redis::Script,
 }
 
@@ -228,7 +238,7 @@ pub(crate) struct Mirror {
 impl Mirror {
     /// Starts the mirror for `sh` (whose outbox is on).
     pub(crate) fn start(sh: Arc<Shared>, cfg: MirrorConfig) -> std::io::Result<Mirror> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(std::io::Error::other)?;
+        let target = conn::Target::new(&cfg).map_err(std::io::Error::other)?;
         let breaker =
             CircuitBreaker::new("redis", cfg.breaker.clone()).map_err(std::io::Error::other)?;
         let origin = drain::instance_id(&sh);
@@ -236,7 +246,7 @@ impl Mirror {
             keys: Keys {
                 prefix: cfg.key_prefix.as_bytes().to_vec(),
             },
-            client,
+            target,
             breaker,
             origin,
             stop: AtomicBool::new(false),
@@ -245,6 +255,8 @@ impl Mirror {
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             lag_since: Mutex::new(None),
             read_pool: Mutex::new(Vec::new()),
+            runtime: std::sync::OnceLock::new(),
+            cluster_read: Mutex::new(None),
             script: redis::Script::new(SCRIPT),
             cfg,
         });
@@ -269,6 +281,7 @@ impl Mirror {
                         return;
                     }
                 };
+                let _ = i2.runtime.set(rt.handle().clone());
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
                     tasks.push(tokio::spawn(drain::run(i2.clone(), sh.clone())));

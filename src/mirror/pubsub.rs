@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
     let c = &inner.counters;
+    // Which node a cluster subscription uses: the next one after a loss.
+    let mut attempt = 0usize;
     loop {
         if inner.stopping() {
             return;
@@ -43,7 +45,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
         let sub = tokio::time::timeout(
             inner.cfg.connect_timeout + inner.cfg.command_timeout,
             async {
-                let mut ps = inner.client.get_async_pubsub().await?;
+                let mut ps = inner.target.pubsub(attempt).await?;
                 ps.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(ps)
             },
@@ -57,6 +59,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             }
             _ => {
                 permit.record(CallOutcome::Failure, took, sh.time.now_ms());
+                attempt += 1;
                 inner.pause(Duration::from_millis(200)).await;
                 continue;
             }
@@ -72,6 +75,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
                 Err(_) => continue,
                 Ok(None) => {
                     tracing::info!("mirror: pub/sub connection lost; will reconcile on reconnect");
+                    attempt += 1;
                     break;
                 }
                 Ok(Some(msg)) => {
@@ -112,15 +116,10 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
     let names: Vec<String> = sh.ns.all().iter().map(|n| n.name.to_string()).collect();
     if !names.is_empty() {
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for n in &names {
             pipe.cmd("GET").arg(inner.keys.epoch(n));
         }
-        let Some(vals) = guarded(inner, sh, &mut conn, async |c| {
-            pipe.query_async::<Vec<Value>>(c).await
-        })
-        .await
-        else {
+        let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await else {
             return;
         };
         for (n, v) in names.iter().zip(&vals) {
@@ -153,7 +152,6 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
             .collect();
         if !live.is_empty() {
             let mut pipe = redis::pipe();
-            pipe.ignore_errors();
             for (n, k, _) in &live {
                 pipe.cmd("HMGET")
                     .arg(inner.keys.data(n, k))
@@ -161,10 +159,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
                     .arg("r")
                     .arg("d");
             }
-            let Some(vals) = guarded(inner, sh, &mut conn, async |c| {
-                pipe.query_async::<Vec<Value>>(c).await
-            })
-            .await
+            let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await
             else {
                 return;
             };

@@ -123,22 +123,7 @@ pub(crate) fn apply_remote(
 impl ReadThrough {
     fn lookup(&self, ns: &str, keys: &[&[u8]]) -> RedisResult<Vec<Value>> {
         let inner = &self.0;
-        let pooled = inner.read_pool.lock().pop();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                let t = inner
-                    .cfg
-                    .connect_timeout
-                    .min(inner.cfg.read_timeout.max(Duration::from_millis(50)));
-                let c = inner.client.get_connection_with_timeout(t)?;
-                c.set_read_timeout(Some(inner.cfg.read_timeout))?;
-                c.set_write_timeout(Some(inner.cfg.read_timeout))?;
-                c
-            }
-        };
         let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         for k in keys {
             pipe.cmd("HMGET")
                 .arg(inner.keys.data(ns, k))
@@ -147,12 +132,98 @@ impl ReadThrough {
                 .arg("d");
         }
         pipe.cmd("GET").arg(inner.keys.epoch(ns));
+        match inner.target.blocking_client() {
+            Some((generation, client)) => self.blocking(generation, &client, pipe),
+            None => self.on_runtime(pipe),
+        }
+    }
+
+    /// A single server or the Sentinel master: a pooled blocking
+    /// connection on the caller's thread, one round trip.
+    fn blocking(
+        &self,
+        generation: u64,
+        client: &redis::Client,
+        mut pipe: redis::Pipeline,
+    ) -> RedisResult<Vec<Value>> {
+        let inner = &self.0;
+        // Connections opened to an older Sentinel master are dropped.
+        let pooled = {
+            let mut pool = inner.read_pool.lock();
+            pool.retain(|(g, _)| *g == generation);
+            pool.pop()
+        };
+        let mut conn = match pooled {
+            Some((_, c)) => c,
+            None => {
+                let t = inner
+                    .cfg
+                    .connect_timeout
+                    .min(inner.cfg.read_timeout.max(Duration::from_millis(50)));
+                let c = client.get_connection_with_timeout(t)?;
+                c.set_read_timeout(Some(inner.cfg.read_timeout))?;
+                c.set_write_timeout(Some(inner.cfg.read_timeout))?;
+                c
+            }
+        };
+        pipe.ignore_errors();
         let vals: Vec<Value> = pipe.query(&mut conn)?;
         let mut pool = inner.read_pool.lock();
         if pool.len() < 8 {
-            pool.push(conn);
+            pool.push((generation, conn));
         }
         Ok(vals)
+    }
+
+    /// A cluster: the keys live on several masters, so the lookup runs on
+    /// the mirror's runtime over the shared cluster connection (which
+    /// routes each command to its slot's master) while the caller waits
+    /// at most `read_timeout`.
+    fn on_runtime(&self, pipe: redis::Pipeline) -> RedisResult<Vec<Value>> {
+        let inner = self.0.clone();
+        let timeout = inner.cfg.read_timeout;
+        let timed_out = || -> redis::RedisError {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "read-through timed out",
+            ))
+        };
+        let Some(rt) = inner.runtime.get().cloned() else {
+            return Err(timed_out());
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            // Connecting may outlast this caller's wait; it goes on (bounded
+            // by the connect and command timeouts) so the next read finds
+            // the connection ready.
+            let cached = inner.cluster_read.lock().clone();
+            let conn = match cached {
+                Some(c) => Ok(c),
+                None => {
+                    let limit = inner.cfg.connect_timeout + inner.cfg.command_timeout;
+                    match tokio::time::timeout(limit, super::drain::connect(&inner)).await {
+                        Ok(Ok(c)) => {
+                            *inner.cluster_read.lock() = Some(c.clone());
+                            Ok(c)
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(timed_out()),
+                    }
+                }
+            };
+            let r = match conn {
+                Ok(mut c) => tokio::time::timeout(timeout, c.run(&pipe))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out())),
+                Err(e) => Err(e),
+            };
+            if r.is_err() {
+                *inner.cluster_read.lock() = None;
+            }
+            let _ = tx.send(r);
+        });
+        rx.recv_timeout(timeout + Duration::from_millis(50))
+            .unwrap_or_else(|_| Err(timed_out()))
     }
 }
 
@@ -162,6 +233,11 @@ impl ReadMiss for ReadThrough {
         let c = &inner.counters;
         let mut out = vec![None; keys.len()];
         if inner.stopping() || keys.is_empty() {
+            return out;
+        }
+        if !inner.target.ready_for_reads() {
+            // Sentinel has not named a master yet: nothing to ask.
+            add(&c.read_skipped, keys.len() as u64);
             return out;
         }
         let permit = match inner.breaker.try_acquire(sh.time.now_ms()) {

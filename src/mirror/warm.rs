@@ -4,12 +4,12 @@
 //! work meanwhile (a miss reads through to Redis). Progress is in
 //! `MirrorStats::warm_*`.
 
+use super::conn::Conn;
 use super::read::{apply_remote, parse_entry};
 use super::{Inner, count_error};
 use crate::engine::Shared;
 use crate::load::CallOutcome;
 use crate::stats::add;
-use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 pub(crate) async fn guarded<T>(
     inner: &Inner,
     sh: &Shared,
-    conn: &mut Option<MultiplexedConnection>,
-    f: impl AsyncFnOnce(&mut MultiplexedConnection) -> RedisResult<T>,
+    conn: &mut Option<Conn>,
+    f: impl AsyncFnOnce(&mut Conn) -> RedisResult<T>,
 ) -> Option<T> {
     let permit = match inner.breaker.try_acquire(sh.time.now_ms()) {
         Ok(p) => p,
@@ -75,12 +75,9 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             return;
         }
         let r = guarded(&inner, &sh, &mut conn, async |c| {
-            redis::cmd("ZREVRANGE")
-                .arg(&heat_key)
-                .arg(0)
-                .arg(-1)
-                .query_async(c)
-                .await
+            let mut cmd = redis::cmd("ZREVRANGE");
+            cmd.arg(&heat_key).arg(0).arg(-1);
+            c.query(&cmd).await
         })
         .await;
         if let Some(o) = r {
@@ -88,43 +85,47 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
         }
     };
     tracing::info!(namespaces = ?order, "mirror: warming from Redis");
+    // Every master of a cluster holds part of the keys: SCAN each.
+    let nodes = loop {
+        if inner.stopping() {
+            return;
+        }
+        if let Some(n) = guarded(&inner, &sh, &mut conn, async |c| c.scan_nodes().await).await {
+            break n;
+        }
+    };
     let mut done: HashSet<String> = HashSet::new();
     for ns in order.iter().map(|s| Some(s.as_str())).chain([None]) {
         let pattern = inner.keys.data_pattern(ns);
-        let mut cursor: u64 = 0;
-        loop {
-            if inner.stopping() {
-                return;
-            }
-            let pat = pattern.clone();
-            let Some((next, keys)) = guarded(&inner, &sh, &mut conn, async |c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pat)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async::<(u64, Vec<Vec<u8>>)>(c)
-                    .await
-            })
-            .await
-            else {
-                continue;
-            };
-            add(&c.warm_scanned, keys.len() as u64);
-            let wanted: Vec<(String, Vec<u8>)> = keys
-                .iter()
-                .filter_map(|k| inner.keys.parse_data(k))
-                .filter(|(n, _)| ns.is_some() || !done.contains(*n))
-                .map(|(n, k)| (n.to_string(), k.to_vec()))
-                .collect();
-            if !wanted.is_empty() && !load(&inner, &sh, &mut conn, &wanted).await {
-                // Failed batch: scan this cursor again.
-                continue;
-            }
-            cursor = next;
-            if cursor == 0 {
-                break;
+        for node in &nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                if inner.stopping() {
+                    return;
+                }
+                let pat = pattern.clone();
+                let Some((next, keys)) = guarded(&inner, &sh, &mut conn, async |c| {
+                    c.scan(node, cursor, &pat, 500).await
+                })
+                .await
+                else {
+                    continue;
+                };
+                add(&c.warm_scanned, keys.len() as u64);
+                let wanted: Vec<(String, Vec<u8>)> = keys
+                    .iter()
+                    .filter_map(|k| inner.keys.parse_data(k))
+                    .filter(|(n, _)| ns.is_some() || !done.contains(*n))
+                    .map(|(n, k)| (n.to_string(), k.to_vec()))
+                    .collect();
+                if !wanted.is_empty() && !load(&inner, &sh, &mut conn, &wanted).await {
+                    // Failed batch: scan this cursor again.
+                    continue;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
         }
         if let Some(ns) = ns {
@@ -142,7 +143,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
 async fn load(
     inner: &Inner,
     sh: &Shared,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<Conn>,
     wanted: &[(String, Vec<u8>)],
 ) -> bool {
     let namespaces: Vec<String> = wanted
@@ -152,7 +153,6 @@ async fn load(
         .into_iter()
         .collect();
     let mut pipe = redis::pipe();
-    pipe.ignore_errors();
     for n in &namespaces {
         pipe.cmd("GET").arg(inner.keys.epoch(n));
     }
@@ -163,11 +163,7 @@ async fn load(
             .arg("r")
             .arg("d");
     }
-    let Some(vals) = guarded(inner, sh, conn, async |c| {
-        pipe.query_async::<Vec<Value>>(c).await
-    })
-    .await
-    else {
+    let Some(vals) = guarded(inner, sh, conn, async |c| c.run(&pipe).await).await else {
         return false;
     };
     if vals.len() != namespaces.len() + wanted.len() {
