@@ -778,3 +778,46 @@ fn a_remote_fill_never_takes_another_keys_index_entry() {
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.index_entries, 2);
 }
+
+/// How fast the drain empties a full outbox (figures printed, not
+/// asserted): 20 000 writes made while Redis is down, then Redis is back.
+#[test]
+fn drain_throughput_after_an_outage() {
+    let mut redis = Redis::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = open(dir.path(), mirror_config(&redis.url()));
+    redis.stop("-KILL");
+    let keys: Vec<Vec<u8>> = (0..20_000).map(|i| format!("k{i}").into_bytes()).collect();
+    for k in &keys {
+        cache.set(NS, k, vec![b'x'; 100]).unwrap();
+    }
+    cache.flush().unwrap();
+    let rows = cache.mirror_stats().unwrap().outbox_rows;
+    let batches = cache.mirror_stats().unwrap().batches;
+    redis.restart();
+    // Timed from the first batch answered (the breaker's wait before it
+    // is not the drain's speed).
+    let up = Instant::now();
+    while cache.mirror_stats().unwrap().batches == batches {
+        assert!(up.elapsed() < Duration::from_secs(30), "no batch sent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start = Instant::now();
+    while cache.mirror_stats().unwrap().outbox_rows > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "outbox not drained"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    let s = cache.mirror_stats().unwrap();
+    eprintln!(
+        "drain: {rows} outbox rows delivered in {took:?} after the first batch ({:.0} rows/s; {} batches)",
+        rows as f64 / took.as_secs_f64(),
+        s.batches
+    );
+    let dbsize: u64 = redis::cmd("DBSIZE").query(&mut redis.conn()).unwrap();
+    assert!(dbsize >= keys.len() as u64);
+    cache.close().unwrap();
+}

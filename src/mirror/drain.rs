@@ -4,7 +4,9 @@
 //! Every Redis call goes through the breaker: while it is open nothing is
 //! sent except the half-open probes (a probe is one whole step: connect
 //! if needed, then one batch or check). Rows leave the outbox only after
-//! Redis answered the batch that carried them.
+//! Redis answered the batch that carried them. The acknowledgement of a
+//! batch (a writer commit) runs while the next batch is on the wire; the
+//! next peek skips the rows still being acknowledged.
 
 use super::conn::Conn;
 use super::{Inner, MSG_DELETE, MSG_EPOCH, Message, count_error};
@@ -17,7 +19,7 @@ use crate::store::tables::ENTRIES;
 use crate::store::writer::Op;
 use redb::ReadableDatabase;
 use redis::{RedisError, RedisResult, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -189,7 +191,31 @@ struct Resync {
     epochs_done: bool,
 }
 
+/// The acknowledgement of the last answered batch, committing in the
+/// writer while the next batch is on the wire. At most one at a time.
+struct InFlight {
+    /// Its rows' outbox positions: the next peek skips them.
+    seqs: HashSet<u64>,
+    done: tokio::task::JoinHandle<RedisResult<()>>,
+}
+
+/// Waits for the acknowledgement in flight, if any. A failed one leaves
+/// its rows in the outbox, to be sent again (the script makes that
+/// harmless); it pauses briefly so a failing writer is not raced.
+async fn settle(inner: &Inner, in_flight: &mut Option<InFlight>) {
+    let Some(f) = in_flight.take() else { return };
+    let r = match f.done.await {
+        Ok(r) => r,
+        Err(e) => Err(RedisError::from(std::io::Error::other(e.to_string()))),
+    };
+    if let Err(e) = r {
+        count_error(inner, "outbox ack", &e);
+        inner.pause(Duration::from_millis(50)).await;
+    }
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
+    let mut in_flight: Option<InFlight> = None;
     let mut link = Link {
         conn: None,
         instance: inner.origin,
@@ -208,7 +234,8 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
         }
         let peeked = {
             let sh = sh.clone();
-            let n = inner.cfg.batch;
+            // Room for the rows whose acknowledgement is still committing.
+            let n = inner.cfg.batch + in_flight.as_ref().map_or(0, |f| f.seqs.len());
             tokio::task::spawn_blocking(move || {
                 sh.db()
                     .map_err(|e| e.to_string())
@@ -216,7 +243,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             })
             .await
         };
-        let items = match peeked {
+        let mut items = match peeked {
             Ok(Ok(items)) => items,
             _ => {
                 // The warm tier is being reopened; try again shortly.
@@ -224,6 +251,16 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
                 continue;
             }
         };
+        if let Some(f) = &in_flight {
+            items.retain(|it| !f.seqs.contains(&it.seq));
+            items.truncate(inner.cfg.batch);
+            if items.is_empty() {
+                // Nothing beyond the rows being acknowledged: let that
+                // commit land before judging the outbox empty.
+                settle(&inner, &mut in_flight).await;
+                continue;
+            }
+        }
         {
             let mut lag = inner.lag_since.lock();
             if items.is_empty() {
@@ -274,7 +311,7 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
         let took = start.elapsed();
         inner.observe(took);
         let outcome = match &r {
-            Ok(()) => CallOutcome::Success,
+            Ok(_) => CallOutcome::Success,
             Err(e) => {
                 count_error(&inner, "redis call", e);
                 link.conn = None;
@@ -283,13 +320,30 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             }
         };
         permit.record(outcome, took, sh.time.now_ms());
-        if r.is_err() {
-            if inner.stopping() {
-                break;
+        match r {
+            Ok(Some(answered)) => {
+                // Pipelined acknowledgements: the previous batch's commit
+                // had this batch's round trip to finish; this batch's
+                // commit overlaps the next one. Acks go by version, so a
+                // row rewritten meanwhile stays.
+                settle(&inner, &mut in_flight).await;
+                let seqs = answered.iter().map(|i| i.seq).collect();
+                let sh = sh.clone();
+                in_flight = Some(InFlight {
+                    seqs,
+                    done: tokio::spawn(async move { ack(&sh, answered).await }),
+                });
             }
-            inner.pause(Duration::from_millis(20)).await;
+            Ok(None) => {}
+            Err(_) => {
+                if inner.stopping() {
+                    break;
+                }
+                inner.pause(Duration::from_millis(20)).await;
+            }
         }
     }
+    settle(&inner, &mut in_flight).await;
     inner.counters.connected.store(0, Ordering::Relaxed);
 }
 
@@ -315,21 +369,28 @@ impl Link {
         Ok(self.conn.as_mut().expect("just set"))
     }
 
-    async fn step(&mut self, inner: &Inner, sh: &Arc<Shared>, work: Step) -> RedisResult<()> {
+    /// One call to Redis; for a batch, the rows Redis answered (to be
+    /// acknowledged by the caller).
+    async fn step(
+        &mut self,
+        inner: &Inner,
+        sh: &Arc<Shared>,
+        work: Step,
+    ) -> RedisResult<Option<Vec<OutboxItem>>> {
         let fresh = self.conn.is_none();
         self.conn(inner).await?;
         if fresh || self.last_check.is_none() {
             self.check(inner, sh).await?;
         }
         match work {
-            Step::Batch(items) => self.batch(inner, sh, items).await,
+            Step::Batch(items) => self.batch(inner, sh, items).await.map(Some),
             Step::Check => {
                 if self.last_check.is_some() {
                     self.check(inner, sh).await?;
                 }
-                Ok(())
+                Ok(None)
             }
-            Step::Resync => self.resync_page(inner, sh).await,
+            Step::Resync => self.resync_page(inner, sh).await.map(|()| None),
         }
     }
 
@@ -499,13 +560,14 @@ impl Link {
         Ok(())
     }
 
-    /// Sends one outbox batch and acknowledges it once Redis answered.
+    /// Sends one outbox batch; returns its rows once Redis answered, for
+    /// the caller to acknowledge.
     async fn batch(
         &mut self,
         inner: &Inner,
         sh: &Arc<Shared>,
         items: Vec<OutboxItem>,
-    ) -> RedisResult<()> {
+    ) -> RedisResult<Vec<OutboxItem>> {
         let now = sh.time.now_ms();
         let tomb = inner.cfg.tombstone_ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
@@ -593,7 +655,7 @@ impl Link {
             }
             tally(inner, sh, &res);
         }
-        ack(sh, items).await
+        Ok(items)
     }
 }
 
