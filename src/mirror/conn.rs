@@ -43,7 +43,7 @@ pub(crate) enum Target {
 }
 
 /// Where a SCAN runs: the one server, or one master of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ScanNode {
     Any,
     Master { host: String, port: u16 },
@@ -82,10 +82,10 @@ impl Target {
     }
 
     /// The current master of a Sentinel deployment, asked of the sentinels.
-    async fn sentinel_master(&self) -> RedisResult<redis::Client> {
-        let Target::Sentinel { sentinel, master } = self else {
-            unreachable!("only called for Sentinel");
-        };
+    async fn sentinel_master(
+        sentinel: &tokio::sync::Mutex<SentinelClient>,
+        master: &parking_lot::Mutex<Option<(u64, redis::Client)>>,
+    ) -> RedisResult<redis::Client> {
         let client = sentinel.lock().await.async_get_client().await?;
         let mut m = master.lock();
         let changed = m.as_ref().is_none_or(|(_, c)| {
@@ -130,8 +130,8 @@ impl Target {
                     .await?,
             ),
             Target::Cluster { client, .. } => Conn::Cluster(client.get_async_connection().await?),
-            Target::Sentinel { .. } => Conn::Single(
-                self.sentinel_master()
+            Target::Sentinel { sentinel, master } => Conn::Single(
+                Self::sentinel_master(sentinel, master)
                     .await?
                     .get_multiplexed_async_connection_with_config(&acfg)
                     .await?,
@@ -145,7 +145,12 @@ impl Target {
         match self {
             Target::Single(c) => c.get_async_pubsub().await,
             Target::Cluster { seeds, .. } => seeds[attempt % seeds.len()].get_async_pubsub().await,
-            Target::Sentinel { .. } => self.sentinel_master().await?.get_async_pubsub().await,
+            Target::Sentinel { sentinel, master } => {
+                Self::sentinel_master(sentinel, master)
+                    .await?
+                    .get_async_pubsub()
+                    .await
+            }
         }
     }
 }
@@ -317,7 +322,7 @@ impl Conn {
             Conn::Cluster(_) => {
                 let mut nodes: Vec<ScanNode> =
                     self.infos().await?.into_iter().map(|(n, _)| n).collect();
-                nodes.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                nodes.sort();
                 Ok(nodes)
             }
         }
