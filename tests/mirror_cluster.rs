@@ -726,3 +726,89 @@ fn sentinel_failover_under_writes_converges() {
     assert!(s.resyncs > before.resyncs, "failover detected: {s:?}");
     cache.close().unwrap();
 }
+
+/// The node an instance is subscribed on is killed. An instance with
+/// other seeds moves its subscription to another node; one whose only
+/// seed is that node stays unsubscribed until it is back. A delete made
+/// meanwhile (on a key another master holds) must not stay served by
+/// either: the message, or the reconciliation after the gap (retried
+/// until every master answers), removes it.
+#[test]
+fn a_lost_subscription_moves_to_another_node_and_reconciles() {
+    let mut cluster = Cluster::start();
+    let urls = cluster.urls();
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    // A and C subscribe on node 0 (A's first seed, C's only one); B on node 2.
+    let a = open(da.path(), tune(MirrorConfig::cluster(urls.clone())));
+    let c = open(dc.path(), tune(MirrorConfig::cluster([urls[0].clone()])));
+    let mut rev = urls.clone();
+    rev.reverse();
+    let b = open(db.path(), tune(MirrorConfig::cluster(rev)));
+    let limit = Duration::from_secs(15);
+    for i in 0..30 {
+        b.set(NS, format!("k{i}").as_bytes(), format!("b{i}").into_bytes())
+            .unwrap();
+    }
+    // A and C hold every key locally (read through Redis).
+    wait_for("A and C read B's writes", limit, &mut || {
+        (0..30).all(|i| {
+            let k = format!("k{i}");
+            a.get(NS, k.as_bytes()).unwrap().is_some() && c.get(NS, k.as_bytes()).unwrap().is_some()
+        })
+    });
+    wait_for("all subscribed", limit, &mut || {
+        [&a, &b, &c]
+            .iter()
+            .all(|x| x.mirror_stats().unwrap().pubsub_connects == 1)
+    });
+    // A key that node 1 holds, so its delete reaches Redis while node 0 is down.
+    let on_node1: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}d*"))
+        .query(&mut cluster.nodes[1].conn())
+        .unwrap();
+    let victim = on_node1
+        .iter()
+        .find_map(|k| k.strip_prefix(format!("{PREFIX}d\0{NS}\0").as_bytes()))
+        .expect("a key on node 1")
+        .to_vec();
+    cluster.nodes[0].kill();
+    b.delete(NS, &victim).unwrap();
+    // A moves to another node while node 0 is still down.
+    wait_for("A resubscribed elsewhere", limit, &mut || {
+        a.mirror_stats().unwrap().pubsub_connects >= 2
+    });
+    // The delete reached Redis (node 1) while C could not be subscribed.
+    let mut n1 = cluster.nodes[1].conn();
+    let key = data_key(NS, &victim);
+    wait_for("the tombstone is in Redis", limit, &mut || {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg("d")
+            .query::<Option<String>>(&mut n1)
+            .is_ok_and(|d| d.is_some())
+    });
+    let c_before = c.mirror_stats().unwrap();
+    assert_eq!(c_before.pubsub_connects, 1, "C has nowhere else to go");
+    cluster.nodes[0].start();
+    cluster.wait_ok();
+    let t = wait_for("A and C drop the deleted key", limit, &mut || {
+        a.get(NS, &victim).unwrap().is_none() && c.get(NS, &victim).unwrap().is_none()
+    });
+    let (sa, sc) = (a.mirror_stats().unwrap(), c.mirror_stats().unwrap());
+    eprintln!(
+        "lost subscription: A moved to another node (connects {}), C waited for node 0 (connects {}, reconcile fixed {}); the delete was dropped by both {t:?} after node 0 was back",
+        sa.pubsub_connects, sc.pubsub_connects, sc.reconcile_fixed
+    );
+    assert!(sc.pubsub_connects >= 2, "{sc:?}");
+    assert!(
+        sc.reconcile_fixed >= 1,
+        "C caught the delete by reconciling: {sc:?}"
+    );
+    for x in [a, b, c] {
+        x.close().unwrap();
+    }
+}

@@ -9,8 +9,10 @@
 //! with Redis's (a higher one is adopted, hiding the older entries in all
 //! tiers), then every local entry is compared with Redis's version of it
 //! (a newer tombstone deletes it, a newer record replaces it). We
-//! subscribe before reconciling, so nothing falls between the two. While
-//! the breaker is open we do not subscribe at all.
+//! subscribe before reconciling, so nothing falls between the two. A
+//! reconciliation that fails (Redis, or one cluster master, unreachable)
+//! is retried while subscribed until it completes. While the breaker is
+//! open we do not subscribe at all.
 
 use super::read::{apply_remote, parse_entry};
 use super::warm::guarded;
@@ -66,10 +68,19 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
         };
         add(&c.pubsub_connects, 1);
         let mut stream = ps.into_on_message();
-        reconcile(&inner, &sh).await;
+        // Retried while subscribed until it completes: on a cluster the
+        // subscription can succeed while a master the reconciliation must
+        // read is down, and giving up until the next reconnect would keep
+        // serving what was deleted during the gap.
+        let mut reconciled = reconcile(&inner, &sh).await;
+        let mut last_try = Instant::now();
         loop {
             if inner.stopping() {
                 return;
+            }
+            if !reconciled && last_try.elapsed() >= Duration::from_millis(200) {
+                reconciled = reconcile(&inner, &sh).await;
+                last_try = Instant::now();
             }
             match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
                 Err(_) => continue,
@@ -110,8 +121,9 @@ fn apply_message(sh: &Shared, m: &Message) -> bool {
 }
 
 /// Catches up with what was missed while not subscribed (see module docs).
-/// Gives up quietly on a Redis failure; the next reconnect tries again.
-async fn reconcile(inner: &Inner, sh: &Shared) {
+/// False when a Redis call or a local read failed (the caller tries again
+/// from the start); true when done, or when the mirror stops.
+async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
     let mut conn = None;
     let names: Vec<String> = sh.ns.all().iter().map(|n| n.name.to_string()).collect();
     if !names.is_empty() {
@@ -120,7 +132,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
             pipe.cmd("GET").arg(inner.keys.epoch(n));
         }
         let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await else {
-            return;
+            return false;
         };
         for (n, v) in names.iter().zip(&vals) {
             if let Value::BulkString(b) = v
@@ -133,12 +145,14 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
     let mut after: Option<(String, Vec<u8>)> = None;
     loop {
         if inner.stopping() {
-            return;
+            return true;
         }
         let Ok(page) = super::drain::local_page(sh, after.as_ref(), inner.cfg.batch) else {
-            return;
+            return false;
         };
-        let Some(last) = page.last() else { return };
+        let Some(last) = page.last() else {
+            return true;
+        };
         after = Some((last.0.clone(), last.1.clone()));
         let full = page.len() >= inner.cfg.batch;
         let now = sh.time.now_ms();
@@ -161,7 +175,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
             }
             let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await
             else {
-                return;
+                return false;
             };
             for ((n, k, local), v) in live.iter().zip(&vals) {
                 let Ok(ns) = sh.ns.get(n) else { continue };
@@ -179,7 +193,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) {
             }
         }
         if !full {
-            return;
+            return true;
         }
     }
 }
