@@ -10,8 +10,10 @@
 //!   still one round trip per node). Every command of ours touches one key.
 //! - **Server identity.** Resync detection compares the `run_id` of the
 //!   server(s) holding our data with the one recorded in our marker. For a
-//!   cluster this is the sorted `run_id` of every master, so one master
-//!   restarted empty (or replaced by a replica) changes it.
+//!   cluster this is the sorted `run_id` of every slot owner named by
+//!   `CLUSTER SLOTS` (each asked by address; one that does not answer fails
+//!   the check rather than dropping out of it), so one master restarted
+//!   empty (or replaced by a replica) changes it.
 //! - **SCAN** visits every master of a cluster.
 //! - **Sentinel** asks the sentinels for the master on every new
 //!   connection, so after a failover the next reconnect reaches the new
@@ -184,6 +186,31 @@ fn per_command(e: &RedisError) -> bool {
         && e.code().is_some()
 }
 
+/// The master `(host, port)` of every slot range in a `CLUSTER SLOTS`
+/// reply: `[[start, end, [host, port, id, ...], replicas...], ...]`.
+fn slot_owners(v: &Value) -> Option<Vec<(String, u16)>> {
+    let Value::Array(ranges) = v else { return None };
+    ranges
+        .iter()
+        .map(|r| {
+            let Value::Array(r) = r else { return None };
+            let Value::Array(master) = r.get(2)? else {
+                return None;
+            };
+            let host = match master.first()? {
+                Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
+                Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let port = match master.get(1)? {
+                Value::Int(p) => u16::try_from(*p).ok()?,
+                _ => return None,
+            };
+            Some((host, port))
+        })
+        .collect()
+}
+
 impl Conn {
     /// Runs the commands of `pipe` (each touching at most one key) and
     /// returns one value per command; a server error that concerns one
@@ -259,35 +286,37 @@ impl Conn {
     }
 
     /// `INFO server` of every server that holds our data: one for a single
-    /// server, one per master of a cluster, as `(node, info)`.
+    /// server, one per master of a cluster, as `(node, info)`. The masters
+    /// are those `CLUSTER SLOTS` names as slot owners, each asked by
+    /// address: a master that does not answer fails the call, so a partial
+    /// view never passes for a changed data set.
     async fn infos(&mut self) -> RedisResult<Vec<(ScanNode, String)>> {
         let mut info = redis::cmd("INFO");
         info.arg("server");
         match self {
             Conn::Single(c) => Ok(vec![(ScanNode::Any, info.query_async(c).await?)]),
             Conn::Cluster(c) => {
+                let mut slots = redis::cmd("CLUSTER");
+                slots.arg("SLOTS");
                 let v = c
                     .route_command(
-                        info,
-                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                        slots,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
                     )
                     .await?;
-                let Value::Map(pairs) = v else {
-                    return Err(RedisError::from((
-                        redis::ErrorKind::Parse,
-                        "INFO of the masters: not a map",
-                    )));
-                };
-                let mut out = Vec::with_capacity(pairs.len());
-                for (addr, text) in pairs {
-                    let addr: String = redis::from_redis_value(addr)?;
-                    let text: String = redis::from_redis_value(text)?;
-                    let (host, port) = addr
-                        .rsplit_once(':')
-                        .and_then(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
-                        .ok_or_else(|| {
-                            RedisError::from((redis::ErrorKind::Parse, "node address"))
-                        })?;
+                let mut masters = slot_owners(&v).ok_or_else(|| {
+                    RedisError::from((redis::ErrorKind::Parse, "CLUSTER SLOTS reply"))
+                })?;
+                masters.sort();
+                masters.dedup();
+                let mut out = Vec::with_capacity(masters.len());
+                for (host, port) in masters {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port,
+                    });
+                    let text: String =
+                        redis::from_redis_value(c.route_command(info.clone(), route).await?)?;
                     out.push((ScanNode::Master { host, port }, text));
                 }
                 Ok(out)
@@ -361,5 +390,32 @@ impl Conn {
                 "a cluster SCAN needs a master",
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_owners_parse() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let range = |lo, hi, host: &str, port| {
+            Value::Array(vec![
+                Value::Int(lo),
+                Value::Int(hi),
+                Value::Array(vec![b(host), Value::Int(port), b("id")]),
+                Value::Array(vec![b("10.0.0.9"), Value::Int(7009), b("replica")]),
+            ])
+        };
+        let v = Value::Array(vec![
+            range(0, 5460, "10.0.0.1", 7000),
+            range(5461, 10922, "10.0.0.2", 7000),
+        ]);
+        assert_eq!(
+            slot_owners(&v),
+            Some(vec![("10.0.0.1".into(), 7000), ("10.0.0.2".into(), 7000)])
+        );
+        assert_eq!(slot_owners(&b("nope")), None);
     }
 }
