@@ -688,9 +688,50 @@ fn sentinel_failover_under_writes_converges() {
         &keys,
         Duration::from_secs(15),
     );
+    // The replica misses writes the master acknowledged: it is stopped
+    // (SIGSTOP) while a burst reaches the master and leaves the outbox,
+    // then the master dies before the replica can catch up.
+    let signal = |s: &Server, sig: &str| {
+        let pid = s.child.as_ref().expect("running").id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal(&replica, "-STOP");
+    write_for(Duration::from_millis(300), &mut rng, &cache, &keys);
+    wait_for(
+        "the burst left the outbox",
+        Duration::from_secs(10),
+        &mut || cache.mirror_stats().unwrap().outbox_rows == 0,
+    );
+    let acked: HashMap<Vec<u8>, u64> = Reader::Single(master.conn())
+        .remote(&keys)
+        .unwrap()
+        .into_iter()
+        .zip(&keys)
+        .filter_map(|(r, k)| Some((k.clone(), r?.0)))
+        .collect();
     let before = cache.mirror_stats().unwrap();
     master.kill();
     let down = Instant::now();
+    signal(&replica, "-CONT");
+    // What the replica holds of what the master had acknowledged.
+    let on_replica = query_retry("read the replica", || {
+        Reader::Single(replica.try_conn()?).remote(&keys)
+    });
+    let missed = keys
+        .iter()
+        .zip(&on_replica)
+        .filter(|(k, r)| {
+            acked
+                .get(*k)
+                .is_some_and(|v| r.as_ref().is_none_or(|r| r.0 < *v))
+        })
+        .count();
     // Writes go on while the sentinel notices and promotes the replica.
     let mut during = 0;
     while master_of(&sentinel) != Some(replica.port) {
@@ -724,11 +765,12 @@ fn sentinel_failover_under_writes_converges() {
     let local = cache.scan(NS, b"").unwrap().len();
     let in_redis = remote.iter().filter(|e| e.is_some()).count();
     eprintln!(
-        "sentinel failover: promoted {promoted:?} after SIGKILL; {during} writes meanwhile; converged {took:?} after the writes stopped ({:?} after the kill); resyncs {} -> {}; {local} live keys local, {in_redis} in the new master; 0 keys differ",
+        "sentinel failover: the replica missed {missed} keys the master had acknowledged; promoted {promoted:?} after SIGKILL; {during} writes meanwhile; converged {took:?} after the writes stopped ({:?} after the kill); resyncs {} -> {}; {local} live keys local, {in_redis} in the new master; 0 keys differ",
         down.elapsed(),
         before.resyncs,
         s.resyncs
     );
+    assert!(missed > 0, "the replica was meant to miss writes");
     assert!(s.resyncs > before.resyncs, "failover detected: {s:?}");
     cache.close().unwrap();
 }
