@@ -821,3 +821,59 @@ fn drain_throughput_after_an_outage() {
     assert!(dbsize >= keys.len() as u64);
     cache.close().unwrap();
 }
+
+/// Known gap (engine read path, not fixed here): after the local copy of a
+/// key expires, `get` answers from the expired hot copy (a miss) without
+/// asking Redis until the sweeper reclaims it (about a second), while
+/// `get_many` asks Redis and returns the newer value another instance
+/// wrote. Both should read through. Run with `--ignored` to see it.
+#[test]
+#[ignore = "known gap: get() does not read through past an expired hot copy (docs/MIRROR.md, Limits)"]
+fn get_reads_through_past_an_expired_local_copy_like_get_many() {
+    let redis = Redis::start(false);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = || mirror_config(&redis.url()).warm_start(false).pubsub(false);
+    let (a, b) = (open(da.path(), cfg()), open(db.path(), cfg()));
+    let ttl = Duration::from_millis(1500);
+    let start = Instant::now();
+    for k in [&b"k"[..], b"j"] {
+        a.set_with_ttl(NS, k, b"old".to_vec(), ttl).unwrap();
+    }
+    // B reads A's writes (learning their versions), then overwrites them.
+    while b.get(NS, b"k").unwrap().is_none() || b.get(NS, b"j").unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B never read A's writes"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for k in [&b"k"[..], b"j"] {
+        b.set(NS, k, b"new".to_vec()).unwrap();
+    }
+    let mut conn = redis.conn();
+    while !remote(&mut conn, &[b"k".to_vec(), b"j".to_vec()])
+        .iter()
+        .all(|e| e.as_ref().is_some_and(|e| e.1 == b"new"))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B's writes never reached Redis"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    while start.elapsed() < ttl + Duration::from_millis(100) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let many = a.get_many(NS, &[&b"j"[..]]).unwrap();
+    let one = a.get(NS, b"k").unwrap();
+    assert_eq!(
+        many[0].as_deref(),
+        Some(&b"new"[..]),
+        "get_many reads through"
+    );
+    assert_eq!(
+        one.as_deref(),
+        Some(&b"new"[..]),
+        "get should read through too"
+    );
+}
