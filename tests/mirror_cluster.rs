@@ -40,6 +40,8 @@ struct Server {
     /// Arguments after the port (and the config file for a sentinel).
     args: Vec<String>,
     config: Option<String>,
+    /// Its `requirepass`, put in `url()`.
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -50,12 +52,16 @@ impl Server {
             dir: tempfile::tempdir().expect("temp dir"),
             args: args.iter().map(|s| s.to_string()).collect(),
             config: None,
+            password: None,
             child: None,
         }
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     /// Starts (again) on the same port and directory, and waits for PING.
@@ -772,6 +778,180 @@ fn sentinel_failover_under_writes_converges() {
     );
     assert!(missed > 0, "the replica was meant to miss writes");
     assert!(s.resyncs > before.resyncs, "failover detected: {s:?}");
+    cache.close().unwrap();
+}
+
+/// Sentinel in front of a protected master: master and replica with
+/// `requirepass`/`masterauth`, a sentinel with `sentinel auth-pass` and a
+/// `requirepass` of its own (given in its URL). A wrong master password
+/// fails every call with a clear error and opens the breaker, no panic,
+/// nothing lost (the outbox keeps the writes); reopened with the right
+/// password (user `default`, db 2) the writes converge to the master's
+/// db 2.
+#[test]
+fn sentinel_with_a_protected_master() {
+    const PW: &str = "master-pw-51";
+    const SENTINEL_PW: &str = "sentinel-pw-73";
+    let first = Instant::now();
+    let mut master = Server::new(&[
+        "--requirepass",
+        PW,
+        "--masterauth",
+        PW,
+        // The replica syncs at once, not after the default 5 s wait.
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    master.password = Some(PW.into());
+    master.start();
+    let mut replica = Server::new(&[
+        "--replicaof",
+        "127.0.0.1",
+        &master.port.to_string(),
+        "--requirepass",
+        PW,
+        "--masterauth",
+        PW,
+    ]);
+    replica.password = Some(PW.into());
+    replica.start();
+    // Replicating means masterauth works; the sentinel then finds the
+    // replica at its first INFO of the master (which needs auth-pass).
+    wait_for("replica in sync", Duration::from_secs(10), &mut || {
+        replica
+            .info("replication")
+            .contains("master_link_status:up")
+    });
+    let mut sentinel = Server::new(&[]);
+    sentinel.password = Some(SENTINEL_PW.into());
+    sentinel.config = Some(format!(
+        "sentinel monitor pm 127.0.0.1 {} 1\n\
+         sentinel auth-pass pm {PW}\n\
+         requirepass {SENTINEL_PW}\n",
+        master.port
+    ));
+    sentinel.start();
+    wait_for(
+        "sentinel sees the replica",
+        Duration::from_secs(15),
+        &mut || sentinel.info("sentinel").contains("slaves=1"),
+    );
+    let keys = keys(100);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let dir = tempfile::tempdir().unwrap();
+    let setup = first.elapsed();
+    let start = Instant::now();
+
+    // A wrong password: every call fails on login, the breaker opens.
+    let wrong = tune(MirrorConfig::sentinel([sentinel.url()], "pm"))
+        .sentinel_master_db(2)
+        .sentinel_master_password("not-the-password");
+    let cache = open(dir.path(), wrong);
+    for _ in 0..200 {
+        write(&mut rng, &cache, &keys);
+    }
+    wait_for("the breaker opens", Duration::from_secs(10), &mut || {
+        cache.mirror_stats().unwrap().breaker_transitions > 0
+    });
+    let s = cache.mirror_stats().unwrap();
+    let err = s.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("AuthenticationFailed") && err.contains("check the password"),
+        "a clear error: {s:?}"
+    );
+    assert!(!s.connected && s.applied == 0 && s.outbox_rows > 0, "{s:?}");
+    let local = cache.scan(NS, b"").unwrap().len();
+    assert!(local > 0);
+    cache.close().unwrap();
+    eprintln!(
+        "protected sentinel: wrong password seen in {:?}: {err}",
+        start.elapsed()
+    );
+
+    // The sentinel's own password missing from its URL: the same.
+    let bare = format!("redis://127.0.0.1:{}/", sentinel.port);
+    let other = tempfile::tempdir().unwrap();
+    let no_sentinel_pw = open(
+        other.path(),
+        tune(MirrorConfig::sentinel([bare], "pm")).sentinel_master_password(PW),
+    );
+    no_sentinel_pw.set(NS, b"k", b"v".to_vec()).unwrap();
+    wait_for("a login error", Duration::from_secs(10), &mut || {
+        no_sentinel_pw
+            .mirror_stats()
+            .unwrap()
+            .last_error
+            .is_some_and(|e| e.contains("check the password"))
+    });
+    let s = no_sentinel_pw.mirror_stats().unwrap();
+    assert!(s.applied == 0 && s.outbox_rows == 1, "{s:?}");
+    eprintln!(
+        "protected sentinel, no sentinel password: {}",
+        s.last_error.unwrap_or_default()
+    );
+    no_sentinel_pw.close().unwrap();
+
+    // The right one (as user `default`, which requirepass protects).
+    let right = tune(MirrorConfig::sentinel([sentinel.url()], "pm"))
+        .sentinel_master_db(2)
+        .sentinel_master_username("default")
+        .sentinel_master_password(PW);
+    let shown = format!("{right:?}");
+    assert!(
+        !shown.contains(PW) && !shown.contains(SENTINEL_PW),
+        "{shown}"
+    );
+    let cache = open(dir.path(), right);
+    for _ in 0..200 {
+        write(&mut rng, &cache, &keys);
+    }
+    let db2 = format!("redis://:{PW}@127.0.0.1:{}/2", master.port);
+    let took = converge(
+        &cache,
+        &mut || {
+            Ok(Reader::Single(
+                redis::Client::open(db2.as_str())?.get_connection()?,
+            ))
+        },
+        &keys,
+        Duration::from_secs(15),
+    );
+    let s = cache.mirror_stats().unwrap();
+    assert!(s.connected && s.applied > 0, "{s:?}");
+    // Nothing of ours in db 0.
+    let in_db0: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}*"))
+        .query(&mut master.conn())
+        .unwrap();
+    assert!(in_db0.is_empty(), "{} keys in db 0", in_db0.len());
+    // A miss reads through from the protected master.
+    let other = tempfile::tempdir().unwrap();
+    let reader = open(
+        other.path(),
+        tune(MirrorConfig::sentinel([sentinel.url()], "pm"))
+            .sentinel_master_db(2)
+            .sentinel_master_password(PW)
+            .warm_start(false),
+    );
+    let (k, v) = cache
+        .scan(NS, b"")
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("a live key");
+    let got = query_retry("read-through", || {
+        reader
+            .get(NS, &k)
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?
+            .ok_or_else(|| redis::RedisError::from(std::io::Error::other("not yet")))
+    });
+    assert_eq!(&got[..], &v[..]);
+    eprintln!(
+        "protected sentinel: converged {took:?} after reopening with the right password; {} applied; processes up in {setup:?}, the rest took {:?}",
+        s.applied,
+        start.elapsed()
+    );
+    reader.close().unwrap();
     cache.close().unwrap();
 }
 

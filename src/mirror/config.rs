@@ -4,8 +4,8 @@ use crate::load::BreakerConfig;
 use std::time::Duration;
 
 /// Which Redis deployment the mirror writes to. See docs/MIRROR.md,
-/// "Cluster and Sentinel".
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// "Cluster and Sentinel". `Debug` hides passwords in the URLs.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RedisDeployment {
     /// One server at [`MirrorConfig::url`].
@@ -20,11 +20,61 @@ pub enum RedisDeployment {
     /// The master that these sentinels name `master_name`, followed
     /// across failovers.
     Sentinel {
-        /// Sentinel URLs (`redis://host:26379`).
+        /// Sentinel URLs (`redis://host:26379`, or `redis://:pw@host:26379`
+        /// when the sentinels have a `requirepass` of their own). The
+        /// master's credentials are [`MirrorConfig::sentinel_master_password`]
+        /// and its neighbours.
         sentinels: Vec<String>,
         /// The monitored master's name (`sentinel monitor <name> ...`).
         master_name: String,
     },
+}
+
+impl std::fmt::Debug for RedisDeployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn urls(v: &[String]) -> Vec<std::borrow::Cow<'_, str>> {
+            v.iter().map(|u| redact_url(u)).collect()
+        }
+        match self {
+            RedisDeployment::Single => f.write_str("Single"),
+            RedisDeployment::Cluster { nodes } => f
+                .debug_struct("Cluster")
+                .field("nodes", &urls(nodes))
+                .finish(),
+            RedisDeployment::Sentinel {
+                sentinels,
+                master_name,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &urls(sentinels))
+                .field("master_name", master_name)
+                .finish(),
+        }
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its user info (`redis://user:pw@host`)
+/// replaced, for logs, errors and `Debug`.
+pub(crate) fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let Some(at) = authority.rfind('@') else {
+        return url.into();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}{REDACTED}{}",
+            &url[..start + colon + 1],
+            &url[start + at..]
+        )
+        .into(),
+        None => url.into(),
+    }
 }
 
 /// Settings of the Redis mirror. Every field has a default; only where
@@ -42,11 +92,15 @@ pub enum RedisDeployment {
 /// let c = MirrorConfig::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]);
 /// let s = MirrorConfig::sentinel(["redis://10.0.0.1:26379"], "cache");
 /// ```
-#[derive(Debug, Clone)]
+///
+/// `Debug` hides every password (in URLs and
+/// [`MirrorConfig::sentinel_master_password`]).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct MirrorConfig {
-    /// `redis://[user:pass@]host:port/db` (or `rediss://`) of a `Single`
-    /// deployment; for a cluster or Sentinel the first node, for logs.
+    /// `redis://[user:pass@]host:port/db` of a `Single` deployment; for a
+    /// cluster or Sentinel the first node, for logs. (`rediss://` is
+    /// refused at open: the `redis` crate is built without TLS.)
     /// Env: `EMBERCACHE_REDIS_URL`.
     pub url: String,
     /// Single server (default), Cluster or Sentinel.
@@ -54,6 +108,19 @@ pub struct MirrorConfig {
     /// `EMBERCACHE_REDIS_SENTINEL` (comma-separated sentinel URLs) with
     /// `EMBERCACHE_REDIS_SENTINEL_MASTER`.
     pub deployment: RedisDeployment,
+    /// The database of the master found through Sentinel (Sentinel hands
+    /// out an address only). Sentinel deployments only. Default: 0.
+    /// Env: `EMBERCACHE_REDIS_SENTINEL_MASTER_DB`.
+    pub sentinel_master_db: i64,
+    /// The ACL user to log into that master (and its replicas) as.
+    /// Needs a password. Default: none (the `default` user, which
+    /// `requirepass` protects). Env: `EMBERCACHE_REDIS_SENTINEL_MASTER_USERNAME`.
+    pub sentinel_master_username: Option<String>,
+    /// The master's password (its `requirepass`, or the ACL user's).
+    /// The sentinels' own password, if any, goes in their URLs
+    /// (`redis://:pw@host:26379`). Never shown by `Debug`. Default: none.
+    /// Env: `EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD`.
+    pub sentinel_master_password: Option<String>,
     /// Prefix of every key the mirror writes, so several caches (or other
     /// programs) can share one Redis. Default: `"embercache:"`.
     /// Env: `EMBERCACHE_REDIS_PREFIX`.
@@ -91,6 +158,58 @@ pub struct MirrorConfig {
     /// 20 calls (at least 4), a call slower than 1 s is slow, 500 ms in
     /// open doubling up to 30 s with 20 % jitter, 2 half-open probes.
     pub breaker: BreakerConfig,
+    /// A variable `from_vars` could not read, reported by `validate()`
+    /// (silently falling back to a default db would write elsewhere).
+    bad_var: Option<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for MirrorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured so that a new field cannot be forgotten here.
+        let MirrorConfig {
+            url,
+            deployment,
+            sentinel_master_db,
+            sentinel_master_username,
+            sentinel_master_password,
+            key_prefix,
+            connect_timeout,
+            command_timeout,
+            read_timeout,
+            read_through,
+            batch,
+            poll_interval,
+            tombstone_ttl,
+            check_interval,
+            warm_start,
+            pubsub,
+            breaker,
+            bad_var,
+        } = self;
+        f.debug_struct("MirrorConfig")
+            .field("url", &redact_url(url))
+            .field("deployment", deployment)
+            .field("sentinel_master_db", sentinel_master_db)
+            .field("sentinel_master_username", sentinel_master_username)
+            .field(
+                "sentinel_master_password",
+                &sentinel_master_password.as_ref().map(|_| REDACTED),
+            )
+            .field("key_prefix", key_prefix)
+            .field("connect_timeout", connect_timeout)
+            .field("command_timeout", command_timeout)
+            .field("read_timeout", read_timeout)
+            .field("read_through", read_through)
+            .field("batch", batch)
+            .field("poll_interval", poll_interval)
+            .field("tombstone_ttl", tombstone_ttl)
+            .field("check_interval", check_interval)
+            .field("warm_start", warm_start)
+            .field("pubsub", pubsub)
+            .field("breaker", breaker)
+            .field("bad_var", bad_var)
+            .finish()
+    }
 }
 
 impl MirrorConfig {
@@ -99,6 +218,9 @@ impl MirrorConfig {
         MirrorConfig {
             url: url.into(),
             deployment: RedisDeployment::Single,
+            sentinel_master_db: 0,
+            sentinel_master_username: None,
+            sentinel_master_password: None,
             key_prefix: "embercache:".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(2),
@@ -116,6 +238,7 @@ impl MirrorConfig {
                 .window(20, 4)
                 .wait(Duration::from_millis(500), Duration::from_secs(30))
                 .half_open_probes(2),
+            bad_var: None,
         }
     }
 
@@ -171,10 +294,35 @@ impl MirrorConfig {
         } else if let Some(sentinels) = list("EMBERCACHE_REDIS_SENTINEL").filter(|n| !n.is_empty())
         {
             // A missing master name is reported by `validate()` at open.
-            MirrorConfig::sentinel(
+            let mut c = MirrorConfig::sentinel(
                 sentinels,
                 var("EMBERCACHE_REDIS_SENTINEL_MASTER").unwrap_or_default(),
-            )
+            );
+            let set = |name: &str| var(name).filter(|v| !v.is_empty());
+            if let Some(db) = set("EMBERCACHE_REDIS_SENTINEL_MASTER_DB") {
+                match db.trim().parse() {
+                    Ok(n) => c.sentinel_master_db = n,
+                    Err(_) => {
+                        c.bad_var = Some((
+                            "redis.sentinel_master_db",
+                            format!(
+                                "EMBERCACHE_REDIS_SENTINEL_MASTER_DB={db:?} is not a database number"
+                            ),
+                        ))
+                    }
+                }
+            }
+            c.sentinel_master_username = set("EMBERCACHE_REDIS_SENTINEL_MASTER_USERNAME");
+            c.sentinel_master_password = set("EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD");
+            if set("EMBERCACHE_REDIS_SENTINEL_PASSWORD").is_some() {
+                // Other tools use this name for either password: say which is read.
+                tracing::warn!(
+                    "EMBERCACHE_REDIS_SENTINEL_PASSWORD is not read: the master's password is \
+                     EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD, the sentinels' goes in their \
+                     URLs (redis://:pw@host:26379)"
+                );
+            }
+            c
         } else {
             MirrorConfig::new(var("EMBERCACHE_REDIS_URL").filter(|u| !u.is_empty())?)
         };
@@ -253,6 +401,32 @@ impl MirrorConfig {
         self.pubsub = on;
         self
     }
+    /// The Sentinel master's database. Default: 0.
+    pub fn sentinel_master_db(mut self, db: i64) -> Self {
+        self.sentinel_master_db = db;
+        self
+    }
+    /// The Sentinel master's ACL user. Default: none.
+    pub fn sentinel_master_username(mut self, u: impl Into<String>) -> Self {
+        self.sentinel_master_username = Some(u.into());
+        self
+    }
+    /// The Sentinel master's password. Default: none.
+    pub fn sentinel_master_password(mut self, p: impl Into<String>) -> Self {
+        self.sentinel_master_password = Some(p.into());
+        self
+    }
+    /// The Sentinel master's db and credentials in redis-rs's form.
+    pub(crate) fn sentinel_master_info(&self) -> redis::RedisConnectionInfo {
+        let mut info = redis::RedisConnectionInfo::default().set_db(self.sentinel_master_db);
+        if let Some(u) = &self.sentinel_master_username {
+            info = info.set_username(u);
+        }
+        if let Some(p) = &self.sentinel_master_password {
+            info = info.set_password(p);
+        }
+        info
+    }
     /// The breaker's settings. Default: see [`MirrorConfig::breaker`].
     pub fn breaker(mut self, b: BreakerConfig) -> Self {
         self.breaker = b;
@@ -261,11 +435,17 @@ impl MirrorConfig {
 
     /// Checks the settings; the error names the setting.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(bad) = &self.bad_var {
+            return Err(bad.clone());
+        }
         let check = |setting: &'static str, url: &str| match redis::Client::open(url) {
             Ok(_) => Ok(()),
             Err(e) => Err((
                 setting,
-                format!("{url:?} is not a Redis URL (redis://host:port): {e}"),
+                format!(
+                    "{:?} is not a Redis URL (redis://[:password@]host:port): {e}",
+                    redact_url(url)
+                ),
             )),
         };
         match &self.deployment {
@@ -301,7 +481,26 @@ impl MirrorConfig {
                             .into(),
                     ));
                 }
+                self.validate_sentinel_master()?;
             }
+        }
+        if !matches!(self.deployment, RedisDeployment::Sentinel { .. })
+            && (self.sentinel_master_db != 0
+                || self.sentinel_master_username.is_some()
+                || self.sentinel_master_password.is_some())
+        {
+            return Err((
+                if self.sentinel_master_password.is_some() {
+                    "redis.sentinel_master_password"
+                } else if self.sentinel_master_username.is_some() {
+                    "redis.sentinel_master_username"
+                } else {
+                    "redis.sentinel_master_db"
+                },
+                "applies to a Sentinel deployment only; for one server put the db and \
+                 password in the URL (redis://:password@host:port/db)"
+                    .into(),
+            ));
         }
         if self.key_prefix.is_empty() {
             return Err((
@@ -326,6 +525,45 @@ impl MirrorConfig {
         self.breaker
             .validate()
             .map_err(|e| ("redis.breaker", e.to_string()))
+    }
+}
+
+impl MirrorConfig {
+    fn validate_sentinel_master(&self) -> Result<(), (&'static str, String)> {
+        let (db, user, pw) = (
+            self.sentinel_master_db,
+            &self.sentinel_master_username,
+            &self.sentinel_master_password,
+        );
+        if db < 0 {
+            return Err((
+                "redis.sentinel_master_db",
+                format!(
+                    "{db} is not a database number (0 or more; EMBERCACHE_REDIS_SENTINEL_MASTER_DB)"
+                ),
+            ));
+        }
+        if pw.as_deref() == Some("") {
+            return Err((
+                "redis.sentinel_master_password",
+                "is empty: leave it unset for a master without requirepass".into(),
+            ));
+        }
+        if user.as_deref() == Some("") {
+            return Err((
+                "redis.sentinel_master_username",
+                "is empty: leave it unset for the default user".into(),
+            ));
+        }
+        if user.is_some() && pw.is_none() {
+            return Err((
+                "redis.sentinel_master_username",
+                "needs a password too (EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD): \
+                 a user alone is never sent to the master"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -413,5 +651,101 @@ mod tests {
             MirrorConfig::sentinel(empty, "m").validate().unwrap_err().0,
             "redis.sentinel"
         );
+    }
+
+    #[test]
+    fn sentinel_master_credentials_from_env_validated_and_never_shown() {
+        let vars = |extra: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                [
+                    (
+                        "EMBERCACHE_REDIS_SENTINEL",
+                        "redis://:sentinel-secret@127.0.0.1:26379",
+                    ),
+                    ("EMBERCACHE_REDIS_SENTINEL_MASTER", "cache"),
+                ]
+                .iter()
+                .chain(extra)
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = MirrorConfig::from_vars(vars(&[
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER_DB", "3"),
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER_USERNAME", "cache-user"),
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD", "master-secret"),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sentinel_master_db, 3);
+        assert_eq!(c.sentinel_master_username.as_deref(), Some("cache-user"));
+        let info = c.sentinel_master_info();
+        assert_eq!(
+            (info.db(), info.username(), info.password()),
+            (3, Some("cache-user"), Some("master-secret"))
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("cache-user") && shown.contains(REDACTED),
+            "{shown}"
+        );
+
+        // Each bad setting is named.
+        let bad_db =
+            MirrorConfig::from_vars(vars(&[("EMBERCACHE_REDIS_SENTINEL_MASTER_DB", "two")]))
+                .unwrap();
+        assert_eq!(bad_db.validate().unwrap_err().0, "redis.sentinel_master_db");
+        let user_only =
+            MirrorConfig::from_vars(vars(&[("EMBERCACHE_REDIS_SENTINEL_MASTER_USERNAME", "u")]))
+                .unwrap();
+        assert_eq!(
+            user_only.validate().unwrap_err().0,
+            "redis.sentinel_master_username"
+        );
+        let s = MirrorConfig::sentinel(["redis://127.0.0.1:26379"], "m");
+        assert_eq!(
+            s.clone().sentinel_master_db(-1).validate().unwrap_err().0,
+            "redis.sentinel_master_db"
+        );
+        assert_eq!(
+            s.sentinel_master_password("").validate().unwrap_err().0,
+            "redis.sentinel_master_password"
+        );
+        // Not for a single server or a cluster: their URLs carry it.
+        let e = MirrorConfig::new("redis://127.0.0.1:1/")
+            .sentinel_master_password("pw")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.0, "redis.sentinel_master_password");
+        assert!(!e.1.contains("pw@"), "{}", e.1);
+        // A bad URL's error does not repeat its password.
+        let e = MirrorConfig::sentinel(["redis://:hunter2@[bad"], "m")
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.0, "redis.sentinel");
+        assert!(!e.1.contains("hunter2"), "{}", e.1);
+        // No TLS in this build: said at open, not at the first connection.
+        let e = MirrorConfig::sentinel(["rediss://:hunter2@127.0.0.1:26379"], "m")
+            .validate()
+            .unwrap_err();
+        assert!(e.1.contains("TLS") && !e.1.contains("hunter2"), "{}", e.1);
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(
+            redact_url("redis://:pw@h:1/0"),
+            format!("redis://:{REDACTED}@h:1/0")
+        );
+        assert_eq!(
+            redact_url("rediss://user:p@ss@h:1"),
+            format!("rediss://user:{REDACTED}@h:1")
+        );
+        assert_eq!(redact_url("redis://user@h:1"), "redis://user@h:1");
+        assert_eq!(redact_url("nope"), "nope");
+        let c = MirrorConfig::cluster(["redis://:topsecret@10.0.0.1:7000"]);
+        assert!(!format!("{c:?}").contains("topsecret"));
     }
 }

@@ -18,13 +18,15 @@
 //! - **Sentinel** asks the sentinels for the master on every new
 //!   connection, so after a failover the next reconnect reaches the new
 //!   master; the read path's pooled connections carry the generation of
-//!   the master they were opened to and are dropped when it changes.
+//!   the master they were opened to and are dropped when it changes. The
+//!   master's db and credentials (`sentinel_master_*`) are attached to the
+//!   address the sentinels give; a sentinel's own password rides in its URL.
 
 use super::config::{MirrorConfig, RedisDeployment};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisResult, ServerErrorKind, Value};
 
 /// How to reach Redis: built once from the configuration.
@@ -75,7 +77,13 @@ impl Target {
                 sentinel: tokio::sync::Mutex::new(SentinelClient::build(
                     sentinels.clone(),
                     master_name.clone(),
-                    None,
+                    // Sentinel gives an address only: the db and the
+                    // credentials of the master are ours to add (the
+                    // sentinels' own come with their URLs).
+                    Some(
+                        SentinelNodeConnectionInfo::default()
+                            .set_redis_connection_info(cfg.sentinel_master_info()),
+                    ),
                     SentinelServerType::Master,
                 )?),
                 master: parking_lot::Mutex::new(None),

@@ -314,6 +314,16 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             Ok(_) => CallOutcome::Success,
             Err(e) => {
                 count_error(&inner, "redis call", e);
+                if super::auth_error(e) {
+                    // Retrying cannot help: say what to fix. Retried at the
+                    // breaker's pace (up to 30 s apart), so no flood.
+                    let hint = "Redis refused our login: check the password (in the \
+                                server's or sentinels' URLs; for the master behind Sentinel, \
+                                sentinel_master_password or \
+                                EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD)";
+                    tracing::error!(error = %e, "mirror: {hint}");
+                    *inner.last_error.lock() = Some(format!("redis call failed: {e}; {hint}"));
+                }
                 link.conn = None;
                 inner.counters.connected.store(0, Ordering::Relaxed);
                 CallOutcome::Failure

@@ -200,6 +200,8 @@ pub(crate) struct Inner {
     pub latency: Histogram,
     /// Since when the outbox has been non-empty (mirror lag).
     pub lag_since: Mutex<Option<Instant>>,
+    /// The last error `count_error` saw (`MirrorStats::last_error`).
+    pub last_error: Mutex<Option<String>>,
     /// Blocking connections for the read path (single server or Sentinel
     /// master), with the generation of the master they were opened to.
     pub read_pool: Mutex<Vec<(u64, redis::Connection)>>,
@@ -254,6 +256,7 @@ impl Mirror {
             counters: Counters::default(),
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             lag_since: Mutex::new(None),
+            last_error: Mutex::new(None),
             read_pool: Mutex::new(Vec::new()),
             runtime: std::sync::OnceLock::new(),
             cluster_read: Mutex::new(None),
@@ -336,6 +339,7 @@ impl Mirror {
             stale: g(&c.stale),
             expired_skipped: g(&c.expired_skipped),
             errors: g(&c.errors),
+            last_error: self.inner.last_error.lock().clone(),
             read_hits: g(&c.read_hits),
             read_misses: g(&c.read_misses),
             read_errors: g(&c.read_errors),
@@ -382,6 +386,10 @@ pub struct MirrorStats {
     pub expired_skipped: u64,
     /// Failed Redis calls (timeouts, connection errors, server errors).
     pub errors: u64,
+    /// The last of those errors, as `"<what> failed: <error>"` (e.g. a
+    /// wrong password: `redis call failed: WRONGPASS ...`), kept after
+    /// recovery; `None` if there was none. Never holds a password.
+    pub last_error: Option<String>,
     /// Local misses answered from Redis.
     pub read_hits: u64,
     pub read_misses: u64,
@@ -575,6 +583,14 @@ impl Cache {
 pub(crate) fn count_error(inner: &Inner, what: &str, e: &dyn std::fmt::Display) {
     add(&inner.counters.errors, 1);
     tracing::debug!(error = %e, "mirror: {what} failed");
+    *inner.last_error.lock() = Some(format!("{what} failed: {e}"));
+}
+
+/// Whether `e` is a refused login (wrong or missing password or user):
+/// retrying cannot help, so it is logged as a configuration error.
+pub(crate) fn auth_error(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
 #[cfg(test)]
