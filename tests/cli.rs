@@ -294,3 +294,105 @@ fn demo_loads_through_upstreams_and_rides_out_the_outage() {
     let rpc = line_starting(&out, "rpc ");
     assert_eq!(figure_after(rpc, "opened "), 0, "{rpc}");
 }
+
+/// The demo's Redis flags: conflicting or incomplete combinations are
+/// clap usage errors, malformed URLs and master names are usage errors
+/// that name the flag (and hide a password); none of them touches the
+/// data directory or needs a Redis.
+#[cfg(feature = "redis")]
+#[test]
+fn demo_redis_flags_reject_conflicts_and_malformed_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let demo = |extra: &[&str]| {
+        let mut cmd = bin();
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EMBERCACHE_REDIS") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(["demo", "--seconds", "1", "--dir", p(&dir)])
+            .args(extra)
+            .output()
+            .expect("run embercache");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &[
+                "--redis",
+                "redis://127.0.0.1:1",
+                "--redis-cluster",
+                "redis://127.0.0.1:2",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &[
+                "--redis-cluster",
+                "redis://127.0.0.1:1",
+                "--redis-sentinel",
+                "redis://127.0.0.1:2",
+                "--redis-master",
+                "m",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["--redis-sentinel", "redis://127.0.0.1:1"],
+            "--redis-master",
+        ),
+        (&["--redis-master", "m"], "--redis-sentinel"),
+        (
+            &[
+                "--redis-cluster",
+                "redis://127.0.0.1:1,,redis://127.0.0.1:2",
+            ],
+            "--redis-cluster: an empty URL",
+        ),
+        (
+            &[
+                "--redis-sentinel",
+                "redis://:hunter2@[bad",
+                "--redis-master",
+                "m",
+            ],
+            "--redis-sentinel: \"redis://:<redacted>@[bad\" is not a Redis URL",
+        ),
+        (
+            &[
+                "--redis-sentinel",
+                "redis://127.0.0.1:1",
+                "--redis-master",
+                " ",
+            ],
+            "--redis-master: \" \"",
+        ),
+        (
+            &["--redis", "localhost:6379"],
+            "--redis: \"localhost:6379\" is not a Redis URL",
+        ),
+    ];
+    for (args, expect) in cases {
+        let (code, err) = demo(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+        assert!(!dir.exists(), "{args:?} created the data directory");
+    }
+    let help = ok(&["demo", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--redis <URL>",
+        "--redis-cluster <URL,URL,...>",
+        "--redis-sentinel <URL,URL,...>",
+        "--redis-master <NAME>",
+        "EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}

@@ -87,13 +87,163 @@ pub(crate) struct Args {
     /// search results cached (results of the old logic are never served).
     #[arg(long, default_value = "rank-by-volume-v1", value_name = "VERSION")]
     search_logic: String,
-    /// Mirror to this Redis (`redis://127.0.0.1:6379/`): writes reach it
-    /// through the outbox, misses read through, an empty directory warms
-    /// from it (with a progress bar on a terminal). Default:
-    /// `EMBERCACHE_REDIS_URL` if set, else no mirror.
+    /// Mirror to this Redis server (`redis://[:password@]host:port[/db]`):
+    /// writes reach it through the outbox, misses read through, an empty
+    /// directory warms from it (with a progress bar on a terminal).
+    /// Without --redis, --redis-cluster or --redis-sentinel: the
+    /// deployment in EMBERCACHE_REDIS_URL, _CLUSTER or _SENTINEL if set,
+    /// else no mirror. The other EMBERCACHE_REDIS_* settings (prefix,
+    /// timeouts, breaker) apply either way; see docs/MIRROR.md.
     #[cfg(feature = "redis")]
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Redis mirror",
+        conflicts_with_all = ["redis_cluster", "redis_sentinel"]
+    )]
     redis: Option<String>,
+    /// Mirror to a Redis Cluster reached through these seed nodes,
+    /// comma-separated (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    /// Any node finds the others; list every master so pub/sub can move
+    /// when one is lost.
+    #[cfg(feature = "redis")]
+    #[arg(
+        long,
+        value_name = "URL,URL,...",
+        value_delimiter = ',',
+        num_args = 1,
+        help_heading = "Redis mirror",
+        conflicts_with = "redis_sentinel"
+    )]
+    redis_cluster: Vec<String>,
+    /// Mirror to the master that these sentinels monitor, followed across
+    /// failovers: comma-separated sentinel URLs (`redis://10.0.0.1:26379`;
+    /// a sentinel with a password of its own: `redis://:pw@host:26379`).
+    /// Needs --redis-master. A password-protected master: set
+    /// EMBERCACHE_REDIS_SENTINEL_MASTER_PASSWORD (and _USERNAME, _DB) in
+    /// the environment, not on the command line where `ps` shows it.
+    #[cfg(feature = "redis")]
+    #[arg(
+        long,
+        value_name = "URL,URL,...",
+        value_delimiter = ',',
+        num_args = 1,
+        help_heading = "Redis mirror",
+        requires = "redis_master"
+    )]
+    redis_sentinel: Vec<String>,
+    /// The name the sentinels monitor the master under (`sentinel monitor
+    /// <NAME> ...` in sentinel.conf). Only with --redis-sentinel.
+    #[cfg(feature = "redis")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Redis mirror",
+        requires = "redis_sentinel"
+    )]
+    redis_master: Option<String>,
+}
+
+/// The mirror the demo's flags ask for, with the other settings from the
+/// `EMBERCACHE_REDIS_*` variables; `None` without flags (then the
+/// environment alone decides). A malformed URL or master name is a usage
+/// error (exit 2) that names the flag.
+#[cfg(feature = "redis")]
+fn mirror_config(a: &Args) -> Result<Option<embercache::MirrorConfig>, crate::Failure> {
+    let usage = |flag: &str, reason: String| crate::Failure {
+        code: 2,
+        message: format!("{flag}: {reason}"),
+    };
+    let check = |flag: &str, urls: &[String]| {
+        for u in urls {
+            if u.trim().is_empty() {
+                return Err(usage(
+                    flag,
+                    "an empty URL (a doubled or trailing comma?); expected \
+                     redis://host:port[,redis://host:port...]"
+                        .into(),
+                ));
+            }
+            if let Err(e) = redis::Client::open(u.trim()) {
+                return Err(usage(
+                    flag,
+                    format!(
+                        "{:?} is not a Redis URL (redis://[:password@]host:port): {e}",
+                        redact_url(u)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let list = |urls: &[String]| urls.iter().map(|u| u.trim()).collect::<Vec<_>>().join(",");
+    // The flags stand in for the variables that say where Redis is, so
+    // one code path (and one validation) builds every deployment.
+    let location: [(&str, Option<String>); 4] = if let Some(url) = &a.redis {
+        check("--redis", std::slice::from_ref(url))?;
+        [
+            ("EMBERCACHE_REDIS_URL", Some(url.trim().to_string())),
+            ("EMBERCACHE_REDIS_CLUSTER", None),
+            ("EMBERCACHE_REDIS_SENTINEL", None),
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER", None),
+        ]
+    } else if !a.redis_cluster.is_empty() {
+        check("--redis-cluster", &a.redis_cluster)?;
+        [
+            ("EMBERCACHE_REDIS_URL", None),
+            ("EMBERCACHE_REDIS_CLUSTER", Some(list(&a.redis_cluster))),
+            ("EMBERCACHE_REDIS_SENTINEL", None),
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER", None),
+        ]
+    } else if !a.redis_sentinel.is_empty() {
+        check("--redis-sentinel", &a.redis_sentinel)?;
+        let raw = a.redis_master.as_deref().unwrap_or_default();
+        let master = raw.trim();
+        if master.is_empty() || master.contains(char::is_whitespace) {
+            return Err(usage(
+                "--redis-master",
+                format!(
+                    "{raw:?} is not a master name; give the name of `sentinel monitor <NAME> ...`"
+                ),
+            ));
+        }
+        [
+            ("EMBERCACHE_REDIS_URL", None),
+            ("EMBERCACHE_REDIS_CLUSTER", None),
+            ("EMBERCACHE_REDIS_SENTINEL", Some(list(&a.redis_sentinel))),
+            ("EMBERCACHE_REDIS_SENTINEL_MASTER", Some(master.to_string())),
+        ]
+    } else {
+        return Ok(None);
+    };
+    Ok(embercache::MirrorConfig::from_vars(|k| {
+        match location.iter().find(|(name, _)| *name == k) {
+            Some((_, v)) => v.clone(),
+            None => std::env::var(k).ok(),
+        }
+    }))
+}
+
+/// `url` with its password hidden, for error messages (the library's
+/// `Debug` does the same for its settings).
+#[cfg(feature = "redis")]
+fn redact_url(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority
+        .rfind('@')
+        .and_then(|at| Some((authority[..at].find(':')?, at)))
+    {
+        Some((colon, at)) => format!(
+            "{}<redacted>{}",
+            &url[..start + colon + 1],
+            &url[start + at..]
+        ),
+        None => url.to_string(),
+    }
 }
 
 /// A parsed `--outage` (`None`: off).
@@ -182,8 +332,8 @@ fn open(a: &Args) -> Result<Cache, crate::Failure> {
         )
         .namespace("watched_addresses", NamespacePolicy::default().ttl(min(15)));
     #[cfg(feature = "redis")]
-    let b = match &a.redis {
-        Some(url) => b.redis(embercache::MirrorConfig::new(url.as_str())),
+    let b = match mirror_config(a)? {
+        Some(cfg) => b.redis(cfg),
         None => b.redis_from_env(),
     };
     let cache = b.open().map_err(crate::Failure::from)?;
