@@ -132,6 +132,9 @@ pub(crate) struct Writer {
     failures: u32,
     last_maintenance: Instant,
     last_snapshot: Instant,
+    /// Group-commit pacing (see `gather`): callers answered by the last
+    /// commit, ops that were queued when it finished, and how long it took.
+    pace: Pace,
     /// Namespaces that may hold records of an old epoch → resume key.
     /// Namespaces that may hold records of an old epoch → (the highest
     /// epoch known to be committed, resume key). Only the committed epoch
@@ -150,6 +153,7 @@ impl Writer {
             failures: 0,
             last_maintenance: Instant::now(),
             last_snapshot: Instant::now(),
+            pace: Pace::default(),
             purge: purge
                 .into_iter()
                 .map(|(n, e)| (n, (e, Vec::new())))
@@ -175,6 +179,7 @@ impl Writer {
                 }
             }
             self.gather(&mut group);
+            let started = Instant::now();
             let closing = group.iter().any(|o| matches!(o, Op::Close(_)));
             let maintain = group.iter().any(|o| matches!(o, Op::Maintain(_)));
             // A panic while applying a group (a bug, or an injected fault)
@@ -186,7 +191,9 @@ impl Writer {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
                     self.failures = 0;
-                    if maintain || self.last_maintenance.elapsed() >= limits.maintenance_interval {
+                    self.pace
+                        .committed(&group, self.rx.len(), started.elapsed());
+                    if maintain {
                         self.maintain();
                     }
                     if closing {
@@ -205,6 +212,11 @@ impl Writer {
                         return;
                     }
                     reply_all(&mut group, Ok(()));
+                    // Periodic maintenance after the replies: the callers
+                    // of this group do not wait for it.
+                    if !maintain && self.last_maintenance.elapsed() >= limits.maintenance_interval {
+                        self.maintain();
+                    }
                 }
                 Err(e) => {
                     let err = WriteError::Storage(e.clone());
@@ -274,18 +286,58 @@ impl Writer {
 
     /// Adds queued writes to `group` until it is full, or urgent and the
     /// queue is empty, or the buffering delay is over.
-    fn gather(&self, group: &mut Vec<Op>) {
+    ///
+    /// An urgent group does not stop at the first empty queue if callers
+    /// answered by the last commit are likely to come back with their next
+    /// write (PostgreSQL's `commit_delay`/`commit_siblings` idea): it
+    /// lingers until as many waiting ops as were in flight at the last
+    /// commit (its waiters plus the waiters queued behind it) are in the
+    /// group, or for at most half of the last commit's duration (≤ 1 ms).
+    /// Woken callers need a few scheduler ticks to resubmit; without this,
+    /// 16 `Sync` writers on 2 cores commit in alternating half groups.
+    /// One writer alone never lingers: the expected count is then 1.
+    fn gather(&mut self, group: &mut Vec<Op>) {
         let limits = &self.shared.limits;
         let mut bytes: usize = group.iter().map(Op::bytes).sum();
         let mut urgent = group.iter().any(Op::urgent);
         let deadline = Instant::now() + self.shared.max_delay();
+        // Ops queued when the last commit finished arrive first (FIFO);
+        // their waiters are callers that have not been answered yet.
+        let backlog = std::mem::take(&mut self.pace.backlog);
+        let mut expect = self.pace.waiters;
+        let mut waiting = 0usize;
+        for (i, op) in group.iter().enumerate() {
+            if op.urgent() {
+                waiting += 1;
+                if i < backlog {
+                    expect += 1;
+                }
+            }
+        }
+        let mut received = group.len();
+        let mut linger: Option<Instant> = None;
         while group.len() < limits.group_max_ops && bytes < limits.group_max_bytes {
             let next = if urgent {
-                self.rx.try_recv().ok()
+                match self.rx.try_recv() {
+                    Ok(op) => Some(op),
+                    Err(_) if waiting < expect => {
+                        let until =
+                            *linger.get_or_insert_with(|| Instant::now() + self.pace.linger());
+                        self.rx.recv_deadline(until).ok()
+                    }
+                    Err(_) => None,
+                }
             } else {
                 self.rx.recv_deadline(deadline).ok()
             };
             let Some(op) = next else { break };
+            if op.urgent() {
+                waiting += 1;
+                if received < backlog {
+                    expect += 1;
+                }
+            }
+            received += 1;
             urgent |= op.urgent();
             bytes += op.bytes();
             let stop = matches!(op, Op::Close(_));
@@ -746,6 +798,30 @@ impl Writer {
         }
         txn.commit().map_err(storage)?;
         Ok(())
+    }
+}
+
+/// What the last commit tells `gather` about the callers in flight.
+#[derive(Default)]
+struct Pace {
+    /// Ops of the last committed group that somebody waited for.
+    waiters: usize,
+    /// Ops in the queue when that commit finished.
+    backlog: usize,
+    /// How long that commit took.
+    took: Duration,
+}
+
+impl Pace {
+    fn committed(&mut self, group: &[Op], backlog: usize, took: Duration) {
+        self.waiters = group.iter().filter(|o| o.urgent()).count();
+        self.backlog = backlog;
+        self.took = took;
+    }
+
+    /// The longest an urgent group waits for callers expected back.
+    fn linger(&self) -> Duration {
+        (self.took / 2).min(Duration::from_millis(1))
     }
 }
 
