@@ -24,6 +24,7 @@ use crate::error::RecordError;
 use std::cell::RefCell;
 use std::sync::Arc;
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::zstd_safe::{CCtx, DCtx};
 
 pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
@@ -60,6 +61,16 @@ pub struct Encoding<'a> {
 thread_local! {
     static CCTX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    // Contexts for dictionary frames, kept apart from the plain ones: each
+    // use first references the caller's prepared dictionary (a pointer
+    // store), so no context is allocated and initialised per record.
+    static CCTX_DICT: RefCell<Option<CCtx<'static>>> = const { RefCell::new(None) };
+    static DCTX_DICT: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// A zstd error code as an I/O error.
+fn zstd_err(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
 /// Largest zstd window a decoder accepts (2^27 = 128 MiB is zstd's own
@@ -73,6 +84,7 @@ fn compress(data: &[u8], level: i32, dict: Option<&EncoderDictionary<'static>>) 
     }))
     .unwrap_or_else(|_| {
         CCTX.with(|c| c.replace(None));
+        CCTX_DICT.with(|c| c.replace(None));
         None
     })
 }
@@ -84,10 +96,29 @@ fn compress_inner(
 ) -> Option<Vec<u8>> {
     failpoint!("zstd::compress", |_| None);
     match dict {
-        // A context per call: a prepared dictionary borrows into it.
-        Some(d) => zstd::bulk::Compressor::with_prepared_dictionary(d)
-            .and_then(|mut c| c.compress(data))
-            .ok(),
+        // The level is the one the dictionary was prepared with.
+        Some(d) => CCTX_DICT.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_none() {
+                *c = CCtx::try_create();
+            }
+            let c = c.as_mut()?;
+            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+            // SAFETY: zstd-safe ties a referenced dictionary to the context's
+            // lifetime ('static here, the context lives in a thread-local).
+            // The dictionary is only borrowed for this call: it is referenced
+            // first, used, and the reference cleared (`load_dictionary(&[])`
+            // drops any dictionary) before the borrow ends, so the context
+            // never holds a pointer past it. If zstd panics in between, the
+            // caller's catch_unwind drops the context, and freeing a context
+            // never touches a referenced dictionary.
+            let c: &mut CCtx<'_> = unsafe { std::mem::transmute::<&mut CCtx<'static>, _>(c) };
+            c.ref_cdict(d.as_cdict()).ok()?;
+            let r = c.compress2(&mut out, data);
+            c.load_dictionary(&[]).ok()?;
+            r.ok()?;
+            Some(out)
+        }),
         None => CCTX.with(|c| {
             let mut c = c.borrow_mut();
             if c.is_none() {
@@ -242,9 +273,27 @@ fn decompress(
     let window = zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX);
     if compression == Compression::ZstdDict {
         let dd = dict(dict_id).ok_or(RecordError::MissingDictionary(dict_id))?;
-        let mut dec = zstd::bulk::Decompressor::with_prepared_dictionary(&dd).map_err(err)?;
-        dec.set_parameter(window).map_err(err)?;
-        return dec.decompress(payload, raw_len).map_err(err);
+        return DCTX_DICT.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                let mut dec = DCtx::try_create()
+                    .ok_or_else(|| err(std::io::Error::other("zstd context allocation failed")))?;
+                dec.set_parameter(window).map_err(|c| err(zstd_err(c)))?;
+                *d = Some(dec);
+            }
+            let dec = d.as_mut().expect("just set");
+            let mut out = Vec::with_capacity(raw_len);
+            // SAFETY: as in `compress_inner`: the dictionary is referenced,
+            // used and unreferenced (`load_dictionary(&[])`) within this
+            // borrow of `dd`; a panic in between drops the context (see
+            // `decode`), and freeing it never touches a referenced dictionary.
+            let dec: &mut DCtx<'_> = unsafe { std::mem::transmute::<&mut DCtx<'static>, _>(dec) };
+            dec.ref_ddict(dd.as_ddict()).map_err(|c| err(zstd_err(c)))?;
+            let r = dec.decompress(&mut out, payload);
+            dec.load_dictionary(&[]).map_err(|c| err(zstd_err(c)))?;
+            r.map_err(|c| err(zstd_err(c)))?;
+            Ok(out)
+        });
     }
     DCTX.with(|d| {
         let mut d = d.borrow_mut();
@@ -284,6 +333,7 @@ pub fn decode(
         }))
         .unwrap_or_else(|_| {
             DCTX.with(|d| d.replace(None));
+            DCTX_DICT.with(|d| d.replace(None));
             Err(RecordError::Decompress("zstd panicked".into()))
         })?,
     };
@@ -299,6 +349,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn no_dict(_: u32) -> Option<Arc<DecoderDictionary<'static>>> {
         None
@@ -321,6 +372,55 @@ mod tests {
             assert_eq!(out, v);
             assert_eq!((h.expires_at, h.version, h.epoch), (77, 5, 2));
             assert_eq!(h.compression == Compression::Zstd, level.is_some());
+        }
+    }
+
+    #[test]
+    fn dictionary_frames_round_trip_across_dictionaries_on_one_thread() {
+        // The thread's dictionary contexts are shared by every dictionary:
+        // alternate two, and plain frames, and check each decodes with its own.
+        let sample = |i: usize, tag: &str| {
+            format!(
+                r#"{{"{tag}":"market-{i}","price":0.{i},"volume":{}}}"#,
+                i * 31
+            )
+            .into_bytes()
+        };
+        let train = |tag: &str| {
+            let samples: Vec<Vec<u8>> = (0..200).map(|i| sample(i, tag)).collect();
+            zstd::dict::from_samples(&samples, 4096).unwrap()
+        };
+        let (a, b) = (train("alpha"), train("beta"));
+        let enc_a = EncoderDictionary::copy(&a, 3);
+        let enc_b = EncoderDictionary::copy(&b, 1);
+        let dec: HashMap<u32, Arc<DecoderDictionary<'static>>> = [
+            (1, Arc::new(DecoderDictionary::copy(&a))),
+            (2, Arc::new(DecoderDictionary::copy(&b))),
+        ]
+        .into();
+        let lookup = |id: u32| dec.get(&id).cloned();
+        for i in 0..50 {
+            let (tag, id, d) = if i % 2 == 0 {
+                ("alpha", 1, &enc_a)
+            } else {
+                ("beta", 2, &enc_b)
+            };
+            let v = sample(1000 + i, tag).repeat(3);
+            let e = Encoding {
+                level: Some(3),
+                threshold: 16,
+                dict: (i % 5 != 4).then_some((id, d)),
+            };
+            let r = encode(&v, 1, i as u64, 0, &e);
+            let (h, out) = decode(&r, 1 << 20, &lookup).unwrap();
+            assert_eq!(out, v);
+            assert_eq!(h.dict_id != 0, i % 5 != 4);
+            // Decoding with the other dictionary fails instead of
+            // returning garbage (zstd checks the frame's dictionary id).
+            if h.dict_id != 0 {
+                let wrong = |_: u32| dec.get(&(3 - h.dict_id)).cloned();
+                assert!(decode(&r, 1 << 20, &wrong).is_err());
+            }
         }
     }
 
