@@ -131,6 +131,15 @@ fn compress_inner(
     }
 }
 
+/// Whether a compressed payload of `compressed` bytes is worth keeping for a
+/// value of `raw` bytes: it must save at least a tenth. Below that (small
+/// JSON without a dictionary saves 1–10 %), every read would pay a
+/// decompression — the dominant cost of a warm-tier read and of the
+/// warm-up at these sizes — to save a few bytes of disk.
+fn pays(compressed: usize, raw: usize) -> bool {
+    compressed <= raw - raw / 10
+}
+
 /// A value compressed (or not) but not yet given its header: compression
 /// is the costly part and runs before the caller takes any lock.
 pub struct Prepared {
@@ -146,7 +155,7 @@ impl Prepared {
         if let Some(level) = enc.level
             && value.len() >= enc.threshold
             && let Some(c) = compress(value, level, enc.dict.map(|(_, d)| d))
-            && c.len() < value.len()
+            && pays(c.len(), value.len())
         {
             let (tag, dict_id) = match enc.dict {
                 Some((id, _)) => (Compression::ZstdDict, id),
@@ -422,6 +431,26 @@ mod tests {
                 assert!(decode(&r, 1 << 20, &wrong).is_err());
             }
         }
+    }
+
+    #[test]
+    fn compression_that_saves_under_a_tenth_is_not_kept() {
+        // 100 pseudo-random bytes: zstd saves nothing.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let v: Vec<u8> = (0..100)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect();
+        let r = encode(&v, 1, 2, 3, &enc(Some(3)));
+        assert_eq!(decode_header(&r).unwrap().compression, Compression::Raw);
+        let repetitive = b"{\"price\":0.5}".repeat(20);
+        let r = encode(&repetitive, 1, 2, 3, &enc(Some(3)));
+        assert_eq!(decode_header(&r).unwrap().compression, Compression::Zstd);
+        assert!(pays(90, 100) && !pays(91, 100) && pays(0, 0));
     }
 
     #[test]
