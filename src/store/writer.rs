@@ -172,6 +172,9 @@ impl Writer {
                 match self.rx.recv_timeout(wait) {
                     Ok(op) => group.push(op),
                     Err(RecvTimeoutError::Timeout) => {
+                        // Idle for a maintenance interval: the callers of
+                        // the last commit are not coming back soon.
+                        self.pace = Pace::default();
                         self.maintain();
                         continue;
                     }
