@@ -147,6 +147,8 @@ pub struct Limits {
     /// Longest namespace name in bytes. Default: 128.
     pub max_namespace_len: usize,
     /// Values shorter than this are stored uncompressed. Default: 64.
+    /// (Longer values are stored uncompressed too when zstd would not
+    /// shrink them by at least a tenth.)
     pub compression_threshold: usize,
     /// Writes waiting for the writer thread. Default: 65 536.
     pub queue_capacity: usize,
