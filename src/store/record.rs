@@ -97,25 +97,29 @@ fn compress_inner(
     failpoint!("zstd::compress", |_| None);
     match dict {
         // The level is the one the dictionary was prepared with.
-        Some(d) => CCTX_DICT.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.is_none() {
-                *c = CCtx::try_create();
+        Some(d) => CCTX_DICT.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.is_none() {
+                *slot = CCtx::try_create();
             }
-            let c = c.as_mut()?;
+            let c = slot.as_mut()?;
             let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
             // SAFETY: zstd-safe ties a referenced dictionary to the context's
             // lifetime ('static here, the context lives in a thread-local).
             // The dictionary is only borrowed for this call: it is referenced
             // first, used, and the reference cleared (`load_dictionary(&[])`
-            // drops any dictionary) before the borrow ends, so the context
-            // never holds a pointer past it. If zstd panics in between, the
+            // drops any dictionary; should that fail, the context is
+            // dropped) before the borrow ends, so no context holds a
+            // pointer past it. If zstd panics in between, the
             // caller's catch_unwind drops the context, and freeing a context
             // never touches a referenced dictionary.
             let c: &mut CCtx<'_> = unsafe { std::mem::transmute::<&mut CCtx<'static>, _>(c) };
             c.ref_cdict(d.as_cdict()).ok()?;
             let r = c.compress2(&mut out, data);
-            c.load_dictionary(&[]).ok()?;
+            if c.load_dictionary(&[]).is_err() {
+                // Cannot unreference it: drop the context instead.
+                *slot = None;
+            }
             r.ok()?;
             Some(out)
         }),
@@ -282,8 +286,8 @@ fn decompress(
     let window = zstd::zstd_safe::DParameter::WindowLogMax(WINDOW_LOG_MAX);
     if compression == Compression::ZstdDict {
         let dd = dict(dict_id).ok_or(RecordError::MissingDictionary(dict_id))?;
-        return DCTX_DICT.with(|d| {
-            let mut d = d.borrow_mut();
+        return DCTX_DICT.with(|slot| {
+            let mut d = slot.borrow_mut();
             if d.is_none() {
                 let mut dec = DCtx::try_create()
                     .ok_or_else(|| err(std::io::Error::other("zstd context allocation failed")))?;
@@ -299,7 +303,10 @@ fn decompress(
             let dec: &mut DCtx<'_> = unsafe { std::mem::transmute::<&mut DCtx<'static>, _>(dec) };
             dec.ref_ddict(dd.as_ddict()).map_err(|c| err(zstd_err(c)))?;
             let r = dec.decompress(&mut out, payload);
-            dec.load_dictionary(&[]).map_err(|c| err(zstd_err(c)))?;
+            if dec.load_dictionary(&[]).is_err() {
+                // Cannot unreference it: drop the context instead.
+                *d = None;
+            }
             r.map_err(|c| err(zstd_err(c)))?;
             Ok(out)
         });
