@@ -26,6 +26,15 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// A monotonic millisecond counter with an arbitrary origin. Never goes
     /// backwards.
     fn monotonic_ms(&self) -> u64;
+    /// How much monotonic time (ms) may pass between two looks at the wall
+    /// clock. In between, engine time is read from the monotonic clock
+    /// alone (one clock read per `get` instead of two), so a forward jump
+    /// of the wall clock is followed up to this late. Default: 0, every
+    /// read looks at both (what a test clock wants: a `jump_wall` shows at
+    /// once); [`SystemClock`] uses 1 ms.
+    fn wall_check_interval_ms(&self) -> u64 {
+        0
+    }
 }
 
 /// The operating system's clocks: `SystemTime` and `Instant`.
@@ -51,6 +60,12 @@ impl Clock for SystemClock {
     }
     fn monotonic_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
+    }
+    fn wall_check_interval_ms(&self) -> u64 {
+        // The system's clocks run at the same rate (NTP slews both), so the
+        // wall clock only gets ahead of engine time by a step; checking it
+        // once per ms follows a step within 1 ms.
+        1
     }
 }
 
@@ -119,6 +134,10 @@ impl Clock for ManualClock {
 pub(crate) struct EngineTime {
     clock: Arc<dyn Clock>,
     offset: AtomicI64,
+    /// `Clock::wall_check_interval_ms`, read once.
+    wall_every: u64,
+    /// Monotonic ms from which the next read also looks at the wall clock.
+    next_wall_check: AtomicU64,
 }
 
 impl EngineTime {
@@ -128,12 +147,28 @@ impl EngineTime {
         let start = clock.wall_ms().max(floor_ms);
         let offset = start as i64 - clock.monotonic_ms() as i64;
         EngineTime {
+            wall_every: clock.wall_check_interval_ms(),
             clock,
             offset: AtomicI64::new(offset),
+            next_wall_check: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
+        if self.wall_every > 0 {
+            // The common case: the monotonic clock alone. Between two wall
+            // checks engine time runs with it, as it would anyway unless
+            // the wall clock stepped forward (followed at the next check).
+            let mono = self.clock.monotonic_ms();
+            if mono < self.next_wall_check.load(Ordering::Relaxed) {
+                return (mono as i64 + self.offset.load(Ordering::Relaxed)).max(0) as u64;
+            }
+        }
+        self.now_checked()
+    }
+
+    /// Engine time from both clocks; follows a forward wall-clock jump.
+    fn now_checked(&self) -> u64 {
         // Wall clock first, then monotonic: time that passes between the two
         // reads (a preemption, or a `ManualClock::advance` on another
         // thread) then makes `wall - mono` smaller, never larger. Read the
@@ -143,6 +178,10 @@ impl EngineTime {
         // from the wall clock) lived that much longer than their TTL.
         let wall = self.clock.wall_ms() as i64;
         let mono = self.clock.monotonic_ms() as i64;
+        if self.wall_every > 0 {
+            self.next_wall_check
+                .fetch_max(mono as u64 + self.wall_every, Ordering::Relaxed);
+        }
         let engine = mono + self.offset.load(Ordering::Relaxed);
         if wall > engine {
             // Forward jump (or drift): follow the wall clock.
@@ -229,6 +268,38 @@ mod tests {
         assert_eq!(t.now_ms(), 4_600_000);
         c.advance(Duration::from_millis(1));
         assert_eq!(t.now_ms(), 4_600_001);
+    }
+
+    /// A manual clock that, like `SystemClock`, asks to be looked at only
+    /// once per ms of monotonic time.
+    #[derive(Debug)]
+    struct Lazy(ManualClock);
+
+    impl Clock for Lazy {
+        fn wall_ms(&self) -> u64 {
+            self.0.wall_ms()
+        }
+        fn monotonic_ms(&self) -> u64 {
+            self.0.monotonic_ms()
+        }
+        fn wall_check_interval_ms(&self) -> u64 {
+            1
+        }
+    }
+
+    #[test]
+    fn a_lazy_wall_check_follows_a_forward_jump_within_its_interval() {
+        let c = ManualClock::new(1_000_000);
+        let t = EngineTime::new(Arc::new(Lazy(c.clone())), 0);
+        assert_eq!(t.now_ms(), 1_000_000);
+        c.jump_wall(3_600_000);
+        // Not looked at yet: engine time runs on the monotonic clock.
+        assert_eq!(t.now_ms(), 1_000_000);
+        c.advance(Duration::from_millis(1));
+        assert_eq!(t.now_ms(), 4_600_001);
+        c.jump_wall(-10_000);
+        c.advance(Duration::from_millis(5));
+        assert_eq!(t.now_ms(), 4_600_006, "a backward step is still ignored");
     }
 
     #[test]

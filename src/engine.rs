@@ -19,7 +19,7 @@ use crate::config::{Durability, Limits};
 use crate::error::{ReadError, WriteError, storage};
 use crate::hot::{Entry, Evicted, HotTier, Insert};
 use crate::namespace::{Namespace, Namespaces};
-use crate::stats::{EngineCounters, add};
+use crate::stats::{EngineCounters, Striped, add};
 use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::record::{self, Encoding, Header, Prepared};
@@ -30,6 +30,7 @@ use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,11 +162,13 @@ impl Shared {
         }
     }
 
-    fn namespace_r(&self, name: &str) -> Result<Arc<Namespace>, ReadError> {
+    /// The namespace of a read: borrowed (no lock, no `Arc` clone) for all
+    /// but a cache with very many namespaces.
+    fn namespace_r(&self, name: &str) -> Result<Cow<'_, Arc<Namespace>>, ReadError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(ReadError::Closed);
         }
-        self.ns.get(name).map_err(|e| match e {
+        self.ns.get_ref(name).map_err(|e| match e {
             WriteError::InvalidNamespace { name, reason } => {
                 ReadError::InvalidNamespace { name, reason }
             }
@@ -542,7 +545,7 @@ impl Shared {
     /// pending; leaves redb to the caller.
     fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], at: ReadPoint) -> Fast {
         let epoch = ns.epoch();
-        let count = |fresh: Option<bool>, tier: &AtomicU64| {
+        let count = |fresh: Option<bool>, tier: &Striped| {
             // A stale answer is a miss as far as freshness goes.
             add(
                 if fresh == Some(true) {
@@ -599,7 +602,7 @@ impl Shared {
         fill: Fill,
     ) -> Result<Option<Found>, ReadError> {
         let ReadPoint { seq, now, .. } = at;
-        let count = |c: &AtomicU64| {
+        let count = |c: &Striped| {
             if fill == Fill::Read {
                 add(c, 1)
             }

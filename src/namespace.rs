@@ -9,9 +9,11 @@ use crate::config::NamespacePolicy;
 use crate::error::WriteError;
 use crate::stats::NsCounters;
 use parking_lot::RwLock;
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use zstd::dict::EncoderDictionary;
 
 pub(crate) struct Namespace {
@@ -44,7 +46,24 @@ impl Namespace {
     }
 }
 
+/// How many namespaces get the lock-free lookup (by name and by id). More
+/// are fine: they are found through the locked maps, one `Arc` clone each.
+const FAST: usize = 128;
+
+/// The registry. Namespaces are never removed, so the first [`FAST`] of
+/// them are also published in two fixed tables of set-once slots that
+/// readers probe with plain loads: a `get` takes no lock and writes no
+/// shared cache line (the `RwLock` + `Arc` clone it replaced were four
+/// atomic read-modify-writes on lines every thread shares, per get).
 pub(crate) struct Namespaces {
+    /// Open addressing by name hash over `2 * FAST` slots (at most half
+    /// full), linear probing; a slot is set once and never cleared, so an
+    /// empty slot ends a probe.
+    fast_by_name: Box<[OnceLock<Arc<Namespace>>]>,
+    /// `fast_by_id[id]` for ids below `FAST`.
+    fast_by_id: Box<[OnceLock<Arc<Namespace>>]>,
+    name_hasher: foldhash::fast::FixedState,
+    /// Every namespace; creation happens under its write lock.
     by_name: RwLock<HashMap<Arc<str>, Arc<Namespace>>>,
     by_id: RwLock<Vec<Arc<Namespace>>>,
     declared: HashMap<String, NamespacePolicy>,
@@ -59,12 +78,34 @@ impl Namespaces {
         max_name_len: usize,
     ) -> Self {
         Namespaces {
+            fast_by_name: (0..2 * FAST).map(|_| OnceLock::new()).collect(),
+            fast_by_id: (0..FAST).map(|_| OnceLock::new()).collect(),
+            name_hasher: foldhash::fast::FixedState::with_seed(0x0065_6d62_6572),
             by_name: RwLock::new(HashMap::new()),
             by_id: RwLock::new(Vec::new()),
             declared,
             default_policy,
             max_name_len,
         }
+    }
+
+    /// The probe sequence of `name` in `fast_by_name`.
+    fn probe(&self, name: &str) -> impl Iterator<Item = &OnceLock<Arc<Namespace>>> {
+        let mask = self.fast_by_name.len() - 1;
+        let h = self.name_hasher.hash_one(name) as usize;
+        (0..self.fast_by_name.len()).map(move |i| &self.fast_by_name[(h + i) & mask])
+    }
+
+    /// Lock-free lookup among the first `FAST` namespaces.
+    fn fast(&self, name: &str) -> Option<&Arc<Namespace>> {
+        for slot in self.probe(name) {
+            match slot.get() {
+                Some(ns) if *ns.name == *name => return Some(ns),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        None
     }
 
     /// Checks a namespace name: non-empty, bounded, no control characters.
@@ -83,8 +124,17 @@ impl Namespaces {
 
     /// The namespace named `name`, created with its policy on first use.
     pub(crate) fn get(&self, name: &str) -> Result<Arc<Namespace>, WriteError> {
+        self.get_ref(name).map(Cow::into_owned)
+    }
+
+    /// Like [`Self::get`], borrowed when it can be: the read path's lookup,
+    /// lock-free and without touching the `Arc`'s count.
+    pub(crate) fn get_ref(&self, name: &str) -> Result<Cow<'_, Arc<Namespace>>, WriteError> {
+        if let Some(ns) = self.fast(name) {
+            return Ok(Cow::Borrowed(ns));
+        }
         if let Some(ns) = self.by_name.read().get(name) {
-            return Ok(ns.clone());
+            return Ok(Cow::Owned(ns.clone()));
         }
         Self::check_name(name, self.max_name_len).map_err(|reason| {
             WriteError::InvalidNamespace {
@@ -94,7 +144,7 @@ impl Namespaces {
         })?;
         let mut by_name = self.by_name.write();
         if let Some(ns) = by_name.get(name) {
-            return Ok(ns.clone());
+            return Ok(Cow::Owned(ns.clone()));
         }
         let mut by_id = self.by_id.write();
         let policy = self
@@ -114,17 +164,35 @@ impl Namespaces {
         });
         by_id.push(ns.clone());
         by_name.insert(ns.name.clone(), ns.clone());
-        Ok(ns)
+        if (ns.id as usize) < FAST {
+            // Published after the locked maps, under their write lock (so
+            // one publisher at a time): a reader that misses it here finds
+            // it there. At most `FAST` of `2 * FAST` slots are used, so the
+            // probe always finds an empty one.
+            let _ = self.fast_by_id[ns.id as usize].set(ns.clone());
+            if let Some(slot) = self.probe(name).find(|s| s.get().is_none()) {
+                let _ = slot.set(ns.clone());
+            }
+        }
+        Ok(Cow::Owned(ns))
     }
 
     pub(crate) fn by_id(&self, id: u32) -> Option<Arc<Namespace>> {
-        self.by_id.read().get(id as usize).cloned()
+        self.by_id_ref(id).map(Cow::into_owned)
+    }
+
+    /// Like [`Self::by_id`], lock-free and borrowed for the first `FAST` ids.
+    pub(crate) fn by_id_ref(&self, id: u32) -> Option<Cow<'_, Arc<Namespace>>> {
+        if let Some(ns) = self.fast_by_id.get(id as usize).and_then(OnceLock::get) {
+            return Some(Cow::Borrowed(ns));
+        }
+        self.by_id.read().get(id as usize).cloned().map(Cow::Owned)
     }
 
     /// Whether a hot entry of namespace `id` may be dropped at `now`: past
     /// its stale-retention window, or of an old epoch.
     pub(crate) fn is_dead(&self, id: u32, expires_at: u64, epoch: u64, now: u64) -> bool {
-        match self.by_id.read().get(id as usize) {
+        match self.by_id_ref(id) {
             Some(n) => n.purge_at(expires_at) <= now || n.epoch() != epoch,
             None => true,
         }

@@ -16,37 +16,101 @@
 //! serves hits under a *shared* lock. Removal from the middle of a queue is
 //! lazy: queues hold `(slot, generation)` tokens and stale tokens are
 //! skipped when popped (and compacted when they outnumber live ones).
+//!
+//! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot in a slab
+//! that grows a page of [`PAGE`] slots at a time (no doubling), keys of up
+//! to [`INLINE_KEY`] bytes inside the slot, a 4-byte table index, an 8-byte
+//! queue token and a ghost of 32-bit fingerprints.
 
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Bytes charged per entry on top of `key.len() + value.len()`: the slab
-/// slot (~104 B, up to 2x while the slab grows), the hash-table slot, the
-/// queue token, the ghost slot a key may leave behind, the shared header of
-/// the value buffer, and malloc's headers and rounding of the key and
-/// value buffers. Measured at about 235 B of heap per entry plus malloc
-/// overhead (tests/memory_bound.rs, counting allocator); the crate docs
-/// state the formula and that test holds the hot tier to it within 10 %.
+/// Bytes charged per entry on top of `key.len() + value.len()`. Where they
+/// go, for a key of up to [`INLINE_KEY`] bytes: the 96-byte slab slot
+/// (hash fingerprint, namespace, key, value handle, expiry, epoch,
+/// version, frequency, queue, generation), the hash-table index with its
+/// control byte and load-factor slack (5–11 B), the queue token (8 B, up
+/// to 2x while its ring grows), the ghost fingerprint a key may leave
+/// behind (4 B in the ring plus 5 B of table, with slack), and the value
+/// buffer's shared header (24 B; a `Bytes` the engine also hands to the
+/// writer), plus glibc's 8-byte header and 16-byte rounding of the value
+/// buffer and that header. A longer key costs its own allocation on top
+/// (up to 24 B more). tests/memory_bound.rs holds the hot tier's real heap,
+/// measured with a counting allocator, to the formula within 10 %.
 pub const ENTRY_OVERHEAD: usize = 288;
 
 const MAX_FREQ: u8 = 3;
+
+/// Keys up to this many bytes are stored inside the slot: no allocation,
+/// and no pointer to chase when a lookup compares keys.
+pub(crate) const INLINE_KEY: usize = 22;
+
+/// Slots per slab page: the slab grows one page at a time, so its slack is
+/// under one page per shard instead of up to half of a doubling `Vec`.
+pub(crate) const PAGE: usize = 64;
 
 /// Which FIFO an entry lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
     Small,
     Main,
+    /// Not an entry: a free slab slot.
+    Free,
+}
+
+/// A key: inline when short, boxed otherwise.
+#[derive(Debug)]
+pub(crate) enum Key {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut b = [0; INLINE_KEY];
+            b[..key.len()].copy_from_slice(key);
+            Key::Inline(key.len() as u8, b)
+        } else {
+            Key::Heap(key.into())
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Key::Inline(n, b) => &b[..*n as usize],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+/// The table hash of a 32-bit fingerprint: hashbrown takes the bucket from
+/// the low bits and its 7-bit tag from the top ones.
+fn table_hash(h: u32) -> u64 {
+    (u64::from(h) << 32) | u64::from(h)
+}
+
+/// The 32 bits of a key's hash a shard keeps. Bits 32.. picked the shard,
+/// so they are the same for every key of a shard and would add nothing.
+fn fingerprint(hash: u64) -> u32 {
+    hash as u32
 }
 
 /// One cached value with everything needed to decide if it may be served.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub hash: u64,
+    /// Fingerprint of the key's hash (see [`fingerprint`]).
+    hash: u32,
+    /// Bits 32..48 of the key's hash: enough to find its shard again.
+    shard_bits: u16,
     pub ns: u32,
-    pub key: Box<[u8]>,
     pub value: Bytes,
+    pub key: Key,
     /// Unix ms in engine time; `u64::MAX` = never.
     pub expires_at: u64,
     /// Namespace epoch the value was written under.
@@ -54,8 +118,11 @@ pub(crate) struct Entry {
     /// Per-key write version; a lower version never replaces a higher one.
     pub version: u64,
     freq: AtomicU8,
-    charge: usize,
     queue: Queue,
+    /// Bumped each time the slab slot holding the entry is freed, so queue
+    /// tokens of an earlier occupant are recognised as stale. (Here rather
+    /// than beside the entry: it fits the entry's padding, 8 B per slot.)
+    generation: u32,
 }
 
 impl Entry {
@@ -68,19 +135,40 @@ impl Entry {
         epoch: u64,
         version: u64,
     ) -> Self {
-        let charge = charge_of(key.len(), value.len());
         Entry {
-            hash,
+            hash: fingerprint(hash),
+            shard_bits: (hash >> 32) as u16,
             ns,
-            key: key.into(),
+            key: Key::new(key),
             value,
             expires_at,
             epoch,
             version,
             freq: AtomicU8::new(0),
-            charge,
             queue: Queue::Small,
+            generation: 0,
         }
+    }
+
+    /// A free slab slot of the given generation.
+    fn vacant(generation: u32) -> Self {
+        Entry {
+            hash: 0,
+            shard_bits: 0,
+            ns: 0,
+            key: Key::Inline(0, [0; INLINE_KEY]),
+            value: Bytes::new(),
+            expires_at: 0,
+            epoch: 0,
+            version: 0,
+            freq: AtomicU8::new(0),
+            queue: Queue::Free,
+            generation,
+        }
+    }
+
+    fn is_free(&self) -> bool {
+        self.queue == Queue::Free
     }
 
     /// Marks an entry that was hot before a restart: it is admitted straight
@@ -89,6 +177,22 @@ impl Entry {
         self.queue = Queue::Main;
         self
     }
+
+    /// A hash that picks the same shard as the key's full hash (shards
+    /// are picked by bits 32.., at most 16 of them).
+    pub(crate) fn shard_hash(&self) -> u64 {
+        u64::from(self.shard_bits) << 32
+    }
+
+    /// Bytes charged against the capacity.
+    fn charge(&self) -> usize {
+        charge_of(self.key.len(), self.value.len())
+    }
+
+    fn is(&self, hash: u32, ns: u32, key: &[u8]) -> bool {
+        // A free slot is never in the table, so it is never compared.
+        self.hash == hash && self.ns == ns && *self.key == *key
+    }
 }
 
 /// Bytes a `key.len()`/`value.len()` pair is charged against the capacity.
@@ -96,9 +200,133 @@ pub fn charge_of(key_len: usize, value_len: usize) -> usize {
     key_len + value_len + ENTRY_OVERHEAD
 }
 
-struct Slot {
-    generation: u32,
-    entry: Option<Entry>,
+/// Entries in pages of [`PAGE`] slots; an index never moves. A free slot
+/// holds a vacant entry (`Queue::Free`) that keeps its generation.
+#[derive(Default)]
+struct Slab {
+    pages: Vec<Box<[Entry]>>,
+    /// Slots handed out so far (used or on the free list).
+    len: u32,
+}
+
+impl Slab {
+    fn get(&self, i: u32) -> &Entry {
+        &self.pages[i as usize / PAGE][i as usize % PAGE]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Entry {
+        &mut self.pages[i as usize / PAGE][i as usize % PAGE]
+    }
+
+    /// The live entry in slot `i`.
+    fn entry(&self, i: u32) -> Option<&Entry> {
+        let e = self.get(i);
+        (!e.is_free()).then_some(e)
+    }
+
+    /// Puts `entry` in slot `i` (free, or never used when `i == len`),
+    /// keeping the slot's generation; adds a page when needed.
+    fn put(&mut self, i: u32, mut entry: Entry) {
+        if i == self.len {
+            if i as usize == self.pages.len() * PAGE {
+                self.pages
+                    .push((0..PAGE).map(|_| Entry::vacant(0)).collect());
+            }
+            self.len += 1;
+        }
+        let slot = self.get_mut(i);
+        debug_assert!(slot.is_free());
+        entry.generation = slot.generation;
+        *slot = entry;
+    }
+
+    /// Empties slot `i`, bumping its generation; returns what it held.
+    fn take(&mut self, i: u32) -> Entry {
+        let slot = self.get_mut(i);
+        let generation = slot.generation.wrapping_add(1);
+        std::mem::replace(slot, Entry::vacant(generation))
+    }
+}
+
+/// Fingerprints of keys recently evicted from small, oldest first, with a
+/// table of their positions for lookups: 4 B in the ring plus a 4-byte
+/// table index per key (a map of 64-bit hashes to counts took 16 + 8).
+#[derive(Default)]
+struct Ghost {
+    /// Fingerprints by position; [`Ghost::GONE`] marks one taken out by
+    /// a lookup (it still counts towards the size until it leaves).
+    ring: VecDeque<u32>,
+    /// Position of `ring[0]`; positions wrap around `u32`.
+    head: u32,
+    /// Positions of the fingerprints in `ring` that are not `GONE`.
+    table: HashTable<u32>,
+}
+
+impl Ghost {
+    const GONE: u32 = 0;
+
+    /// `GONE` is reserved: fingerprint 0 is stored as 1.
+    fn fp(h: u32) -> u32 {
+        h.max(1)
+    }
+
+    fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    fn at(ring: &VecDeque<u32>, head: u32, pos: u32) -> u32 {
+        ring[pos.wrapping_sub(head) as usize]
+    }
+
+    /// Drops the oldest fingerprint.
+    fn pop(&mut self) {
+        let Some(h) = self.ring.pop_front() else {
+            return;
+        };
+        let pos = self.head;
+        self.head = self.head.wrapping_add(1);
+        if h != Self::GONE
+            && let Ok(o) = self.table.find_entry(table_hash(h), |&p| p == pos)
+        {
+            o.remove();
+        }
+    }
+
+    fn push(&mut self, h: u32) {
+        let h = Self::fp(h);
+        let pos = self.head.wrapping_add(self.ring.len() as u32);
+        self.ring.push_back(h);
+        let (ring, head) = (&self.ring, self.head);
+        self.table
+            .insert_unique(table_hash(h), pos, |&p| table_hash(Self::at(ring, head, p)));
+    }
+
+    /// Takes every copy of `h` out; true when there was one.
+    fn remove(&mut self, h: u32) -> bool {
+        let h = Self::fp(h);
+        let mut found = false;
+        loop {
+            let (ring, head) = (&self.ring, self.head);
+            match self
+                .table
+                .find_entry(table_hash(h), |&p| Self::at(ring, head, p) == h)
+            {
+                Ok(o) => {
+                    let (pos, _) = o.remove();
+                    let i = pos.wrapping_sub(self.head) as usize;
+                    self.ring[i] = Self::GONE;
+                    found = true;
+                }
+                Err(_) => return found,
+            }
+        }
+    }
+
+    #[cfg(any(test, feature = "validate"))]
+    fn validate(&self) {
+        let live = self.ring.iter().filter(|&&h| h != Self::GONE).count();
+        assert_eq!(live, self.table.len(), "ghost table indexes its ring");
+    }
 }
 
 /// Result of an insert.
@@ -127,13 +355,12 @@ pub(crate) struct Shard {
     small_target: usize,
     used: usize,
     small_used: usize,
-    slots: Vec<Slot>,
+    slab: Slab,
     free: Vec<u32>,
     table: HashTable<u32>,
     small: VecDeque<(u32, u32)>,
     main: VecDeque<(u32, u32)>,
-    ghost: VecDeque<u64>,
-    ghost_set: hashbrown::HashMap<u64, u32, foldhash::fast::FixedState>,
+    ghost: Ghost,
 }
 
 impl Shard {
@@ -143,13 +370,12 @@ impl Shard {
             small_target: (capacity / 10).max(1),
             used: 0,
             small_used: 0,
-            slots: Vec::new(),
+            slab: Slab::default(),
             free: Vec::new(),
             table: HashTable::new(),
             small: VecDeque::new(),
             main: VecDeque::new(),
-            ghost: VecDeque::new(),
-            ghost_set: Default::default(),
+            ghost: Ghost::default(),
         }
     }
 
@@ -162,10 +388,10 @@ impl Shard {
     }
 
     fn find(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u32> {
+        let h = fingerprint(hash);
         self.table
-            .find(hash, |&i| {
-                let e = self.slots[i as usize].entry.as_ref();
-                e.is_some_and(|e| e.ns == ns && &*e.key == key)
+            .find(table_hash(h), |&i| {
+                self.slab.entry(i).is_some_and(|e| e.is(h, ns, key))
             })
             .copied()
     }
@@ -173,8 +399,11 @@ impl Shard {
     /// Looks a key up and counts the access. Takes `&self`: the frequency is
     /// atomic, so the caller can hold a shared lock.
     pub(crate) fn get(&self, hash: u64, ns: u32, key: &[u8]) -> Option<&Entry> {
-        let i = self.find(hash, ns, key)?;
-        let e = self.slots[i as usize].entry.as_ref()?;
+        let h = fingerprint(hash);
+        let &i = self.table.find(table_hash(h), |&i| {
+            self.slab.entry(i).is_some_and(|e| e.is(h, ns, key))
+        })?;
+        let e = self.slab.entry(i)?;
         let f = e.freq.load(Ordering::Relaxed);
         if f < MAX_FREQ {
             // A lost update under contention only under-counts; harmless.
@@ -186,7 +415,7 @@ impl Shard {
     /// The version of a key's entry, without counting an access.
     pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
         let i = self.find(hash, ns, key)?;
-        self.slots[i as usize].entry.as_ref().map(|e| e.version)
+        self.slab.entry(i).map(|e| e.version)
     }
 
     /// Inserts or replaces `entry` unless a newer version is present, then
@@ -198,64 +427,69 @@ impl Shard {
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) -> Insert {
-        if entry.charge > self.capacity {
+        let hash = table_hash(entry.hash);
+        let charge = entry.charge();
+        if charge > self.capacity {
             // Drop any older copy so a read cannot see it.
-            self.remove(entry.hash, entry.ns, &entry.key, entry.version);
+            if let Some(i) = self.find_entry(&entry)
+                && self
+                    .slab
+                    .entry(i)
+                    .is_some_and(|e| e.version <= entry.version)
+            {
+                self.take_slot(i);
+                self.maybe_compact();
+            }
             return Insert::TooLarge;
         }
-        if let Some(i) = self.find(entry.hash, entry.ns, &entry.key) {
-            let slot = self.slots[i as usize].entry.as_mut().expect("live slot");
+        if let Some(i) = self.find_entry(&entry) {
+            let slot = self.slab.get_mut(i);
             if slot.version > entry.version {
                 return Insert::Stale;
             }
-            let old_charge = slot.charge;
+            let old_charge = slot.charge();
             slot.value = entry.value;
             slot.expires_at = entry.expires_at;
             slot.epoch = entry.epoch;
             slot.version = entry.version;
-            slot.charge = entry.charge;
             let q = slot.queue;
-            self.used = self.used - old_charge + entry.charge;
+            self.used = self.used - old_charge + charge;
             if q == Queue::Small {
-                self.small_used = self.small_used - old_charge + entry.charge;
+                self.small_used = self.small_used - old_charge + charge;
             }
         } else {
-            let in_ghost = self.ghost_remove(entry.hash);
-            if in_ghost {
+            if self.ghost.remove(entry.hash) {
                 entry.queue = Queue::Main;
             }
-            let charge = entry.charge;
-            let hash = entry.hash;
             let queue = entry.queue;
-            let idx = match self.free.pop() {
-                Some(i) => {
-                    self.slots[i as usize].entry = Some(entry);
-                    i
-                }
-                None => {
-                    self.slots.push(Slot {
-                        generation: 0,
-                        entry: Some(entry),
-                    });
-                    (self.slots.len() - 1) as u32
-                }
-            };
-            let slots = &self.slots;
+            let idx = self.free.pop().unwrap_or(self.slab.len);
+            self.slab.put(idx, entry);
+            let slab = &self.slab;
             self.table.insert_unique(hash, idx, |&i| {
-                slots[i as usize].entry.as_ref().map_or(0, |e| e.hash)
+                slab.entry(i).map_or(0, |e| table_hash(e.hash))
             });
-            let token = (idx, self.slots[idx as usize].generation);
+            let token = (idx, self.slab.get(idx).generation);
             self.used += charge;
             match queue {
                 Queue::Small => {
                     self.small_used += charge;
                     self.small.push_back(token);
                 }
-                Queue::Main => self.main.push_back(token),
+                Queue::Main | Queue::Free => self.main.push_back(token),
             }
         }
         self.evict_to_fit(is_dead, on_evict);
         Insert::Stored
+    }
+
+    fn find_entry(&self, e: &Entry) -> Option<u32> {
+        self.table
+            .find(table_hash(e.hash), |&i| {
+                self.slab
+                    .entry(i)
+                    .is_some_and(|x| x.is(e.hash, e.ns, &e.key))
+            })
+            .copied()
     }
 
     /// Removes a key if its stored version is not newer than `version`.
@@ -264,11 +498,7 @@ impl Shard {
         let Some(i) = self.find(hash, ns, key) else {
             return false;
         };
-        if self.slots[i as usize]
-            .entry
-            .as_ref()
-            .is_some_and(|e| e.version > version)
-        {
+        if self.slab.entry(i).is_some_and(|e| e.version > version) {
             return false;
         }
         self.take_slot(i);
@@ -279,25 +509,24 @@ impl Shard {
     /// Frees slot `i`: unlinks it from the table and the byte counts. Its
     /// queue token goes stale and is skipped later.
     fn take_slot(&mut self, i: u32) -> Entry {
-        let slot = &mut self.slots[i as usize];
-        let e = slot.entry.take().expect("live slot");
-        slot.generation = slot.generation.wrapping_add(1);
+        let e = self.slab.take(i);
+        debug_assert!(!e.is_free(), "live slot");
         self.free.push(i);
-        if let Ok(o) = self.table.find_entry(e.hash, |&j| j == i) {
+        if let Ok(o) = self.table.find_entry(table_hash(e.hash), |&j| j == i) {
             o.remove();
         }
-        self.used -= e.charge;
+        let charge = e.charge();
+        self.used -= charge;
         if e.queue == Queue::Small {
-            self.small_used -= e.charge;
+            self.small_used -= charge;
         }
         e
     }
 
     fn is_live(&self, (i, generation): (u32, u32)) -> bool {
-        let s = &self.slots[i as usize];
-        s.generation == generation && s.entry.is_some()
+        let s = self.slab.get(i);
+        s.generation == generation && !s.is_free()
     }
-
     fn evict_to_fit(
         &mut self,
         is_dead: &dyn Fn(&Entry) -> bool,
@@ -322,7 +551,7 @@ impl Shard {
                 continue;
             }
             let i = token.0;
-            let e = self.slots[i as usize].entry.as_mut().expect("live");
+            let e = self.slab.get_mut(i);
             if is_dead(e) {
                 let e = self.take_slot(i);
                 on_evict(&e, Evicted::Dead);
@@ -332,7 +561,7 @@ impl Shard {
                 // Seen again while in small: promote to main.
                 e.freq.store(0, Ordering::Relaxed);
                 e.queue = Queue::Main;
-                self.small_used -= e.charge;
+                self.small_used -= e.charge();
                 self.main.push_back(token);
                 return;
             }
@@ -355,7 +584,7 @@ impl Shard {
                 continue;
             }
             let i = token.0;
-            let e = self.slots[i as usize].entry.as_ref().expect("live");
+            let e = self.slab.entry(i).expect("live");
             if is_dead(e) {
                 let e = self.take_slot(i);
                 on_evict(&e, Evicted::Dead);
@@ -377,31 +606,13 @@ impl Shard {
         }
     }
 
-    fn ghost_push(&mut self, hash: u64) {
+    fn ghost_push(&mut self, hash: u32) {
         // The ghost remembers about as many keys as the shard holds.
         let limit = self.table.len().max(16);
         while self.ghost.len() >= limit {
-            if let Some(h) = self.ghost.pop_front() {
-                self.ghost_forget(h);
-            }
+            self.ghost.pop();
         }
-        self.ghost.push_back(hash);
-        *self.ghost_set.entry(hash).or_insert(0) += 1;
-    }
-
-    fn ghost_forget(&mut self, h: u64) {
-        if let Some(c) = self.ghost_set.get_mut(&h) {
-            *c -= 1;
-            if *c == 0 {
-                self.ghost_set.remove(&h);
-            }
-        }
-    }
-
-    /// True when `hash` was in the ghost; the deque copy goes stale and is
-    /// dropped when it reaches the front.
-    fn ghost_remove(&mut self, hash: u64) -> bool {
-        self.ghost_set.remove(&hash).is_some()
+        self.ghost.push(hash);
     }
 
     /// Rebuilds the queues when stale tokens dominate, so a churn of
@@ -409,9 +620,10 @@ impl Shard {
     fn maybe_compact(&mut self) {
         let live = self.table.len();
         if self.small.len() + self.main.len() > 2 * live + 64 {
-            let slots = &self.slots;
+            let slab = &self.slab;
             let alive = |&(i, g): &(u32, u32)| {
-                slots[i as usize].generation == g && slots[i as usize].entry.is_some()
+                let s = slab.get(i);
+                s.generation == g && !s.is_free()
             };
             self.small.retain(alive);
             self.main.retain(alive);
@@ -423,11 +635,11 @@ impl Shard {
         for (q, rank_base) in [(&self.main, 4u8), (&self.small, 0u8)] {
             for &t in q.iter() {
                 if self.is_live(t) {
-                    let e = self.slots[t.0 as usize].entry.as_ref().expect("live");
+                    let e = self.slab.entry(t.0).expect("live");
                     out.push((
                         rank_base + e.freq.load(Ordering::Relaxed),
                         e.ns,
-                        e.key.clone(),
+                        Box::from(&*e.key),
                     ));
                 }
             }
@@ -441,22 +653,18 @@ impl Shard {
         let mut used = 0;
         let mut small_used = 0;
         let mut live = 0;
-        for (i, s) in self.slots.iter().enumerate() {
-            if let Some(e) = &s.entry {
+        for i in 0..self.slab.len {
+            if let Some(e) = self.slab.entry(i) {
                 live += 1;
-                used += e.charge;
+                used += e.charge();
                 if e.queue == Queue::Small {
-                    small_used += e.charge;
+                    small_used += e.charge();
                 }
-                assert_eq!(
-                    self.find(e.hash, e.ns, &e.key),
-                    Some(i as u32),
-                    "table maps entry to its slot"
-                );
-                let token = (i as u32, s.generation);
+                assert_eq!(self.find_entry(e), Some(i), "table maps entry to its slot");
+                let token = (i, e.generation);
                 let q = match e.queue {
                     Queue::Small => &self.small,
-                    Queue::Main => &self.main,
+                    _ => &self.main,
                 };
                 assert_eq!(
                     q.iter().filter(|&&t| t == token).count(),
@@ -470,7 +678,8 @@ impl Shard {
         assert_eq!(used, self.used, "byte count");
         assert_eq!(small_used, self.small_used, "small byte count");
         assert!(self.used <= self.capacity, "within capacity");
-        assert_eq!(self.free.len() + live, self.slots.len(), "free list");
+        assert_eq!(self.free.len() + live, self.slab.len as usize, "free list");
+        self.ghost.validate();
     }
 }
 
@@ -498,6 +707,49 @@ mod tests {
     fn hit(s: &Shard, k: u64) -> bool {
         s.get(k.wrapping_mul(0x9E3779B97F4A7C15), 0, &k.to_le_bytes())
             .is_some()
+    }
+
+    #[test]
+    fn entry_layout() {
+        // ENTRY_OVERHEAD's breakdown counts a 96-byte slot and a 24-byte key.
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+    }
+
+    #[test]
+    fn long_keys_and_ghost_round_trip() {
+        let mut s = Shard::new(charge_of(40, 8) * 4);
+        let key = |k: u64| format!("{k:040}").into_bytes();
+        let h = |k: u64| k.wrapping_mul(0x9E3779B97F4A7C15);
+        for k in 0..20 {
+            let e = Entry::new(
+                h(k),
+                0,
+                &key(k),
+                Bytes::from_static(b"12345678"),
+                u64::MAX,
+                0,
+                k,
+            );
+            s.insert(e, &|_| false, &mut |_, _| {});
+            s.validate();
+        }
+        assert!(s.get(h(19), 0, &key(19)).is_some());
+        assert!(s.get(h(0), 0, &key(0)).is_none());
+        // Key 0 left through small unread: back in, it goes to main.
+        let e = Entry::new(
+            h(0),
+            0,
+            &key(0),
+            Bytes::from_static(b"12345678"),
+            u64::MAX,
+            0,
+            100,
+        );
+        s.insert(e, &|_| false, &mut |_, _| {});
+        s.validate();
+        let i = s.find(h(0), 0, &key(0)).expect("inserted");
+        assert_eq!(s.slab.entry(i).map(|e| e.queue), Some(Queue::Main));
     }
 
     #[test]
@@ -541,8 +793,9 @@ mod tests {
         let mut b = e(1, 20);
         b.version = 4;
         assert_eq!(s.insert(b, &|_| false, &mut |_, _| {}), Insert::Stale);
-        assert!(!s.remove(e(1, 0).hash, 0, &1u64.to_le_bytes(), 3));
-        assert!(s.remove(e(1, 0).hash, 0, &1u64.to_le_bytes(), 5));
+        let h = 1u64.wrapping_mul(0x9E3779B97F4A7C15);
+        assert!(!s.remove(h, 0, &1u64.to_le_bytes(), 3));
+        assert!(s.remove(h, 0, &1u64.to_le_bytes(), 5));
         s.validate();
     }
 
@@ -551,7 +804,12 @@ mod tests {
         let mut s = Shard::new(1 << 30);
         for k in 0..100_000u64 {
             s.insert(e(k, 1), &|_| false, &mut |_, _| {});
-            s.remove(e(k, 0).hash, 0, &k.to_le_bytes(), u64::MAX);
+            s.remove(
+                k.wrapping_mul(0x9E3779B97F4A7C15),
+                0,
+                &k.to_le_bytes(),
+                u64::MAX,
+            );
         }
         s.validate();
         assert!(s.small.len() + s.main.len() < 200);

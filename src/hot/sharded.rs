@@ -38,8 +38,9 @@ impl HotTier {
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        // Bits 32.. pick the shard: the table inside uses the low bits for
-        // the bucket and the top 7 for its tag, so these stay independent.
+        // Bits 32.. pick the shard (at most 16 of them: `shards` ≤ 65 536);
+        // a shard keeps the low 32 bits as the key's fingerprint, for its
+        // table and ghost, so these stay independent.
         &self.shards[((hash >> 32) & self.mask) as usize]
     }
 
@@ -64,7 +65,7 @@ impl HotTier {
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) -> Insert {
-        self.shard(entry.hash)
+        self.shard(entry.shard_hash())
             .write()
             .insert(entry, is_dead, on_evict)
     }
