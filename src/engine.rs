@@ -66,24 +66,44 @@ enum Fill {
     WarmUp,
 }
 
-/// When a redb read happened: the commit sequence number taken before it
-/// began (for the fill rule) and the engine time used for expiry.
-#[derive(Clone, Copy)]
-struct ReadPoint {
+/// When a read happened: the commit sequence number taken before it
+/// began (for the fill rule) and the engine time used for expiry, read
+/// from the clock only when first needed (a hit on an entry that never
+/// expires needs none).
+struct ReadPoint<'a> {
     seq: u64,
-    now: u64,
-    /// Entries expiring at or before this are not returned: `now` for
-    /// normal reads, `now - retention` when stale entries are wanted.
-    min_expiry: u64,
+    now: std::cell::OnceCell<u64>,
+    time: &'a EngineTime,
+    /// Entries expired up to this long ago are returned (as stale): the
+    /// namespace's retention when stale entries are wanted, else 0.
+    retention: u64,
 }
 
-impl ReadPoint {
+impl<'a> ReadPoint<'a> {
+    /// A read point whose time is already known.
+    fn fixed(seq: u64, now: u64, time: &'a EngineTime) -> Self {
+        ReadPoint {
+            seq,
+            now: std::cell::OnceCell::from(now),
+            time,
+            retention: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        *self.now.get_or_init(|| self.time.now_ms())
+    }
+
     /// Whether an entry expiring at `expires_at` is returned, and whether
     /// it is fresh (`Some(true)`) or stale (`Some(false)`).
     fn visible(&self, expires_at: u64) -> Option<bool> {
-        if expires_at > self.now {
+        if expires_at == u64::MAX {
+            return Some(true);
+        }
+        let now = self.now();
+        if expires_at > now {
             Some(true)
-        } else if expires_at > self.min_expiry {
+        } else if expires_at > now.saturating_sub(self.retention) {
             Some(false)
         } else {
             None
@@ -543,7 +563,7 @@ impl Shared {
 
     /// Hot tier, then pending writes. Counts hot hits and answers from
     /// pending; leaves redb to the caller.
-    fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], at: ReadPoint) -> Fast {
+    fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], at: &ReadPoint) -> Fast {
         let epoch = ns.epoch();
         let count = |fresh: Option<bool>, tier: &Striped| {
             // A stale answer is a miss as far as freshness goes.
@@ -598,10 +618,10 @@ impl Shared {
         hash: u64,
         key: &[u8],
         rec: Option<&[u8]>,
-        at: ReadPoint,
+        at: &ReadPoint,
         fill: Fill,
     ) -> Result<Option<Found>, ReadError> {
-        let ReadPoint { seq, now, .. } = at;
+        let seq = at.seq;
         let count = |c: &Striped| {
             if fill == Fill::Read {
                 add(c, 1)
@@ -639,7 +659,7 @@ impl Shared {
                 if fill == Fill::WarmUp {
                     e = e.into_main();
                 }
-                self.hot_insert(e, now);
+                self.hot_insert(e, at.now());
             }
         }
         Ok(Some(Found {
@@ -650,19 +670,13 @@ impl Shared {
 
     /// The point a read of `ns` happens at. With `stale`, entries expired
     /// less than the namespace's retention ago are visible too.
-    fn read_point(&self, ns: &Namespace, stale: bool) -> ReadPoint {
-        // The sequence number is taken before anything is read (fill rule).
-        let seq = self.commit_seq.load(Ordering::SeqCst);
-        let now = self.time.now_ms();
-        let min_expiry = if stale {
-            now.saturating_sub(ns.retention_ms)
-        } else {
-            now
-        };
+    fn read_point(&self, ns: &Namespace, stale: bool) -> ReadPoint<'_> {
         ReadPoint {
-            seq,
-            now,
-            min_expiry,
+            // Taken before anything is read (fill rule).
+            seq: self.commit_seq.load(Ordering::SeqCst),
+            now: std::cell::OnceCell::new(),
+            time: &self.time,
+            retention: if stale { ns.retention_ms } else { 0 },
         }
     }
 
@@ -678,14 +692,27 @@ impl Shared {
         let ns = self.namespace_r(ns_name)?;
         let hash = self.hot.hash(ns.id, key);
         let at = self.read_point(&ns, stale);
-        if let Fast::Done(r) = self.lookup_fast(&ns, hash, key, at) {
-            return Ok(r);
+        match self.lookup_fast(&ns, hash, key, &at) {
+            Fast::Done(r) => Ok(r),
+            Fast::NeedWarm => self.get_warm(&ns, hash, key, &at),
         }
+    }
+
+    /// `get` past the hot tier and pending: redb, then the mirror. Kept
+    /// out of line so a hot hit does not pay for its stack frame.
+    #[inline(never)]
+    fn get_warm(
+        &self,
+        ns: &Arc<Namespace>,
+        hash: u64,
+        key: &[u8],
+        at: &ReadPoint,
+    ) -> Result<Option<Found>, ReadError> {
         let r = self.read_txn()?;
         let t = r.open_table(ENTRIES).map_err(read_err)?;
         let rec = t.get((&*ns.name, key)).map_err(read_err)?;
         let found = self.accept_warm(
-            &ns,
+            ns,
             hash,
             key,
             rec.as_ref().map(|g| g.value()),
@@ -695,7 +722,7 @@ impl Shared {
         if found.is_none()
             && let Some(m) = self.read_miss.get()
         {
-            return Ok(m.fetch(self, &ns, &[key]).pop().flatten());
+            return Ok(m.fetch(self, ns, &[key]).pop().flatten());
         }
         Ok(found)
     }
@@ -712,7 +739,7 @@ impl Shared {
         let mut warm = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let hash = self.hot.hash(ns.id, key);
-            match self.lookup_fast(&ns, hash, key, at) {
+            match self.lookup_fast(&ns, hash, key, &at) {
                 Fast::Done(r) => out.push(r),
                 Fast::NeedWarm => {
                     out.push(None);
@@ -730,7 +757,7 @@ impl Shared {
                     hash,
                     keys[i],
                     rec.as_ref().map(|g| g.value()),
-                    at,
+                    &at,
                     Fill::Read,
                 )?;
             }
@@ -912,11 +939,7 @@ impl Shared {
         for _attempt in 0..3 {
             let seq = self.commit_seq.load(Ordering::SeqCst);
             let now = self.time.now_ms();
-            let at = ReadPoint {
-                seq,
-                now,
-                min_expiry: now,
-            };
+            let at = ReadPoint::fixed(seq, now, &self.time);
             let Ok(db) = self.db() else { return };
             let Ok(r) = db.begin_read() else { return };
             let Ok(t) = r.open_table(ENTRIES) else { return };
@@ -930,7 +953,7 @@ impl Shared {
                     continue;
                 }
                 if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
-                    let _ = self.accept_warm(ns, hash, key, Some(g.value()), at, Fill::WarmUp);
+                    let _ = self.accept_warm(ns, hash, key, Some(g.value()), &at, Fill::WarmUp);
                 }
             }
             if self.commit_seq.load(Ordering::SeqCst) == seq {

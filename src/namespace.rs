@@ -11,7 +11,6 @@ use crate::stats::NsCounters;
 use parking_lot::RwLock;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use zstd::dict::EncoderDictionary;
@@ -46,6 +45,24 @@ impl Namespace {
     }
 }
 
+/// A cheap hash of a namespace name for the lock-free table: length and up
+/// to 16 bytes. Names are the application's, not an attacker's; the worst
+/// case is a longer linear probe.
+fn name_hash(name: &str) -> usize {
+    let b = name.as_bytes();
+    let n = b.len();
+    let mut x = n as u64;
+    if n >= 8 {
+        let w = |i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        x ^= w(0) ^ w(n - 8).rotate_left(29);
+    } else {
+        for &c in b {
+            x = x.rotate_left(8) ^ u64::from(c);
+        }
+    }
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
+}
+
 /// How many namespaces get the lock-free lookup (by name and by id). More
 /// are fine: they are found through the locked maps, one `Arc` clone each.
 const FAST: usize = 128;
@@ -62,7 +79,6 @@ pub(crate) struct Namespaces {
     fast_by_name: Box<[OnceLock<Arc<Namespace>>]>,
     /// `fast_by_id[id]` for ids below `FAST`.
     fast_by_id: Box<[OnceLock<Arc<Namespace>>]>,
-    name_hasher: foldhash::fast::FixedState,
     /// Every namespace; creation happens under its write lock.
     by_name: RwLock<HashMap<Arc<str>, Arc<Namespace>>>,
     by_id: RwLock<Vec<Arc<Namespace>>>,
@@ -80,7 +96,6 @@ impl Namespaces {
         Namespaces {
             fast_by_name: (0..2 * FAST).map(|_| OnceLock::new()).collect(),
             fast_by_id: (0..FAST).map(|_| OnceLock::new()).collect(),
-            name_hasher: foldhash::fast::FixedState::with_seed(0x0065_6d62_6572),
             by_name: RwLock::new(HashMap::new()),
             by_id: RwLock::new(Vec::new()),
             declared,
@@ -92,7 +107,7 @@ impl Namespaces {
     /// The probe sequence of `name` in `fast_by_name`.
     fn probe(&self, name: &str) -> impl Iterator<Item = &OnceLock<Arc<Namespace>>> {
         let mask = self.fast_by_name.len() - 1;
-        let h = self.name_hasher.hash_one(name) as usize;
+        let h = name_hash(name);
         (0..self.fast_by_name.len()).map(move |i| &self.fast_by_name[(h + i) & mask])
     }
 
@@ -100,7 +115,9 @@ impl Namespaces {
     fn fast(&self, name: &str) -> Option<&Arc<Namespace>> {
         for slot in self.probe(name) {
             match slot.get() {
-                Some(ns) if *ns.name == *name => return Some(ns),
+                Some(ns) if crate::hot::bytes_eq(ns.name.as_bytes(), name.as_bytes()) => {
+                    return Some(ns);
+                }
                 Some(_) => continue,
                 None => return None,
             }
@@ -130,9 +147,17 @@ impl Namespaces {
     /// Like [`Self::get`], borrowed when it can be: the read path's lookup,
     /// lock-free and without touching the `Arc`'s count.
     pub(crate) fn get_ref(&self, name: &str) -> Result<Cow<'_, Arc<Namespace>>, WriteError> {
-        if let Some(ns) = self.fast(name) {
-            return Ok(Cow::Borrowed(ns));
+        match self.fast(name) {
+            Some(ns) => Ok(Cow::Borrowed(ns)),
+            None => self.get_slow(name),
         }
+    }
+
+    /// `get_ref` past the lock-free table: the locked map, or a new
+    /// namespace. Out of line, so the common lookup stays small.
+    #[cold]
+    #[inline(never)]
+    fn get_slow(&self, name: &str) -> Result<Cow<'_, Arc<Namespace>>, WriteError> {
         if let Some(ns) = self.by_name.read().get(name) {
             return Ok(Cow::Owned(ns.clone()));
         }

@@ -191,7 +191,7 @@ impl Entry {
 
     fn is(&self, hash: u32, ns: u32, key: &[u8]) -> bool {
         // A free slot is never in the table, so it is never compared.
-        self.hash == hash && self.ns == ns && *self.key == *key
+        self.hash == hash && self.ns == ns && super::bytes_eq(&self.key, key)
     }
 }
 
