@@ -563,6 +563,7 @@ impl Shared {
 
     /// Hot tier, then pending writes. Counts hot hits and answers from
     /// pending; leaves redb to the caller.
+    #[inline]
     fn lookup_fast(&self, ns: &Namespace, hash: u64, key: &[u8], at: &ReadPoint) -> Fast {
         let epoch = ns.epoch();
         let count = |fresh: Option<bool>, tier: &Striped| {

@@ -48,6 +48,7 @@ impl Namespace {
 /// A cheap hash of a namespace name for the lock-free table: length and up
 /// to 16 bytes. Names are the application's, not an attacker's; the worst
 /// case is a longer linear probe.
+#[inline]
 fn name_hash(name: &str) -> usize {
     let b = name.as_bytes();
     let n = b.len();
@@ -112,9 +113,12 @@ impl Namespaces {
     }
 
     /// Lock-free lookup among the first `FAST` namespaces.
+    #[inline]
     fn fast(&self, name: &str) -> Option<&Arc<Namespace>> {
-        for slot in self.probe(name) {
-            match slot.get() {
+        let mask = self.fast_by_name.len() - 1;
+        let h = name_hash(name);
+        for i in 0..self.fast_by_name.len() {
+            match self.fast_by_name[(h + i) & mask].get() {
                 Some(ns) if crate::hot::bytes_eq(ns.name.as_bytes(), name.as_bytes()) => {
                     return Some(ns);
                 }
@@ -146,6 +150,7 @@ impl Namespaces {
 
     /// Like [`Self::get`], borrowed when it can be: the read path's lookup,
     /// lock-free and without touching the `Arc`'s count.
+    #[inline]
     pub(crate) fn get_ref(&self, name: &str) -> Result<Cow<'_, Arc<Namespace>>, WriteError> {
         match self.fast(name) {
             Some(ns) => Ok(Cow::Borrowed(ns)),

@@ -46,6 +46,7 @@ impl HotTier {
 
     /// A hit under the shard's shared lock. The caller checks expiry and
     /// epoch (it knows the time and the namespace's current epoch).
+    #[inline]
     pub(crate) fn get(&self, hash: u64, ns: u32, key: &[u8]) -> Option<HotHit> {
         let shard = self.shard(hash).read();
         shard.get(hash, ns, key).map(|e| HotHit {

@@ -13,6 +13,7 @@ mod charts;
 mod compress;
 mod durable;
 mod hybrid;
+mod memory;
 mod peers;
 mod redis_srv;
 mod report;
@@ -58,7 +59,11 @@ impl Scale {
     }
 }
 
-const ALL: &[&str] = &["w3", "w1", "w2", "w5", "w6", "w7", "w8", "w9"];
+const ALL: &[&str] = &["w3", "w1", "w2", "w4", "w5", "w6", "w7", "w8", "w9"];
+
+/// Counts the heap the caches under test hold (W4); see src/memory.rs.
+#[global_allocator]
+static ALLOC: memory::Tagging = memory::Tagging;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -131,6 +136,7 @@ fn main() {
             "w3" => w3::w3(&scale.for_w3()),
             "w1" => tput::w1(&scale),
             "w2" => tput::w2(&scale),
+            "w4" => memory::w4(&scale),
             "w5" => durable::w5(&scale) + &hybrid::w5_foyer(&scale),
             "w6" => hybrid::w6(&scale),
             "w7" => restart::w7(&scale),
