@@ -3,7 +3,7 @@
 use super::s3fifo::{Entry, Evicted, Insert, Shard};
 use bytes::Bytes;
 use parking_lot::RwLock;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 
 /// What a hot-tier hit returns.
 #[derive(Debug, Clone)]
@@ -33,8 +33,14 @@ impl HotTier {
         }
     }
 
+    #[inline]
     pub(crate) fn hash(&self, ns: u32, key: &[u8]) -> u64 {
-        self.hasher.hash_one((ns, key))
+        // Not `hash_one((ns, key))`: the fixed-width namespace id first
+        // makes the pair unambiguous without the slice's length prefix.
+        let mut h = self.hasher.build_hasher();
+        h.write_u32(ns);
+        h.write(key);
+        h.finish()
     }
 
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
