@@ -10,6 +10,11 @@
 //! Only `gets` is counted (`--toggle-collect`), so instructions per get =
 //! the reported total / the number of gets. `which` is `embercache` or
 //! `quick_cache`; keys are 10 bytes, values 100 bytes, Zipf 0.99.
+//!
+//! `probe race KEYS GETS ROUNDS THREADS` times embercache and quick_cache
+//! in alternation, round after round, and prints each round's ratio and
+//! their median: on a shared machine, load that drifts between two long
+//! runs then mostly cancels out.
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -18,7 +23,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Zipf};
 
 #[inline(never)]
-fn gets(get: &dyn Fn(&[u8]) -> Option<Bytes>, keys: &[Vec<u8>], trace: &[u32]) -> usize {
+fn gets(get: &(dyn Fn(&[u8]) -> Option<Bytes> + Sync), keys: &[Vec<u8>], trace: &[u32]) -> usize {
     let mut hits = 0;
     for &id in trace {
         if std::hint::black_box(get(&keys[id as usize])).is_some() {
@@ -28,9 +33,94 @@ fn gets(get: &dyn Fn(&[u8]) -> Option<Bytes>, keys: &[Vec<u8>], trace: &[u32]) -
     hits
 }
 
+/// Gets/s of `threads` threads each running `trace` through `get`.
+fn rate(
+    get: &(dyn Fn(&[u8]) -> Option<Bytes> + Sync),
+    keys: &[Vec<u8>],
+    traces: &[Vec<u32>],
+) -> f64 {
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for t in traces {
+            s.spawn(move || gets(get, keys, t));
+        }
+    });
+    traces.iter().map(Vec::len).sum::<usize>() as f64 / start.elapsed().as_secs_f64()
+}
+
+fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
+    let values: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
+        .collect();
+    let traces: Vec<Vec<u32>> = (0..threads)
+        .map(|t| {
+            let mut rng = StdRng::seed_from_u64(100 + t as u64);
+            let mut perm: Vec<u32> = (0..n as u32).collect();
+            perm.shuffle(&mut StdRng::seed_from_u64(100));
+            let z = Zipf::new(n as u64, 0.99).expect("zipf");
+            (0..ops)
+                .map(|_| perm[z.sample(&mut rng) as usize - 1])
+                .collect()
+        })
+        .collect();
+    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+    let e = embercache::Cache::builder()
+        .in_memory()
+        .hot_capacity(cap)
+        .open()
+        .expect("open");
+    let q = quick_cache::sync::Cache::<Vec<u8>, Bytes, peers_charge::W>::with_weighter(
+        n,
+        cap,
+        peers_charge::W,
+    );
+    for (k, v) in keys.iter().zip(&values) {
+        e.set("w", k, v.clone()).expect("set");
+        q.insert(k.clone(), v.clone());
+    }
+    e.flush().expect("flush");
+    let eg = |k: &[u8]| e.get("w", k).expect("get");
+    let qg = |k: &[u8]| q.get(k);
+    let mut ratios = Vec::new();
+    for r in 0..rounds {
+        let a = rate(&eg, &keys, &traces);
+        let b = rate(&qg, &keys, &traces);
+        ratios.push(a / b);
+        println!(
+            "round {r}: embercache {a:.0}/s quick_cache {b:.0}/s ratio {:.2}",
+            a / b
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{threads} thread(s): median ratio {:.2} (min {:.2}, max {:.2}) over {rounds} rounds",
+        ratios[rounds / 2],
+        ratios[0],
+        ratios[rounds - 1]
+    );
+}
+
+/// The same byte weight as benches/peers (embercache's charge).
+mod peers_charge {
+    #[derive(Clone)]
+    pub struct W;
+    impl quick_cache::Weighter<Vec<u8>, bytes::Bytes> for W {
+        fn weight(&self, k: &Vec<u8>, v: &bytes::Bytes) -> u64 {
+            embercache::charge_of(k.len(), v.len()) as u64
+        }
+    }
+}
+
 fn main() {
     let mut a = std::env::args().skip(1);
     let which = a.next().unwrap_or_else(|| "embercache".into());
+    if which == "race" {
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, rounds, threads) = (num(250_000), num(500_000), num(9), num(1));
+        race(n, ops, rounds, threads);
+        return;
+    }
     let n: usize = a.next().map_or(100_000, |s| s.parse().expect("keys"));
     let ops: usize = a.next().map_or(200_000, |s| s.parse().expect("gets"));
     let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
