@@ -9,7 +9,7 @@
 //!
 //! Only `gets` is counted (`--toggle-collect`), so instructions per get =
 //! the reported total / the number of gets. `which` is `embercache` or
-//! `quick_cache`; keys are 10 bytes, values 100 bytes, Zipf 0.99.
+//! `quick_cache` (or `embercache-ttl`: every key with a TTL); keys are 10 bytes, values 100 bytes, Zipf 0.99.
 //!
 //! `probe race KEYS GETS ROUNDS THREADS` times embercache and quick_cache
 //! in alternation, round after round, and prints each round's ratio and
@@ -136,14 +136,19 @@ fn main() {
         .collect();
     let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
     let hits = match which.as_str() {
-        "embercache" => {
+        "embercache" | "embercache-ttl" => {
             let c = embercache::Cache::builder()
                 .in_memory()
                 .hot_capacity(cap)
                 .open()
                 .expect("open");
+            // `embercache-ttl`: every key with a 1-hour TTL (W8's get cost).
+            let ttl = (which == "embercache-ttl").then(|| std::time::Duration::from_secs(3600));
             for (k, v) in keys.iter().zip(&values) {
-                c.set("w", k, v.clone()).expect("set");
+                match ttl {
+                    Some(t) => c.set_with_ttl("w", k, v.clone(), t).expect("set"),
+                    None => c.set("w", k, v.clone()).expect("set"),
+                }
             }
             c.flush().expect("flush");
             // Warm: every key read once, so frequencies settle as in W1.
