@@ -112,9 +112,55 @@ mod peers_charge {
     }
 }
 
+/// W2-like: gets that insert on a miss, every 10th op a set.
+#[inline(never)]
+fn w2ops(c: &embercache::Cache, keys: &[Vec<u8>], values: &[Bytes], trace: &[u32]) -> usize {
+    let mut hits = 0;
+    for (i, &id) in trace.iter().enumerate() {
+        let k = &keys[id as usize];
+        if i % 10 == 9 {
+            c.set("w", k, values[id as usize].clone()).expect("set");
+        } else if c.get("w", k).expect("get").is_some() {
+            hits += 1;
+        } else {
+            c.set("w", k, values[id as usize].clone()).expect("set");
+        }
+    }
+    hits
+}
+
 fn main() {
     let mut a = std::env::args().skip(1);
     let which = a.next().unwrap_or_else(|| "embercache".into());
+    if which == "w2" {
+        // probe w2 KEYS OPS: capacity 1 % of the keys, Zipf 0.8.
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops) = (num(100_000), num(100_000));
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
+        let values: Vec<Bytes> = (0..n)
+            .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
+            .collect();
+        let mut rng = StdRng::seed_from_u64(700);
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        perm.shuffle(&mut rng);
+        let z = Zipf::new(n as u64, 0.8).expect("zipf");
+        let trace: Vec<u32> = (0..ops)
+            .map(|_| perm[z.sample(&mut rng) as usize - 1])
+            .collect();
+        let cap = (n / 100) as u64 * embercache::charge_of(10, 100) as u64;
+        let c = embercache::Cache::builder()
+            .in_memory()
+            .hot_capacity(cap)
+            .open()
+            .expect("open");
+        let t = std::time::Instant::now();
+        let hits = w2ops(&c, &keys, &values, &trace);
+        println!(
+            "w2: {hits} hits of {ops} ops, {:.0} ops/s",
+            ops as f64 / t.elapsed().as_secs_f64()
+        );
+        return;
+    }
     if which == "race" {
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops, rounds, threads) = (num(250_000), num(500_000), num(9), num(1));
