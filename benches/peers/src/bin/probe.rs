@@ -14,7 +14,9 @@
 //! `probe race KEYS GETS ROUNDS THREADS` times embercache and quick_cache
 //! in alternation, round after round, and prints each round's ratio and
 //! their median: on a shared machine, load that drifts between two long
-//! runs then mostly cancels out.
+//! runs then mostly cancels out. `probe w2 KEYS OPS` runs a W2-like mix
+//! (gets with insert on a miss, every 10th op a set, 1 % capacity) on
+//! embercache alone; `embercache-ttl` is the get driver with TTLs (W8).
 
 use bytes::Bytes;
 use rand::SeedableRng;
