@@ -694,9 +694,24 @@ impl Shared {
         let hash = self.hot.hash(ns.id, key);
         let at = self.read_point(&ns, stale);
         match self.lookup_fast(&ns, hash, key, &at) {
-            Fast::Done(r) => Ok(r),
+            Fast::Done(Some(f)) => Ok(Some(f)),
+            // The local copy is expired, of an older epoch or deleted: the
+            // mirror may hold a newer write of another instance (the same
+            // rule as `get_many`).
+            Fast::Done(None) => Ok(self.get_remote(&ns, key)),
             Fast::NeedWarm => self.get_warm(&ns, hash, key, &at),
         }
+    }
+
+    /// Asks the mirror (when there is one) for a key the local tiers do not
+    /// answer. Out of line: a hot hit never pays for it.
+    #[inline(never)]
+    fn get_remote(&self, ns: &Arc<Namespace>, key: &[u8]) -> Option<Found> {
+        self.read_miss
+            .get()?
+            .fetch(self, ns, &[key])
+            .pop()
+            .flatten()
     }
 
     /// `get` past the hot tier and pending: redb, then the mirror. Kept
@@ -720,10 +735,8 @@ impl Shared {
             at,
             Fill::Read,
         )?;
-        if found.is_none()
-            && let Some(m) = self.read_miss.get()
-        {
-            return Ok(m.fetch(self, ns, &[key]).pop().flatten());
+        if found.is_none() {
+            return Ok(self.get_remote(ns, key));
         }
         Ok(found)
     }
@@ -1032,6 +1045,9 @@ impl Shared {
                 .hot
                 .version_of(hash, ns.id, key)
                 .is_some_and(|v| v >= h.version)
+            || self
+                .committed_version(&ns.name, key)
+                .is_none_or(|v| v.is_some_and(|v| v >= h.version))
         {
             return None;
         }
@@ -1087,6 +1103,9 @@ impl Shared {
                 .hot
                 .version_of(hash, ns.id, key)
                 .is_some_and(|v| v >= version)
+            || self
+                .committed_version(&ns.name, key)
+                .is_some_and(|v| v.is_some_and(|v| v >= version))
         {
             return;
         }
@@ -1112,6 +1131,23 @@ impl Shared {
         self.hot.remove(hash, ns.id, key, version);
     }
 
+    /// The version of the key's committed record: `Some(None)` when there
+    /// is none, `None` when the warm tier cannot be read. Called under the
+    /// key's pending lock by the mirror's fills and deletes: the writer
+    /// drops a pending entry only after its commit, so with no pending
+    /// entry every earlier local write is visible here. The hot tier alone
+    /// cannot tell, since a newer local write may have been evicted from it.
+    fn committed_version(&self, ns: &str, key: &[u8]) -> Option<Option<u64>> {
+        let r = self.begin_read().ok()?;
+        let t = r.open_table(ENTRIES).ok()?;
+        let Some(g) = t.get((ns, key)).ok()? else {
+            return Some(None);
+        };
+        record::decode_header(g.value())
+            .ok()
+            .map(|h| Some(h.version))
+    }
+
     /// Raises the namespace's epoch to `epoch` (an invalidation made
     /// elsewhere); a no-op when the local epoch is already there.
     pub(crate) fn raise_epoch(&self, ns_name: &str, epoch: u64) -> Result<bool, WriteError> {
@@ -1129,5 +1165,53 @@ impl Shared {
         ns.epoch.store(epoch, Ordering::Release);
         add(&ns.counters.invalidations, 1);
         Ok(true)
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use crate::Cache;
+    use crate::store::record::{Compression, Header};
+    use bytes::Bytes;
+
+    /// A fill or delete from Redis older than a committed local write that
+    /// is no longer hot must not win: the race of a Redis read overtaken by
+    /// a local write that was committed and evicted before the fill.
+    #[test]
+    fn remote_fills_and_deletes_never_hide_a_newer_committed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        cache.set("ns", b"k", b"newer".to_vec()).unwrap();
+        cache.flush().unwrap();
+        let sh = cache.sh();
+        let ns = sh.ns.get("ns").unwrap();
+        let hash = sh.hot.hash(ns.id, b"k");
+        let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
+        // Evicted: only the committed record knows the newer version.
+        assert!(sh.hot.remove(hash, ns.id, b"k", v));
+        let older = Header {
+            compression: Compression::Raw,
+            dict_id: 0,
+            expires_at: u64::MAX,
+            version: v - 1,
+            epoch: ns.epoch(),
+            raw_len: 5,
+        };
+        assert!(
+            sh.fill_remote(&ns, b"k", &older, Bytes::from_static(b"older"))
+                .is_none()
+        );
+        assert_eq!(
+            cache.get("ns", b"k").unwrap().as_deref(),
+            Some(&b"newer"[..])
+        );
+        sh.hot.remove(hash, ns.id, b"k", v);
+        sh.delete_remote(&ns, b"k", v - 1);
+        cache.flush().unwrap();
+        assert_eq!(
+            cache.get("ns", b"k").unwrap().as_deref(),
+            Some(&b"newer"[..])
+        );
+        cache.close().unwrap();
     }
 }

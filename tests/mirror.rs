@@ -822,13 +822,11 @@ fn drain_throughput_after_an_outage() {
     cache.close().unwrap();
 }
 
-/// Known gap (engine read path, not fixed here): after the local copy of a
-/// key expires, `get` answers from the expired hot copy (a miss) without
-/// asking Redis until the sweeper reclaims it (about a second), while
-/// `get_many` asks Redis and returns the newer value another instance
-/// wrote. Both should read through. Run with `--ignored` to see it.
+/// After the local copy of a key expires, `get` must ask Redis like
+/// `get_many` does and return the newer value another instance wrote
+/// (before the fix it answered a miss until the sweeper reclaimed the
+/// expired hot copy, about a second).
 #[test]
-#[ignore = "known gap: get() does not read through past an expired hot copy (docs/MIRROR.md, Limits)"]
 fn get_reads_through_past_an_expired_local_copy_like_get_many() {
     let redis = Redis::start(false);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
