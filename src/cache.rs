@@ -228,8 +228,10 @@ impl CacheBuilder {
         self.redis = Some(config);
         self
     }
-    /// [`CacheBuilder::redis`] with `MirrorConfig::from_env()` when
-    /// `EMBERCACHE_REDIS_URL` is set; unchanged otherwise.
+    /// [`CacheBuilder::redis`] with `MirrorConfig::from_env()` when one of
+    /// `EMBERCACHE_REDIS_URL`, `EMBERCACHE_REDIS_CLUSTER` or
+    /// `EMBERCACHE_REDIS_SENTINEL` is set; unchanged otherwise (see
+    /// docs/MIRROR.md for every variable).
     #[cfg(feature = "redis")]
     pub fn redis_from_env(self) -> Self {
         match crate::mirror::MirrorConfig::from_env() {
