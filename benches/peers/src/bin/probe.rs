@@ -205,7 +205,13 @@ fn main() {
             for k in &keys {
                 get(k);
             }
-            gets(&get, &keys, &trace)
+            let t = std::time::Instant::now();
+            let hits = gets(&get, &keys, &trace);
+            eprintln!(
+                "{which}: {:.0} ns per get",
+                t.elapsed().as_nanos() as f64 / trace.len() as f64
+            );
+            hits
         }
         "quick_cache" => {
             let c = quick_cache::sync::Cache::<Vec<u8>, Bytes>::new(n * 2);
