@@ -173,7 +173,9 @@ impl EngineTime {
             // checks engine time runs with it, as it would anyway unless
             // the wall clock stepped forward (followed at the next check).
             let mono = self.clock.monotonic_ms();
-            if mono < self.next_wall_check.load(Ordering::Relaxed) {
+            // Acquire: pairs with the Release in `now_checked`, so an offset
+            // raised by the check that moved `next_wall_check` is seen here.
+            if mono < self.next_wall_check.load(Ordering::Acquire) {
                 return (mono as i64 + self.offset.load(Ordering::Relaxed)).max(0) as u64;
             }
         }
@@ -191,17 +193,22 @@ impl EngineTime {
         // from the wall clock) lived that much longer than their TTL.
         let wall = self.clock.wall_ms() as i64;
         let mono = self.clock.monotonic_ms() as i64;
+        let engine = mono + self.offset.load(Ordering::Acquire);
+        let now = if wall > engine {
+            // Forward jump (or drift): follow the wall clock.
+            self.offset.fetch_max(wall - mono, Ordering::AcqRel);
+            wall
+        } else {
+            engine
+        };
+        // Only after the offset: a fast-path read that sees the new check
+        // time must also see the raised offset, or engine time would go
+        // back across threads by the whole step.
         if self.wall_every > 0 {
             self.next_wall_check
-                .fetch_max(mono as u64 + self.wall_every, Ordering::Relaxed);
+                .fetch_max(mono as u64 + self.wall_every, Ordering::Release);
         }
-        let engine = mono + self.offset.load(Ordering::Relaxed);
-        if wall > engine {
-            // Forward jump (or drift): follow the wall clock.
-            self.offset.fetch_max(wall - mono, Ordering::Relaxed);
-            return wall as u64;
-        }
-        engine.max(0) as u64
+        now.max(0) as u64
     }
 }
 

@@ -1040,7 +1040,13 @@ impl Shared {
             return Some(found);
         }
         let mut p = self.pending.lock(hash);
-        if p.get(hash, ns.id, key).is_some()
+        // The epoch the fill is checked against is the one it is stored
+        // under: read once, under the lock. Read before the compression
+        // above, an invalidation in between would relabel a value of the
+        // old epoch as one of the new.
+        let epoch = ns.epoch();
+        if h.epoch < epoch
+            || p.get(hash, ns.id, key).is_some()
             || self
                 .hot
                 .version_of(hash, ns.id, key)
@@ -1051,7 +1057,6 @@ impl Shared {
         {
             return None;
         }
-        let epoch = ns.epoch();
         let op = Op::Put {
             ns: ns.clone(),
             hash,
@@ -1143,7 +1148,9 @@ impl Shared {
         let Some(g) = t.get((ns, key)).ok()? else {
             return Some(None);
         };
-        record::decode_header(g.value())
+        // Verified: a damaged version must neither block fills for good nor
+        // let an older one through; a damaged record refuses the fill.
+        record::decode_header_verified(g.value())
             .ok()
             .map(|h| Some(h.version))
     }

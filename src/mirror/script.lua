@@ -17,6 +17,9 @@
 -- Returns {applied (0|1), the version now stored}. A key holding anything
 -- else than our hash (a foreign value under our prefix) counts as version
 -- 0 and is replaced.
+-- Redis 3.2-4.x replicate scripts verbatim and refuse a write after TIME
+-- (below) unless effects replication is asked for; 5+ always do it.
+if redis.replicate_commands then redis.replicate_commands() end
 local v = tonumber(ARGV[2])
 if ARGV[1] == 'e' then
   local t = redis.call('TYPE', KEYS[1])['ok']
