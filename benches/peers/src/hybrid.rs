@@ -81,7 +81,7 @@ struct FoyerHybrid {
     cache: foyer::HybridCache<Vec<u8>, Bytes>,
     rt: tokio::runtime::Runtime,
     /// Removed when the cache is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl FoyerHybrid {
@@ -117,11 +117,7 @@ impl FoyerHybrid {
                     .build(),
             )
             .expect("foyer hybrid");
-        FoyerHybrid {
-            cache,
-            rt,
-            _dir: dir,
-        }
+        FoyerHybrid { cache, rt, dir }
     }
 }
 
@@ -140,7 +136,7 @@ impl Tiered for FoyerHybrid {
         false
     }
     fn disk_bytes(&self) -> u64 {
-        self.cache.statistics().disk_write_bytes() as u64
+        dir_bytes(self.dir.path())
     }
 }
 
@@ -294,7 +290,7 @@ pub fn w6(scale: &Scale) -> String {
         let load_secs = started.elapsed().as_secs_f64();
         // An untimed pass brings the Zipf-hot keys into memory, as a
         // running service would have them.
-        let warm: Vec<Vec<Id>> = vec![workload::zipf_trace(n, 0.99, ops, 600)];
+        let warm: Vec<Vec<Id>> = vec![workload::zipf_trace_shared(n, 0.99, ops, 600, 600)];
         let _ = measure(c.as_ref(), &keys, &warm, 1);
         let disk = c.disk_bytes();
         println!(
@@ -304,7 +300,7 @@ pub fn w6(scale: &Scale) -> String {
         disks.push((name.to_string(), disk));
         for threads in [1usize, 2] {
             let traces: Vec<Vec<Id>> = (0..threads)
-                .map(|i| workload::zipf_trace(n, 0.99, ops, 610 + i as u64))
+                .map(|i| workload::zipf_trace_shared(n, 0.99, ops, 600, 610 + i as u64))
                 .collect();
             let o = measure(c.as_ref(), &keys, &traces, scale.runs);
             p99s.push((name.to_string(), threads, o.p99));
@@ -333,8 +329,10 @@ pub fn w6(scale: &Scale) -> String {
          (warm capacity above the data); foyer's hybrid cache gets a filesystem device of {} and otherwise its \
          defaults (policy write-on-eviction, no compression), plus a row with its zstd compression. foyer's \
          gets are async: each one is `block_on` from the benchmark thread on a 2-worker tokio runtime. \
-         *disk bytes*: embercache, the blocks of its directory after the load and the warm-up pass \
-         (redb file, all records, indexes and free pages); foyer, the bytes it wrote to its device.\n",
+         *disk bytes*: the blocks each cache's directory holds after the load and the warm-up pass \
+         (embercache: the redb file with all records, indexes and free pages; foyer: its device files). \
+         All threads and passes share one popularity ranking (the same hot keys), each with its own \
+         sampling stream.\n",
         si(raw_bytes as f64) + "B",
         si(memory as f64) + "B",
         scale.runs,

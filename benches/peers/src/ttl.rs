@@ -279,8 +279,8 @@ pub fn w8(scale: &Scale) -> String {
     let overlap = e1.max() >= e0.min() && e0.max() >= e1.min();
     let _ = writeln!(
         s,
-        "\nembercache TTL cost: **{ember_cost:+.1} %** ({}). The hit path is the same with and without a TTL \
-         (the engine compares `expires_at` with the time on every hit either way).\n",
+        "\nembercache TTL cost: **{ember_cost:+.1} %** ({}). A hit on an entry without a TTL does not read the clock; one with a TTL reads it once (see the \
+         reading at the top for what that costs).\n",
         if overlap {
             "the min–max ranges overlap: not distinguishable from noise in this run"
         } else if ember_cost <= 5.0 {

@@ -22,6 +22,19 @@ pub fn zipf_trace(n: usize, s: f64, len: usize, seed: u64) -> Vec<Id> {
         .collect()
 }
 
+/// Like [`zipf_trace`], but the popularity (rank → key) comes from
+/// `popularity_seed` and only the sampling from `seed`: threads or passes
+/// that share a `popularity_seed` ask for the same hot keys, as the clients
+/// of one service do.
+pub fn zipf_trace_shared(n: usize, s: f64, len: usize, popularity_seed: u64, seed: u64) -> Vec<Id> {
+    let perm = permutation(n, &mut StdRng::seed_from_u64(popularity_seed));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let z = Zipf::new(n as u64, s).expect("valid Zipf parameters");
+    (0..len)
+        .map(|_| perm[z.sample(&mut rng) as usize - 1])
+        .collect()
+}
+
 fn permutation(n: usize, rng: &mut StdRng) -> Vec<Id> {
     let mut perm: Vec<Id> = (0..n as Id).collect();
     perm.shuffle(rng);
