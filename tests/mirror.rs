@@ -11,106 +11,23 @@ use embercache::{BreakerConfig, BreakerState, Cache, MirrorConfig};
 use rand::{Rng, SeedableRng};
 use redis::Value;
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::Server;
 
 const PREFIX: &str = "embercache:";
 const NS: &str = "t";
 
-/// A redis-server child process on a loopback port of its own.
-struct Redis {
-    port: u16,
-    dir: tempfile::TempDir,
-    aof: bool,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(aof: bool) -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut r = Redis {
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-            aof,
-            child: None,
-        };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on the same port and directory.
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--dir"])
-            .arg(self.dir.path())
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--protected-mode", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = self.try_conn()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self, signal: &str) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args([signal, &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
-    }
-
-    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
-    }
-
-    fn conn(&self) -> redis::Connection {
-        self.try_conn().expect("connect to the test redis")
-    }
-
-    /// Calls per command from INFO commandstats.
-    fn commandstats(&self) -> HashMap<String, u64> {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.conn())
-            .unwrap();
-        info.lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("cmdstat_")?;
-                let (name, stats) = rest.split_once(':')?;
-                let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
-                Some((name.to_string(), calls.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop("-KILL");
-    }
+/// A redis-server on a port of its own, started; with `aof`, it runs
+/// with `appendonly yes` so a restart reloads its data.
+fn start_redis(aof: bool) -> Server {
+    let mut r = Server::new(&["--appendonly", if aof { "yes" } else { "no" }]);
+    r.start();
+    r
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
@@ -224,7 +141,7 @@ fn differences(cache: &Cache, conn: &mut redis::Connection, keys: &[Vec<u8>]) ->
 }
 
 /// Polls until the outbox is empty and nothing differs; the time it took.
-fn converge(cache: &Cache, redis: &Redis, keys: &[Vec<u8>], limit: Duration) -> Duration {
+fn converge(cache: &Cache, redis: &Server, keys: &[Vec<u8>], limit: Duration) -> Duration {
     let start = Instant::now();
     let mut conn = redis.conn();
     loop {
@@ -280,7 +197,7 @@ impl VersionWatch {
 /// Steady writes (sets with TTLs from 1 to 60 s, deletes) while Redis is
 /// stopped with SIGTERM (appendonly, so its data survives) for `outage`.
 fn outage_under_steady_writes(outage: Duration) {
-    let mut redis = Redis::start(true);
+    let mut redis = start_redis(true);
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), mirror_config(&redis.url()));
     let keys: Vec<Vec<u8>> = (0..400).map(|i| format!("k{i}").into_bytes()).collect();
@@ -345,7 +262,7 @@ fn outage_under_steady_writes(outage: Duration) {
         errors,
         "a local read tried Redis"
     );
-    redis.restart();
+    redis.start();
     let downtime = down.elapsed();
     let mut conn = redis.conn();
     let up = Instant::now();
@@ -382,7 +299,7 @@ fn outage_of_30s_under_steady_writes_converges() {
 
 #[test]
 fn redis_killed_with_appendonly_is_detected_and_resynced() {
-    let mut redis = Redis::start(true);
+    let mut redis = start_redis(true);
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), mirror_config(&redis.url()));
     let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
@@ -404,7 +321,7 @@ fn redis_killed_with_appendonly_is_detected_and_resynced() {
             file.set_len(len / 2).unwrap();
         }
     }
-    redis.restart();
+    redis.start();
     let mut conn = redis.conn();
     let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
     let s = cache.mirror_stats().unwrap();
@@ -444,7 +361,7 @@ fn child_writer_during_outage() {
 
 #[test]
 fn outbox_replays_after_our_process_is_killed_mid_outage() {
-    let mut redis = Redis::start(false);
+    let mut redis = start_redis(false);
     let dir = tempfile::tempdir().unwrap();
     let keys: Vec<Vec<u8>> = (0..500).map(|i| format!("k{i}").into_bytes()).collect();
     // Before the outage, Redis holds older values of every key.
@@ -483,7 +400,7 @@ fn outbox_replays_after_our_process_is_killed_mid_outage() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    redis.restart(); // empty: appendonly no, no snapshot
+    redis.start(); // empty: appendonly no, no snapshot
     let cache = open(dir.path(), mirror_config(&redis.url()));
     let took = converge(&cache, &redis, &keys, Duration::from_secs(15));
     let mut conn = redis.conn();
@@ -501,7 +418,7 @@ fn outbox_replays_after_our_process_is_killed_mid_outage() {
 
 #[test]
 fn no_commands_reach_redis_while_the_breaker_is_open() {
-    let mut redis = Redis::start(false);
+    let mut redis = start_redis(false);
     let dir = tempfile::tempdir().unwrap();
     let cfg = mirror_config(&redis.url()).breaker(
         BreakerConfig::default()
@@ -528,7 +445,7 @@ fn no_commands_reach_redis_while_the_breaker_is_open() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let opened = Instant::now();
-    redis.restart();
+    redis.start();
     let mut conn = redis.conn();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -564,7 +481,7 @@ fn no_commands_reach_redis_while_the_breaker_is_open() {
 
 #[test]
 fn two_instances_see_each_others_deletes_and_epoch_bumps() {
-    let redis = Redis::start(false);
+    let redis = start_redis(false);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = open(da.path(), mirror_config(&redis.url()));
     let b = open(db.path(), mirror_config(&redis.url()));
@@ -618,7 +535,7 @@ fn two_instances_see_each_others_deletes_and_epoch_bumps() {
 
 #[test]
 fn garbage_in_redis_is_a_counted_miss() {
-    let redis = Redis::start(false);
+    let redis = start_redis(false);
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), mirror_config(&redis.url()));
     cache.set(NS, b"good", b"value".to_vec()).unwrap();
@@ -685,7 +602,7 @@ fn garbage_in_redis_is_a_counted_miss() {
 
 #[test]
 fn an_empty_directory_warms_from_redis() {
-    let redis = Redis::start(false);
+    let redis = start_redis(false);
     let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("k{i}").into_bytes()).collect();
     {
         let dir = tempfile::tempdir().unwrap();
@@ -750,7 +667,7 @@ fn an_empty_directory_warms_from_redis() {
 /// index by (expires_at, version) alone and lost one of them).
 #[test]
 fn a_remote_fill_never_takes_another_keys_index_entry() {
-    let redis = Redis::start(false);
+    let redis = start_redis(false);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = open(
         da.path(),
@@ -783,7 +700,7 @@ fn a_remote_fill_never_takes_another_keys_index_entry() {
 /// asserted): 20 000 writes made while Redis is down, then Redis is back.
 #[test]
 fn drain_throughput_after_an_outage() {
-    let mut redis = Redis::start(false);
+    let mut redis = start_redis(false);
     let dir = tempfile::tempdir().unwrap();
     let cache = open(dir.path(), mirror_config(&redis.url()));
     redis.stop("-KILL");
@@ -794,7 +711,7 @@ fn drain_throughput_after_an_outage() {
     cache.flush().unwrap();
     let rows = cache.mirror_stats().unwrap().outbox_rows;
     let batches = cache.mirror_stats().unwrap().batches;
-    redis.restart();
+    redis.start();
     // Timed from the first batch answered (the breaker's wait before it
     // is not the drain's speed).
     let up = Instant::now();
@@ -828,7 +745,7 @@ fn drain_throughput_after_an_outage() {
 /// expired hot copy, about a second).
 #[test]
 fn get_reads_through_past_an_expired_local_copy_like_get_many() {
-    let redis = Redis::start(false);
+    let redis = start_redis(false);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let cfg = || mirror_config(&redis.url()).warm_start(false).pubsub(false);
     let (a, b) = (open(da.path(), cfg()), open(db.path(), cfg()));

@@ -13,118 +13,16 @@ use embercache::{BreakerConfig, Cache, MirrorConfig};
 use rand::{Rng, SeedableRng};
 use redis::Value;
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::Server;
 
 const PREFIX: &str = "embercache:";
 const NS: &str = "t";
-
-/// A free loopback port `p` whose cluster bus port `p + 10000` is free too.
-fn free_port() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let p = l.local_addr().expect("addr").port();
-        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
-}
-
-/// One redis-server child (a cluster node, a master, a replica or a
-/// sentinel) on a loopback port of its own.
-struct Server {
-    port: u16,
-    dir: tempfile::TempDir,
-    /// Arguments after the port (and the config file for a sentinel).
-    args: Vec<String>,
-    config: Option<String>,
-    /// Its `requirepass`, put in `url()`.
-    password: Option<String>,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn new(args: &[&str]) -> Server {
-        Server {
-            port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            config: None,
-            password: None,
-            child: None,
-        }
-    }
-
-    fn url(&self) -> String {
-        match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
-            None => format!("redis://127.0.0.1:{}/", self.port),
-        }
-    }
-
-    /// Starts (again) on the same port and directory, and waits for PING.
-    fn start(&mut self) {
-        assert!(self.child.is_none());
-        let mut cmd = Command::new("redis-server");
-        if let Some(conf) = &self.config {
-            let path = self.dir.path().join("sentinel.conf");
-            std::fs::write(&path, conf).unwrap();
-            cmd.arg(&path).arg("--sentinel");
-        }
-        let child = cmd
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no", "--daemonize", "no"])
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = self.try_conn()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill(); // SIGKILL
-            let _ = c.wait();
-        }
-    }
-
-    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(1))
-    }
-
-    fn conn(&self) -> redis::Connection {
-        self.try_conn().expect("connect to the test redis")
-    }
-
-    fn info(&self, section: &str) -> String {
-        redis::cmd("INFO")
-            .arg(section)
-            .query(&mut self.conn())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Polls `f` every 20 ms until it holds; panics after `limit`.
 fn wait_for(what: &str, limit: Duration, f: &mut dyn FnMut() -> bool) -> Duration {
@@ -697,17 +595,7 @@ fn sentinel_failover_under_writes_converges() {
     // The replica misses writes the master acknowledged: it is stopped
     // (SIGSTOP) while a burst reaches the master and leaves the outbox,
     // then the master dies before the replica can catch up.
-    let signal = |s: &Server, sig: &str| {
-        let pid = s.child.as_ref().expect("running").id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal(&replica, "-STOP");
+    replica.signal("-STOP");
     write_for(Duration::from_millis(300), &mut rng, &cache, &keys);
     wait_for(
         "the burst left the outbox",
@@ -724,7 +612,7 @@ fn sentinel_failover_under_writes_converges() {
     let before = cache.mirror_stats().unwrap();
     master.kill();
     let down = Instant::now();
-    signal(&replica, "-CONT");
+    replica.signal("-CONT");
     // What the replica holds of what the master had acknowledged.
     let on_replica = query_retry("read the replica", || {
         Reader::Single(replica.try_conn()?).remote(&keys)
