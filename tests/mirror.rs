@@ -245,10 +245,14 @@ fn outage_under_steady_writes(outage: Duration) {
     assert_ne!(s.breaker, BreakerState::Closed, "{s:?}");
     assert!(s.outbox_rows > 0);
     let peak_rows = s.outbox_rows;
-    // Local reads stay local while Redis is down: no read tries Redis (a
-    // try would count a Redis error). Their speed is reported, not asserted
-    // (speed lives in benchmarks).
-    let errors = cache.mirror_stats().unwrap().errors;
+    // Local reads stay local while Redis is down: a read that misses
+    // locally (a deleted or expired key) may ask Redis only as one of the
+    // breaker's half-open probes, as may the drain, and each failed try
+    // counts a Redis error. So the errors during the reads are bounded by
+    // the probes of the half-open phases they span, far below one per
+    // read. Their speed is reported, not asserted (speed lives in
+    // benchmarks).
+    let before = cache.mirror_stats().unwrap();
     let t = Instant::now();
     for k in &keys {
         let _ = cache.get(NS, k).unwrap();
@@ -257,10 +261,14 @@ fn outage_under_steady_writes(outage: Duration) {
         "local get during the outage: {:?} each",
         t.elapsed() / keys.len() as u32
     );
-    assert_eq!(
-        cache.mirror_stats().unwrap().errors,
-        errors,
-        "a local read tried Redis"
+    let after = cache.mirror_stats().unwrap();
+    let probes = u64::from(BreakerConfig::default().half_open_probes);
+    let phases = after.breaker_transitions - before.breaker_transitions + 1;
+    assert!(
+        after.errors - before.errors <= phases * probes,
+        "local reads tried Redis past the breaker: {} errors over {} reads, {phases} half-open phase(s)",
+        after.errors - before.errors,
+        keys.len()
     );
     redis.start();
     let downtime = down.elapsed();
