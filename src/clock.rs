@@ -35,6 +35,16 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn wall_check_interval_ms(&self) -> u64 {
         0
     }
+    /// A cheaper read of the monotonic clock for the hot path, as
+    /// `(ms, lag_ms)`: `monotonic_ms()` read at the same moment lies in
+    /// `ms..=ms + lag_ms`. A hit on an entry that expires further ahead
+    /// than the lag is then known fresh without a precise read; entries
+    /// closer to their expiry are checked with `monotonic_ms`. Default: the
+    /// precise read, no lag. Only used when `wall_check_interval_ms` is
+    /// not 0.
+    fn monotonic_coarse_ms(&self) -> (u64, u64) {
+        (self.monotonic_ms(), 0)
+    }
 }
 
 /// The operating system's clocks: `SystemTime` and `Instant`.
@@ -43,14 +53,36 @@ pub struct SystemClock {
     /// The origin of `monotonic_ms` where it is read through `Instant`.
     #[cfg_attr(unix, allow(dead_code))]
     origin: Instant,
+    /// The bound on how far `CLOCK_MONOTONIC_COARSE` trails
+    /// `CLOCK_MONOTONIC` (two of its ticks, in ms); `None` where there is
+    /// no usable coarse clock.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    coarse_lag_ms: Option<u64>,
 }
 
 impl Default for SystemClock {
     fn default() -> Self {
         SystemClock {
             origin: Instant::now(),
+            coarse_lag_ms: coarse_lag_ms(),
         }
     }
+}
+
+/// How far the coarse monotonic clock may trail the precise one, in ms.
+/// The kernel updates it once per tick (its resolution, 1–10 ms); two ticks
+/// allow for a tick that comes late. A resolution over 10 ms, or none, is
+/// not used.
+#[cfg(target_os = "linux")]
+fn coarse_lag_ms() -> Option<u64> {
+    let r = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+    let res_ns = r.tv_sec as u64 * 1_000_000_000 + r.tv_nsec as u64;
+    (res_ns > 0 && res_ns <= 10_000_000).then(|| (2 * res_ns).div_ceil(1_000_000) + 1)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn coarse_lag_ms() -> Option<u64> {
+    None
 }
 
 impl Clock for SystemClock {
@@ -79,6 +111,18 @@ impl Clock for SystemClock {
         // wall clock only gets ahead of engine time by a step; checking it
         // once per ms follows a step within 1 ms.
         1
+    }
+    fn monotonic_coarse_ms(&self) -> (u64, u64) {
+        // CLOCK_MONOTONIC through the vDSO ends in a serialising `rdtsc`
+        // (`lfence; rdtsc`): every cache miss of the lookup before it must
+        // land first, which cost a hot get ~100–200 ns at 1 M keys (W8).
+        // The coarse clock is the kernel's last tick, a plain memory read.
+        #[cfg(target_os = "linux")]
+        if let Some(lag) = self.coarse_lag_ms {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+            return (t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000, lag);
+        }
+        (self.monotonic_ms(), 0)
     }
 }
 
@@ -139,6 +183,11 @@ impl Clock for ManualClock {
     }
 }
 
+/// How long past a due wall check [`EngineTime::surely_before`] still
+/// answers from the coarse clock: one precise read (and wall check) per
+/// this many ms keeps hot hits off the precise clock.
+pub(crate) const COARSE_WALL_SLACK_MS: u64 = 10;
+
 /// The engine's notion of "now" in unix milliseconds: never goes backwards,
 /// follows forward wall-clock jumps, and counts monotonic time through
 /// backward ones. One atomic, no lock: `now = monotonic + offset`, where the
@@ -180,6 +229,33 @@ impl EngineTime {
             }
         }
         self.now_checked()
+    }
+
+    /// Whether engine time is surely before `t` (an entry expiring at `t`
+    /// is fresh), told from the clock's coarse read; `false` means "read
+    /// `now_ms`", not "expired". The precise monotonic time is at most
+    /// `coarse + lag`, so the answer is never wrong for `now_ms` with the
+    /// current offset. It does not look at the wall clock, but it answers
+    /// only within [`COARSE_WALL_SLACK_MS`] of the time a wall check was
+    /// due: past it, the caller's precise read makes the check. A forward
+    /// wall-clock step is thus followed within `wall_check_interval_ms +
+    /// COARSE_WALL_SLACK_MS + lag` on a path of hot hits (~20 ms for
+    /// `SystemClock`), and at once where the clock has no lag (tests).
+    #[inline]
+    pub(crate) fn surely_before(&self, t: u64) -> bool {
+        if self.wall_every == 0 {
+            return false;
+        }
+        let (coarse, lag) = self.clock.monotonic_coarse_ms();
+        // Acquire: as in `now_ms`, an offset raised by the check that moved
+        // `next_wall_check` is seen here.
+        let due = self.next_wall_check.load(Ordering::Acquire);
+        if coarse >= due.saturating_add(COARSE_WALL_SLACK_MS) {
+            return false;
+        }
+        let now_max =
+            (coarse.saturating_add(lag) as i64).saturating_add(self.offset.load(Ordering::Relaxed));
+        now_max < 0 || (now_max as u64) < t
     }
 
     /// Engine time from both clocks; follows a forward wall-clock jump.
@@ -320,6 +396,85 @@ mod tests {
         c.jump_wall(-10_000);
         c.advance(Duration::from_millis(5));
         assert_eq!(t.now_ms(), 4_600_006, "a backward step is still ignored");
+    }
+
+    /// A clock whose coarse read trails the precise one by `behind` ms,
+    /// within a declared lag, as the kernel's tick clock does.
+    #[derive(Debug)]
+    struct Coarse {
+        c: ManualClock,
+        behind: AtomicU64,
+        lag: u64,
+    }
+    impl Clock for Coarse {
+        fn wall_ms(&self) -> u64 {
+            self.c.wall_ms()
+        }
+        fn monotonic_ms(&self) -> u64 {
+            self.c.monotonic_ms()
+        }
+        fn wall_check_interval_ms(&self) -> u64 {
+            1
+        }
+        fn monotonic_coarse_ms(&self) -> (u64, u64) {
+            let m = self.c.monotonic_ms();
+            (
+                m.saturating_sub(self.behind.load(Ordering::SeqCst)),
+                self.lag,
+            )
+        }
+    }
+
+    proptest::proptest! {
+        /// `surely_before` never calls an entry fresh that `now_ms` read
+        /// right after would call expired, whatever the coarse clock's
+        /// delay within its lag, as time passes.
+        #[test]
+        fn surely_before_never_contradicts_now(
+            steps in proptest::collection::vec((0u64..30, 0u64..=8, 0u64..40), 1..200)
+        ) {
+            let lag = 8;
+            let clock = Arc::new(Coarse { c: ManualClock::new(1_000_000), behind: AtomicU64::new(0), lag });
+            let t = EngineTime::new(clock.clone(), 0);
+            for (advance, behind, ahead) in steps {
+                clock.c.advance(Duration::from_millis(advance));
+                clock.behind.store(behind, Ordering::SeqCst);
+                let probe = 1_000_000 + clock.c.monotonic_ms() + ahead;
+                let sure = t.surely_before(probe);
+                proptest::prop_assert!(!sure || t.now_ms() < probe);
+            }
+        }
+    }
+
+    #[test]
+    fn surely_before_answers_from_the_coarse_clock_and_hands_back_near_expiry() {
+        let clock = Arc::new(Coarse {
+            c: ManualClock::new(1_000_000),
+            behind: AtomicU64::new(3),
+            lag: 4,
+        });
+        clock.c.advance(Duration::from_millis(100));
+        let t = EngineTime::new(clock.clone(), 0);
+        assert_eq!(t.now_ms(), 1_000_100);
+        // Coarse 97 + lag 4: engine time is at most 1_000_101.
+        assert!(t.surely_before(1_000_102));
+        assert!(
+            !t.surely_before(1_000_101),
+            "within the lag: read precisely"
+        );
+        // A forward wall step is not seen by the coarse path until the
+        // slack past the due wall check runs out; then it hands back.
+        clock.c.jump_wall(60_000);
+        assert!(t.surely_before(1_000_200));
+        clock
+            .c
+            .advance(Duration::from_millis(1 + COARSE_WALL_SLACK_MS + 3));
+        assert!(!t.surely_before(1_000_200));
+        assert_eq!(t.now_ms(), 1_060_100 + 1 + COARSE_WALL_SLACK_MS + 3);
+        assert!(!t.surely_before(1_000_200));
+        // A clock without lag (ManualClock) never takes the coarse path.
+        let m = EngineTime::new(Arc::new(ManualClock::new(1_000)), 0);
+        assert!(!m.surely_before(u64::MAX - 1));
     }
 
     #[test]

@@ -100,6 +100,9 @@ impl<'a> ReadPoint<'a> {
         if expires_at == u64::MAX {
             return Some(true);
         }
+        if self.now.get().is_none() && self.time.surely_before(expires_at) {
+            return Some(true);
+        }
         let now = self.now();
         if expires_at > now {
             Some(true)

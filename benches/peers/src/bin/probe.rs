@@ -17,6 +17,8 @@
 //! runs then mostly cancels out. `probe w2 KEYS OPS` runs a W2-like mix
 //! (gets with insert on a miss, every 10th op a set, 1 % capacity) on
 //! embercache alone; `embercache-ttl` is the get driver with TTLs (W8).
+//! `probe ttlrace KEYS GETS ROUNDS TTL_FIRST` is W8's get cost in one
+//! process: a cache without TTLs and one with, runs alternating.
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -103,6 +105,59 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
     );
 }
 
+fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
+    let values: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
+        .collect();
+    let mut rng = StdRng::seed_from_u64(100);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut rng);
+    let z = Zipf::new(n as u64, 0.99).expect("zipf");
+    let trace: Vec<Vec<u32>> = vec![(0..ops)
+        .map(|_| perm[z.sample(&mut rng) as usize - 1])
+        .collect()];
+    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+    let open = || {
+        embercache::Cache::builder()
+            .in_memory()
+            .hot_capacity(cap)
+            .open()
+            .expect("open")
+    };
+    let load = |c: &embercache::Cache, ttl: bool| {
+        for (k, v) in keys.iter().zip(&values) {
+            if ttl {
+                c.set_with_ttl("w", k, v.clone(), std::time::Duration::from_secs(3600))
+                    .expect("set");
+            } else {
+                c.set("w", k, v.clone()).expect("set");
+            }
+        }
+        c.flush().expect("flush");
+    };
+    let (plain, ttl) = if ttl_first {
+        let t = open();
+        load(&t, true);
+        let p = open();
+        load(&p, false);
+        (p, t)
+    } else {
+        let p = open();
+        load(&p, false);
+        let t = open();
+        load(&t, true);
+        (p, t)
+    };
+    let pg = |k: &[u8]| plain.get("w", k).expect("get");
+    let tg = |k: &[u8]| ttl.get("w", k).expect("get");
+    for r in 0..rounds {
+        let a = rate(&pg, &keys, &trace);
+        let b = rate(&tg, &keys, &trace);
+        println!("round {r}: plain {a:.0}/s ttl {b:.0}/s cost {:+.1} %", 100.0 * (a / b - 1.0));
+    }
+}
+
 /// The same byte weight as benches/peers (embercache's charge).
 mod peers_charge {
     #[derive(Clone)]
@@ -161,6 +216,14 @@ fn main() {
             "w2: {hits} hits of {ops} ops, {:.0} ops/s",
             ops as f64 / t.elapsed().as_secs_f64()
         );
+        return;
+    }
+    if which == "ttlrace" {
+        // probe ttlrace KEYS OPS ROUNDS TTL_FIRST: W8's get cost, both caches
+        // alive at once, runs alternating.
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, rounds, ttl_first) = (num(1_000_000), num(2_000_000), num(5), num(0));
+        ttlrace(n, ops, rounds, ttl_first == 1);
         return;
     }
     if which == "race" {
