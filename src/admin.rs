@@ -161,6 +161,24 @@ impl Cache {
     ///
     /// Runs on one read snapshot: the cache keeps serving meanwhile.
     pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, AdminError> {
+        self.admin_guard("verify", || self.verify_unguarded(progress))
+    }
+
+    /// redb panics on some damaged pages: such a panic becomes a typed
+    /// error, and the file is marked damaged (moved aside at the next open).
+    fn admin_guard<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(AdminError::Storage(self.sh().damaged(what))))
+    }
+
+    fn verify_unguarded(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, AdminError> {
         let sh = self.sh();
         let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;
@@ -262,6 +280,13 @@ impl Cache {
         sink: &mut dyn FnMut(ExportedEntry) -> std::io::Result<()>,
     ) -> Result<u64, AdminError> {
         self.flush()?;
+        self.admin_guard("export", || self.export_unguarded(sink))
+    }
+
+    fn export_unguarded(
+        &self,
+        sink: &mut dyn FnMut(ExportedEntry) -> std::io::Result<()>,
+    ) -> Result<u64, AdminError> {
         let sh = self.sh();
         let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;
@@ -295,6 +320,10 @@ impl Cache {
     /// pass over the entries table (after a flush).
     pub fn disk_usage(&self) -> Result<Vec<NamespaceDisk>, AdminError> {
         self.flush()?;
+        self.admin_guard("disk usage", || self.disk_usage_unguarded())
+    }
+
+    fn disk_usage_unguarded(&self) -> Result<Vec<NamespaceDisk>, AdminError> {
         let sh = self.sh();
         let r = sh.begin_read().map_err(AdminError::Storage)?;
         let entries = r.open_table(ENTRIES).map_err(st)?;

@@ -432,6 +432,7 @@ impl CacheBuilder {
             last_error: Mutex::new(None),
             moved_aside: opened.moved_aside,
             file: opened.file,
+            damage_found: AtomicBool::new(false),
             warm_capacity: self.warm_capacity,
             outbox,
             max_retention_ms: self
@@ -476,7 +477,15 @@ impl CacheBuilder {
         let s2 = shared.clone();
         let warm = std::thread::Builder::new()
             .name("embercache-warmup".into())
-            .spawn(move || s2.warm_up())
+            .spawn(move || {
+                // redb may panic on a damaged page while warming: the file
+                // is marked damaged, and the cache goes on without the rest.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s2.warm_up()));
+                if r.is_err() {
+                    s2.damaged("the warm-up");
+                    s2.counters.warmup_done.store(1, Ordering::Release);
+                }
+            })
             .map_err(spawn_err)?;
         #[cfg(feature = "redis")]
         let mirror = match self.redis.clone() {

@@ -32,6 +32,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -141,6 +142,8 @@ pub(crate) struct Shared {
     pub last_error: Mutex<Option<String>>,
     pub moved_aside: Option<String>,
     pub file: Option<PathBuf>,
+    /// Set when redb panicked on the database (see [`Shared::damaged`]).
+    pub damage_found: AtomicBool,
     pub warm_capacity: u64,
     /// The longest stale-retention window over all policies, in ms: the
     /// sweeper keeps expired records this long.
@@ -208,6 +211,46 @@ impl Shared {
         self.begin_read().map_err(ReadError::Storage)
     }
 
+    /// Runs `f`, a read of redb. redb panics on some damaged pages (an
+    /// `unreachable!` on a page type it does not know); such a panic
+    /// becomes a typed storage error here, and the database is marked
+    /// damaged, to be moved aside at the next open (see [`Self::damaged`]).
+    pub(crate) fn guard<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, ReadError>,
+    ) -> Result<T, ReadError> {
+        catch_unwind(AssertUnwindSafe(f))
+            .unwrap_or_else(|_| Err(ReadError::Storage(self.damaged(what))))
+    }
+
+    /// [`Self::guard`] for reads that answer `None` when they cannot.
+    pub(crate) fn guard_opt<T>(&self, what: &str, f: impl FnOnce() -> Option<T>) -> Option<T> {
+        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+            self.damaged(what);
+            None
+        })
+    }
+
+    /// Records that redb panicked on the database during `what`: the file
+    /// is damaged past what its open-time repair saw. Logged and marked
+    /// once (a marker file beside it, so the next open moves it aside, or
+    /// refuses it when strict); the error says what to do.
+    pub(crate) fn damaged(&self, what: &str) -> Arc<redb::Error> {
+        let reason = format!(
+            "the database file is damaged (redb panicked during {what}); \
+             reopen the cache to move the file aside and start empty"
+        );
+        if !self.damage_found.swap(true, Ordering::AcqRel) {
+            tracing::error!(%what, "redb panicked: the database file is damaged");
+            if let Some(file) = &self.file {
+                crate::store::open::mark_damaged(file, &reason);
+            }
+        }
+        *self.last_error.lock() = Some(reason.clone());
+        Arc::new(redb::Error::Corrupted(reason))
+    }
+
     /// The database, or an error while it is being reopened.
     pub(crate) fn db(&self) -> Result<Arc<Database>, Arc<redb::Error>> {
         self.db.read().clone().ok_or_else(|| {
@@ -223,10 +266,13 @@ impl Shared {
         if let Some(d) = self.decoders.read().get(&id) {
             return Some(d.clone());
         }
-        let r = self.begin_read().ok()?;
-        let t = r.open_table(META).ok()?;
-        let v = t.get(dict_key(id).as_str()).ok()??;
-        let (_ns, bytes): (String, Vec<u8>) = postcard::from_bytes(v.value()).ok()?;
+        let bytes = self.guard_opt("dictionary load", || {
+            let r = self.begin_read().ok()?;
+            let t = r.open_table(META).ok()?;
+            let v = t.get(dict_key(id).as_str()).ok()??;
+            let (_ns, bytes): (String, Vec<u8>) = postcard::from_bytes(v.value()).ok()?;
+            Some(bytes)
+        })?;
         let d = load_decoder(&bytes)?;
         self.decoders.write().insert(id, d.clone());
         Some(d)
@@ -556,10 +602,12 @@ impl Shared {
     /// The value stored under `key` in the loader-state table, as of the
     /// last commit.
     pub(crate) fn loader_meta_get(&self, key: &str) -> Option<Vec<u8>> {
-        let r = self.begin_read().ok()?;
-        let t = r.open_table(LOADER_META).ok()?;
-        let v = t.get(key).ok()??;
-        Some(v.value().to_vec())
+        self.guard_opt("loader state read", || {
+            let r = self.begin_read().ok()?;
+            let t = r.open_table(LOADER_META).ok()?;
+            let v = t.get(key).ok()??;
+            Some(v.value().to_vec())
+        })
     }
 
     // ----- reads --------------------------------------------------------
@@ -727,17 +775,19 @@ impl Shared {
         key: &[u8],
         at: &ReadPoint,
     ) -> Result<Option<Found>, ReadError> {
-        let r = self.read_txn()?;
-        let t = r.open_table(ENTRIES).map_err(read_err)?;
-        let rec = t.get((&*ns.name, key)).map_err(read_err)?;
-        let found = self.accept_warm(
-            ns,
-            hash,
-            key,
-            rec.as_ref().map(|g| g.value()),
-            at,
-            Fill::Read,
-        )?;
+        let found = self.guard("get", || {
+            let r = self.read_txn()?;
+            let t = r.open_table(ENTRIES).map_err(read_err)?;
+            let rec = t.get((&*ns.name, key)).map_err(read_err)?;
+            self.accept_warm(
+                ns,
+                hash,
+                key,
+                rec.as_ref().map(|g| g.value()),
+                at,
+                Fill::Read,
+            )
+        })?;
         if found.is_none() {
             return Ok(self.get_remote(ns, key));
         }
@@ -765,19 +815,22 @@ impl Shared {
             }
         }
         if !warm.is_empty() {
-            let r = self.read_txn()?;
-            let t = r.open_table(ENTRIES).map_err(read_err)?;
-            for (i, hash) in warm {
-                let rec = t.get((&*ns.name, keys[i])).map_err(read_err)?;
-                out[i] = self.accept_warm(
-                    &ns,
-                    hash,
-                    keys[i],
-                    rec.as_ref().map(|g| g.value()),
-                    &at,
-                    Fill::Read,
-                )?;
-            }
+            self.guard("get_many", || {
+                let r = self.read_txn()?;
+                let t = r.open_table(ENTRIES).map_err(read_err)?;
+                for (i, hash) in warm {
+                    let rec = t.get((&*ns.name, keys[i])).map_err(read_err)?;
+                    out[i] = self.accept_warm(
+                        &ns,
+                        hash,
+                        keys[i],
+                        rec.as_ref().map(|g| g.value()),
+                        &at,
+                        Fill::Read,
+                    )?;
+                }
+                Ok(())
+            })?;
         }
         if let Some(m) = self.read_miss.get() {
             // One round trip for every key still missing.
@@ -824,6 +877,21 @@ impl Shared {
             };
             out.insert(op.key.to_vec(), (op.version, v));
         });
+        self.guard("scan", || self.scan_committed(&ns, prefix, &live, &mut out))?;
+        Ok(out
+            .into_iter()
+            .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// The committed part of `scan`: records newer than what `out` holds.
+    fn scan_committed(
+        &self,
+        ns: &Namespace,
+        prefix: &[u8],
+        live: &dyn Fn(u64, u64) -> bool,
+        out: &mut BTreeMap<Vec<u8>, (u64, Option<Found>)>,
+    ) -> Result<(), ReadError> {
         let r = self.read_txn()?;
         let t = r.open_table(ENTRIES).map_err(read_err)?;
         let range = t.range((&*ns.name, prefix)..).map_err(read_err)?;
@@ -848,10 +916,7 @@ impl Shared {
             });
             out.insert(key.to_vec(), (h.version, found));
         }
-        Ok(out
-            .into_iter()
-            .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
-            .collect())
+        Ok(())
     }
 
     /// Live values of `ns` read straight from redb until `max_bytes`: the
@@ -864,35 +929,37 @@ impl Shared {
         let ns = self.namespace_r(ns_name)?;
         let now = self.time.now_ms();
         let epoch = ns.epoch();
-        let r = self.read_txn()?;
-        let t = r.open_table(ENTRIES).map_err(read_err)?;
-        let range = t.range((&*ns.name, &b""[..])..).map_err(read_err)?;
-        let (mut out, mut total) = (Vec::new(), 0);
-        for item in range {
-            let (k, v) = item.map_err(read_err)?;
-            if k.value().0 != &*ns.name || total >= max_bytes {
-                break;
+        self.guard("sample_values", || {
+            let r = self.read_txn()?;
+            let t = r.open_table(ENTRIES).map_err(read_err)?;
+            let range = t.range((&*ns.name, &b""[..])..).map_err(read_err)?;
+            let (mut out, mut total) = (Vec::new(), 0);
+            for item in range {
+                let (k, v) = item.map_err(read_err)?;
+                if k.value().0 != &*ns.name || total >= max_bytes {
+                    break;
+                }
+                if let Ok((h, value)) = self.decode(&ns.name, v.value())
+                    && h.epoch == epoch
+                    && h.expires_at > now
+                {
+                    total += value.len();
+                    out.push(Bytes::from(value));
+                }
             }
-            if let Ok((h, value)) = self.decode(&ns.name, v.value())
-                && h.epoch == epoch
-                && h.expires_at > now
-            {
-                total += value.len();
-                out.push(Bytes::from(value));
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The hot-set snapshot stored in meta: (namespace, key), hottest first.
     /// Empty when there is none or it does not decode.
     pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {
-        (|| {
+        self.guard_opt("read_snapshot", || {
             let r = self.begin_read().ok()?;
             let t = r.open_table(META).ok()?;
             let v = t.get(META_HOT_SNAPSHOT).ok()??;
             postcard::from_bytes(v.value()).ok()
-        })()
+        })
         .unwrap_or_default()
     }
 
@@ -1146,16 +1213,18 @@ impl Shared {
     /// entry every earlier local write is visible here. The hot tier alone
     /// cannot tell, since a newer local write may have been evicted from it.
     fn committed_version(&self, ns: &str, key: &[u8]) -> Option<Option<u64>> {
-        let r = self.begin_read().ok()?;
-        let t = r.open_table(ENTRIES).ok()?;
-        let Some(g) = t.get((ns, key)).ok()? else {
-            return Some(None);
-        };
-        // Verified: a damaged version must neither block fills for good nor
-        // let an older one through; a damaged record refuses the fill.
-        record::decode_header_verified(g.value())
-            .ok()
-            .map(|h| Some(h.version))
+        self.guard_opt("committed version read", || {
+            let r = self.begin_read().ok()?;
+            let t = r.open_table(ENTRIES).ok()?;
+            let Some(g) = t.get((ns, key)).ok()? else {
+                return Some(None);
+            };
+            // Verified: a damaged version must neither block fills for good
+            // nor let an older one through; a damaged record refuses the fill.
+            record::decode_header_verified(g.value())
+                .ok()
+                .map(|h| Some(h.version))
+        })
     }
 
     /// Raises the namespace's epoch to `epoch` (an invalidation made

@@ -105,7 +105,7 @@ pub use load::{
 #[cfg(feature = "redis")]
 pub use mirror::{MirrorConfig, MirrorStats, RedisDeployment};
 pub use stats::{NamespaceStats, Stats};
-pub use store::open::DB_FILE;
+pub use store::open::{DAMAGED_MARKER, DB_FILE};
 pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};
 
 /// The record codec, public for `embercache verify`, the fuzzers and tools

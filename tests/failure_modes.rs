@@ -345,6 +345,9 @@ struct DamageFigures {
     wrong_values: u64,
     panics: u64,
     untyped_errors: u64,
+    /// Damage redb panicked on after open (a read or a write): the error
+    /// was typed, the file marked, and the next open moved it aside.
+    damaged_in_use: u64,
 }
 
 impl DamageFigures {
@@ -360,6 +363,7 @@ impl DamageFigures {
         self.read_errors += g.read_errors;
         self.wrong_values += g.wrong_values;
         self.untyped_errors += g.untyped_errors;
+        self.damaged_in_use += g.damaged_in_use;
     }
 }
 
@@ -419,16 +423,39 @@ fn one_damaged_file(base: &[u8], seed: u64, f: &mut DamageFigures) {
                 f.repaired_or_intact += 1;
             }
             read_back(&c, f, &desc);
-            // And it keeps working.
-            c.set("ns", b"after", b"v".to_vec()).unwrap();
-            c.flush().unwrap();
-            assert_eq!(c.get("ns", b"after").unwrap().as_deref(), Some(&b"v"[..]));
-            c.close().unwrap();
+            // And it keeps working, or says the file is damaged (redb met
+            // a damaged page on the write path) with a typed error.
+            let wrote = c
+                .set("ns", b"after", b"v".to_vec())
+                .and_then(|()| c.flush());
+            match wrote {
+                Ok(()) => {
+                    assert_eq!(c.get("ns", b"after").unwrap().as_deref(), Some(&b"v"[..]));
+                }
+                Err(e) => assert!(e.to_string().contains("damaged"), "{desc}: {e}"),
+            }
+            let _ = c.close();
         }
         Err(e) => {
             f.untyped_errors += 1;
             eprintln!("{desc}: non-strict open failed: {e}");
         }
+    }
+    // Damage found in use (a read or a write on which redb panicked) left a
+    // marker: the next open moves the file aside, and the cache works.
+    if dir.path().join(embercache::DAMAGED_MARKER).exists() {
+        f.damaged_in_use += 1;
+        assert!(
+            matches!(builder(true).open(), Err(OpenError::Corrupt { .. })),
+            "{desc}: a strict open accepted a file marked damaged"
+        );
+        let c = builder(false).open().unwrap();
+        assert!(c.stats().moved_aside.is_some(), "{desc}: not moved aside");
+        assert!(!dir.path().join(embercache::DAMAGED_MARKER).exists());
+        c.set("ns", b"after", b"v".to_vec()).unwrap();
+        c.flush().unwrap();
+        assert_eq!(c.get("ns", b"after").unwrap().as_deref(), Some(&b"v"[..]));
+        c.close().unwrap();
     }
 }
 

@@ -151,6 +151,17 @@ pub(crate) fn local_page(
     after: Option<&(String, Vec<u8>)>,
     n: usize,
 ) -> Result<Vec<LocalEntry>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        local_page_unguarded(sh, after, n)
+    }))
+    .unwrap_or_else(|_| Err(sh.damaged("a resync read").to_string()))
+}
+
+fn local_page_unguarded(
+    sh: &Shared,
+    after: Option<&(String, Vec<u8>)>,
+    n: usize,
+) -> Result<Vec<LocalEntry>, String> {
     let db = sh.db().map_err(|e| e.to_string())?;
     let r = db.begin_read().map_err(|e| e.to_string())?;
     let t = r.open_table(ENTRIES).map_err(|e| e.to_string())?;

@@ -69,14 +69,14 @@ pub(crate) fn parse_entry(v: &Value) -> Remote {
 /// write is newer than Redis and not delivered yet, so Redis must not be
 /// believed (a local delete would be undone).
 pub(crate) fn outbox_newer(sh: &Shared, ns: &str, key: &[u8], version: u64) -> bool {
-    let row = (|| {
+    let row = sh.guard_opt("an outbox read", || {
         let db = sh.db().ok()?;
         let r = db.begin_read().ok()?;
         let t = r.open_table(OUTBOX).ok()?;
         let g = t.get((ns, key)).ok()??;
         let v = g.value();
         Some(u64::from_le_bytes(v.get(9..17)?.try_into().ok()?))
-    })();
+    });
     row.is_some_and(|v| v >= version)
 }
 

@@ -13,6 +13,25 @@ use std::sync::Arc;
 /// The file name inside the data directory.
 pub const DB_FILE: &str = "embercache.redb";
 
+/// A file beside the database saying it was found damaged while in use
+/// (redb panicked on one of its pages): the next open treats the database
+/// as damaged, as if its own checks had failed (moved aside, or refused
+/// when strict). Holds the reason.
+pub const DAMAGED_MARKER: &str = "embercache.damaged";
+
+/// Writes the damage marker beside `db_file` (best effort: a failure is
+/// logged; the error already returned says what to do).
+pub(crate) fn mark_damaged(db_file: &Path, reason: &str) {
+    let marker = db_file.with_file_name(DAMAGED_MARKER);
+    let r = std::fs::File::create(&marker).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, reason.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = r {
+        tracing::error!(marker = %marker.display(), error = %e, "could not write the damage marker");
+    }
+}
+
 /// Makes a fresh custom storage backend; called at open and again after an
 /// I/O error (redb refuses every operation after one until reopened).
 pub type BackendFactory =
@@ -117,14 +136,23 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
         source,
     })?;
     let file = dir.join(DB_FILE);
+    let marker = dir.join(DAMAGED_MARKER);
     if !file.exists() {
+        // A marker without its file speaks of a file that is gone.
+        let _ = std::fs::remove_file(&marker);
         match create_fresh(&file, dir) {
             Ok(()) => {}
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Damaged(reason)) => return Err(OpenError::Corrupt { file, reason }),
         }
     }
-    match try_open(&file, dir) {
+    let first = match std::fs::read_to_string(&marker) {
+        Ok(reason) => Err(Failure::Damaged(format!(
+            "found damaged while in use: {reason}"
+        ))),
+        Err(_) => try_open(&file, dir),
+    };
+    match first {
         Ok((db, meta)) => Ok(Opened {
             db,
             meta,
@@ -143,6 +171,8 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
                 dir: dir.to_path_buf(),
                 source,
             })?;
+            // The marker went with the file it was about.
+            let _ = std::fs::remove_file(&marker);
             let note = format!("{} moved to {} ({reason})", file.display(), aside.display());
             tracing::error!(
                 file = %file.display(),
@@ -284,10 +314,16 @@ pub(crate) fn apply_schema_versions(
 }
 
 fn meta_format(db: &Database) -> Option<u32> {
-    let r = db.begin_read().ok()?;
-    let t = r.open_table(META).ok()?;
-    let v = t.get(META_FORMAT).ok()??;
-    u32_from(v.value())
+    // A panic on a damaged page reads as "no format"; `init` then meets
+    // the damage inside its own guard.
+    catch_unwind(AssertUnwindSafe(|| {
+        let r = db.begin_read().ok()?;
+        let t = r.open_table(META).ok()?;
+        let v = t.get(META_FORMAT).ok()??;
+        u32_from(v.value())
+    }))
+    .ok()
+    .flatten()
 }
 
 /// Creates the tables if missing and loads the meta state.

@@ -189,7 +189,15 @@ impl Writer {
             // must not kill the only writer: treat it as a failed commit;
             // the transaction was dropped, so nothing of it was applied.
             let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group)))
-                .unwrap_or_else(|_| Err(injected("commit (panicked)")));
+                .unwrap_or_else(|_| {
+                    // A bug, an injected fault, or redb meeting a damaged
+                    // page: a walk of the tables tells the last one apart.
+                    if tables_read_through(&self.shared) {
+                        Err(injected("commit (panicked)"))
+                    } else {
+                        Err(self.shared.damaged("a commit"))
+                    }
+                });
             match result {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
@@ -910,6 +918,40 @@ fn remove_older(
 }
 
 /// An I/O error standing for a failure that did not come from redb.
+/// Whether every table reads through to its last entry without redb
+/// panicking or reporting corruption (asked after a commit panicked).
+fn tables_read_through(sh: &Shared) -> bool {
+    fn walk<K: redb::Key + 'static, V: redb::Value + 'static>(
+        r: &redb::ReadTransaction,
+        table: redb::TableDefinition<K, V>,
+    ) -> Result<(), redb::Error> {
+        let t = match r.open_table(table) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for item in t.iter()? {
+            item?;
+        }
+        Ok(())
+    }
+    let read = || -> Result<(), redb::Error> {
+        let Ok(r) = sh.begin_read() else {
+            return Ok(()); // not a question of damage
+        };
+        walk(&r, ENTRIES)?;
+        walk(&r, EXPIRY)?;
+        walk(&r, META)?;
+        walk(&r, LOADER_META)?;
+        walk(&r, super::outbox::OUTBOX)?;
+        walk(&r, super::outbox::OUTBOX_ORDER)
+    };
+    match catch_unwind(AssertUnwindSafe(read)) {
+        Ok(Err(redb::Error::Corrupted(_))) | Err(_) => false,
+        Ok(_) => true,
+    }
+}
+
 fn injected(what: &str) -> Arc<redb::Error> {
     Arc::new(redb::Error::Io(std::io::Error::other(format!(
         "{what} failed"
