@@ -846,11 +846,12 @@ impl Cache {
                 "dictionary training failed: {e}; store more varied values first"
             ))
         })?;
+        let decoder = crate::store::record::Dictionary::new(&dict).ok_or_else(|| {
+            Error::Maintenance("zstd could not load the trained dictionary; train again".into())
+        })?;
         let n = sh.ns.get(ns)?;
         let id = sh.next_dict_id.fetch_add(1, Ordering::SeqCst);
-        sh.decoders
-            .write()
-            .insert(id, Arc::new(zstd::dict::DecoderDictionary::copy(&dict)));
+        sh.decoders.write().insert(id, Arc::new(decoder));
         // Persist first: no record may name a dictionary that is not durable.
         sh.request(|done| Op::Dict {
             ns: n.clone(),

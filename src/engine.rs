@@ -22,7 +22,7 @@ use crate::namespace::{Namespace, Namespaces};
 use crate::stats::{EngineCounters, Striped, add};
 use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
-use crate::store::record::{self, Encoding, Header, Prepared};
+use crate::store::record::{self, Dictionary, Encoding, Header, Prepared};
 use crate::store::tables::{ENTRIES, LOADER_META, META, META_HOT_SNAPSHOT, dict_key};
 use crate::store::writer::Op;
 use bytes::Bytes;
@@ -37,7 +37,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use zstd::dict::DecoderDictionary;
 
 /// A redb error on the read path.
 fn read_err<E: Into<redb::Error>>(e: E) -> ReadError {
@@ -45,9 +44,9 @@ fn read_err<E: Into<redb::Error>>(e: E) -> ReadError {
 }
 
 /// Prepares a decoder dictionary; `None` when it cannot be loaded.
-pub(crate) fn load_decoder(bytes: &[u8]) -> Option<Arc<DecoderDictionary<'static>>> {
+pub(crate) fn load_decoder(bytes: &[u8]) -> Option<Arc<Dictionary>> {
     failpoint!("dict::load", |_| None);
-    DecoderDictionary::try_copy(bytes).ok().map(Arc::new)
+    Dictionary::new(bytes).map(Arc::new)
 }
 
 /// A value found by a lookup, with its absolute expiry (`u64::MAX` = never).
@@ -150,7 +149,7 @@ pub(crate) struct Shared {
     pub max_retention_ms: u64,
     /// Whether writes are also recorded in the mirror outbox.
     pub outbox: bool,
-    pub decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
+    pub decoders: RwLock<HashMap<u32, Arc<Dictionary>>>,
     pub next_dict_id: AtomicU32,
     pub tx: Sender<Op>,
     pub closed: AtomicBool,
@@ -262,7 +261,7 @@ impl Shared {
 
     /// The decoder of dictionary `id`, loaded from meta on first use (and
     /// again after a load failed, so a passing fault heals by itself).
-    pub(crate) fn decoder(&self, id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+    pub(crate) fn decoder(&self, id: u32) -> Option<Arc<Dictionary>> {
         if let Some(d) = self.decoders.read().get(&id) {
             return Some(d.clone());
         }

@@ -112,6 +112,6 @@ pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};
 /// that read the database file directly.
 pub mod record {
     pub use crate::store::record::{
-        Compression, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
+        Compression, Dictionary, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
     };
 }

@@ -15,6 +15,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use embercache::record::Dictionary;
 use embercache::record::{self, Compression, Encoding};
 use embercache_fuzz::{
     CountingAlloc, DICT_ID, Frame, LEVELS, alloc_mark, alloc_peak_since, decoder_dict,
@@ -22,7 +23,6 @@ use embercache_fuzz::{
 };
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use zstd::dict::DecoderDictionary;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -48,18 +48,18 @@ enum Input {
     },
 }
 
-fn dicts(id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+fn dicts(id: u32) -> Option<Arc<Dictionary>> {
     (id == DICT_ID).then(|| decoder_dict().clone())
 }
 
-fn wrong_dicts(id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+fn wrong_dicts(id: u32) -> Option<Arc<Dictionary>> {
     (id == DICT_ID).then(|| other_decoder_dict().clone())
 }
 
 /// Decodes while measuring the Rust-heap peak.
 fn measured_decode(
     rec: &[u8],
-    dict: &dyn Fn(u32) -> Option<Arc<DecoderDictionary<'static>>>,
+    dict: &dyn Fn(u32) -> Option<Arc<Dictionary>>,
 ) -> Result<(record::Header, Vec<u8>), embercache::RecordError> {
     let base = alloc_mark();
     let r = record::decode(rec, MAX, dict);

@@ -11,11 +11,11 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
+use embercache::record::Dictionary;
 use embercache::record::{self, Compression, Encoding, HEADER_LEN};
 use embercache_fuzz::{DICT_ID, LEVELS, decoder_dict, encoder_dict, fix_crc, tag_of};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
-use zstd::dict::DecoderDictionary;
 
 /// Small, so that "at most the maximum" is exercised by ordinary inputs.
 const MAX: usize = 4096;
@@ -38,7 +38,7 @@ enum Input {
     },
 }
 
-fn dicts(id: u32) -> Option<Arc<DecoderDictionary<'static>>> {
+fn dicts(id: u32) -> Option<Arc<Dictionary>> {
     (id == DICT_ID).then(|| decoder_dict().clone())
 }
 

@@ -7,11 +7,12 @@
 //! decoder allows, several frames back to back, skippable frames.
 
 use arbitrary::Arbitrary;
+use embercache::record::Dictionary;
 use embercache::record::{Compression, HEADER_LEN};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use zstd::dict::{DecoderDictionary, EncoderDictionary};
+use zstd::dict::EncoderDictionary;
 
 /// The dictionary id the targets register their dictionary under.
 pub const DICT_ID: u32 = 7;
@@ -278,15 +279,15 @@ pub fn other_dictionary() -> &'static [u8] {
 }
 
 /// The prepared decoder dictionary for [`dictionary`].
-pub fn decoder_dict() -> &'static std::sync::Arc<DecoderDictionary<'static>> {
-    static D: OnceLock<std::sync::Arc<DecoderDictionary<'static>>> = OnceLock::new();
-    D.get_or_init(|| std::sync::Arc::new(DecoderDictionary::copy(dictionary())))
+pub fn decoder_dict() -> &'static std::sync::Arc<Dictionary> {
+    static D: OnceLock<std::sync::Arc<Dictionary>> = OnceLock::new();
+    D.get_or_init(|| std::sync::Arc::new(Dictionary::new(dictionary()).expect("dictionary")))
 }
 
 /// The prepared decoder dictionary for [`other_dictionary`].
-pub fn other_decoder_dict() -> &'static std::sync::Arc<DecoderDictionary<'static>> {
-    static D: OnceLock<std::sync::Arc<DecoderDictionary<'static>>> = OnceLock::new();
-    D.get_or_init(|| std::sync::Arc::new(DecoderDictionary::copy(other_dictionary())))
+pub fn other_decoder_dict() -> &'static std::sync::Arc<Dictionary> {
+    static D: OnceLock<std::sync::Arc<Dictionary>> = OnceLock::new();
+    D.get_or_init(|| std::sync::Arc::new(Dictionary::new(other_dictionary()).expect("dictionary")))
 }
 
 /// Compression levels the targets use, and an encoder dictionary for each.

@@ -171,7 +171,7 @@ fn engine_row(
     use embercache::record::{Encoding, decode, encode};
     use std::sync::Arc;
     let enc_dict = zstd::dict::EncoderDictionary::copy(dict, level);
-    let dec_dict = Arc::new(zstd::dict::DecoderDictionary::copy(dict));
+    let dec_dict = Arc::new(embercache::record::Dictionary::new(dict).expect("dictionary"));
     let enc = Encoding {
         level: Some(level),
         threshold: 64,
