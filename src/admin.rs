@@ -172,7 +172,7 @@ impl Cache {
         f: impl FnOnce() -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-            .unwrap_or_else(|_| Err(AdminError::Storage(self.sh().damaged(what))))
+            .unwrap_or_else(|p| Err(AdminError::Storage(self.sh().damaged_or_resume(what, p))))
     }
 
     fn verify_unguarded(

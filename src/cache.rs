@@ -481,9 +481,9 @@ impl CacheBuilder {
                 // redb may panic on a damaged page while warming: the file
                 // is marked damaged, and the cache goes on without the rest.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s2.warm_up()));
-                if r.is_err() {
-                    s2.damaged("the warm-up");
+                if let Err(p) = r {
                     s2.counters.warmup_done.store(1, Ordering::Release);
+                    s2.damaged_or_resume("the warm-up", p);
                 }
             })
             .map_err(spawn_err)?;

@@ -220,15 +220,32 @@ impl Shared {
         f: impl FnOnce() -> Result<T, ReadError>,
     ) -> Result<T, ReadError> {
         catch_unwind(AssertUnwindSafe(f))
-            .unwrap_or_else(|_| Err(ReadError::Storage(self.damaged(what))))
+            .unwrap_or_else(|p| Err(ReadError::Storage(self.damaged_or_resume(what, p))))
     }
 
     /// [`Self::guard`] for reads that answer `None` when they cannot.
     pub(crate) fn guard_opt<T>(&self, what: &str, f: impl FnOnce() -> Option<T>) -> Option<T> {
-        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
-            self.damaged(what);
+        catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            self.damaged_or_resume(what, p);
             None
         })
+    }
+
+    /// After a panic caught around redb: when the tables still read
+    /// through, the panic was not the file's (a bug, a fault, a caller's
+    /// closure) and goes on unwinding; otherwise the file is damaged.
+    pub(crate) fn damaged_or_resume(
+        &self,
+        what: &str,
+        panic: Box<dyn std::any::Any + Send>,
+    ) -> Arc<redb::Error> {
+        let healthy = self
+            .db()
+            .map_or(true, |db| crate::store::tables::reads_through(&db));
+        if healthy {
+            std::panic::resume_unwind(panic);
+        }
+        self.damaged(what)
     }
 
     /// Records that redb panicked on the database during `what`: the file

@@ -517,6 +517,61 @@ fn damaged_database_files_never_panic_or_return_wrong_values() {
     assert!(f.values_read > 0 && f.moved_aside > 0, "{f:?}");
 }
 
+/// A panic that is not the file's (here the caller's export sink) goes on
+/// unwinding and marks nothing: the healthy file keeps its data.
+#[test]
+fn a_panic_that_is_not_the_files_does_not_mark_it_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open_at(dir.path(), &clock);
+    c.set("ns", b"k", b"v".to_vec()).unwrap();
+    c.flush().unwrap();
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let _ = c.export(&mut |_| panic!("the sink's own bug"));
+    }));
+    assert!(r.is_err(), "the sink's panic reaches the caller");
+    assert!(!dir.path().join(embercache::DAMAGED_MARKER).exists());
+    c.close().unwrap();
+    let c = open_at(dir.path(), &clock);
+    assert!(c.stats().moved_aside.is_none());
+    assert_eq!(c.get("ns", b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    c.close().unwrap();
+}
+
+/// A marker does not let a second open take a file another `Cache` holds:
+/// redb's lock still answers `AlreadyOpen`, and nothing is moved.
+#[test]
+fn a_damage_marker_does_not_bypass_the_open_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let a = open_at(dir.path(), &clock);
+    std::fs::write(dir.path().join(embercache::DAMAGED_MARKER), "test").unwrap();
+    let b = Cache::builder().dir(dir.path()).clock(clock.clone()).open();
+    assert!(
+        matches!(b, Err(OpenError::AlreadyOpen { .. })),
+        "{:?}",
+        b.map(|_| ())
+    );
+    assert!(dir.path().join(DB_FILE).exists());
+    a.set("ns", b"k", b"v".to_vec()).unwrap();
+    a.close().unwrap();
+    // Once free, the marked file is refused by a strict open and moved
+    // aside by a non-strict one.
+    let strict = Cache::builder()
+        .dir(dir.path())
+        .clock(clock.clone())
+        .strict(true)
+        .open();
+    assert!(matches!(strict, Err(OpenError::Corrupt { .. })));
+    let c = Cache::builder()
+        .dir(dir.path())
+        .clock(clock.clone())
+        .open()
+        .unwrap();
+    assert!(c.stats().moved_aside.is_some());
+    c.close().unwrap();
+}
+
 // ----- TTL edge cases ------------------------------------------------------------
 
 #[test]

@@ -154,7 +154,7 @@ pub(crate) fn local_page(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         local_page_unguarded(sh, after, n)
     }))
-    .unwrap_or_else(|_| Err(sh.damaged("a resync read").to_string()))
+    .unwrap_or_else(|p| Err(sh.damaged_or_resume("a resync read", p).to_string()))
 }
 
 fn local_page_unguarded(

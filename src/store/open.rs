@@ -147,9 +147,20 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
         }
     }
     let first = match std::fs::read_to_string(&marker) {
-        Ok(reason) => Err(Failure::Damaged(format!(
-            "found damaged while in use: {reason}"
-        ))),
+        Ok(reason) => {
+            // Marked damaged, but maybe still in use: redb's lock decides
+            // (another `Cache` or process on it gets `AlreadyOpen`, and the
+            // file is left alone); once we could take it, the file is ours
+            // to move aside.
+            if let Ok(Err(e)) = catch_unwind(AssertUnwindSafe(|| create_file(&file)))
+                && let Failure::Fatal(e) = classify(e, dir)
+            {
+                return Err(e);
+            }
+            Err(Failure::Damaged(format!(
+                "found damaged while in use: {reason}"
+            )))
+        }
         Err(_) => try_open(&file, dir),
     };
     match first {

@@ -180,16 +180,20 @@ impl<'t> Outbox<'t> {
 
 /// Up to `limit` pending mirror writes, oldest first.
 pub(crate) fn peek(db: &redb::Database, limit: usize) -> Result<Vec<OutboxItem>, Arc<redb::Error>> {
-    contained("reading the outbox", || peek_unguarded(db, limit))
+    contained(db, "reading the outbox", || peek_unguarded(db, limit))
 }
 
 /// Runs a read that redb may panic in on a damaged page: the panic becomes
 /// a typed `Corrupted` error.
 fn contained<T>(
+    db: &redb::Database,
     what: &str,
     f: impl FnOnce() -> Result<T, Arc<redb::Error>>,
 ) -> Result<T, Arc<redb::Error>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        if super::tables::reads_through(db) {
+            std::panic::resume_unwind(p); // not the file's panic
+        }
         Err(Arc::new(redb::Error::Corrupted(format!(
             "the database file is damaged (redb panicked {what}); \
              reopen the cache to move the file aside and start empty"
@@ -225,7 +229,7 @@ fn peek_unguarded(db: &redb::Database, limit: usize) -> Result<Vec<OutboxItem>, 
 
 /// Rows and bytes in the outbox (counted at open).
 pub(crate) fn measure(db: &redb::Database) -> Result<(u64, u64), Arc<redb::Error>> {
-    contained("measuring the outbox", || measure_unguarded(db))
+    contained(db, "measuring the outbox", || measure_unguarded(db))
 }
 
 fn measure_unguarded(db: &redb::Database) -> Result<(u64, u64), Arc<redb::Error>> {

@@ -11,6 +11,7 @@
 use super::open::Source;
 use super::outbox::{EPOCH_NAMESPACE, Outbox, OutboxDelta, OutboxKind};
 use super::record::decode_header;
+use super::tables::reads_through;
 use super::tables::*;
 use crate::engine::Shared;
 use crate::error::{WriteError, storage};
@@ -192,7 +193,8 @@ impl Writer {
                 .unwrap_or_else(|_| {
                     // A bug, an injected fault, or redb meeting a damaged
                     // page: a walk of the tables tells the last one apart.
-                    if tables_read_through(&self.shared) {
+                    let healthy = self.shared.db().map_or(true, |db| reads_through(&db));
+                    if healthy {
                         Err(injected("commit (panicked)"))
                     } else {
                         Err(self.shared.damaged("a commit"))
@@ -918,40 +920,6 @@ fn remove_older(
 }
 
 /// An I/O error standing for a failure that did not come from redb.
-/// Whether every table reads through to its last entry without redb
-/// panicking or reporting corruption (asked after a commit panicked).
-fn tables_read_through(sh: &Shared) -> bool {
-    fn walk<K: redb::Key + 'static, V: redb::Value + 'static>(
-        r: &redb::ReadTransaction,
-        table: redb::TableDefinition<K, V>,
-    ) -> Result<(), redb::Error> {
-        let t = match r.open_table(table) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        for item in t.iter()? {
-            item?;
-        }
-        Ok(())
-    }
-    let read = || -> Result<(), redb::Error> {
-        let Ok(r) = sh.begin_read() else {
-            return Ok(()); // not a question of damage
-        };
-        walk(&r, ENTRIES)?;
-        walk(&r, EXPIRY)?;
-        walk(&r, META)?;
-        walk(&r, LOADER_META)?;
-        walk(&r, super::outbox::OUTBOX)?;
-        walk(&r, super::outbox::OUTBOX_ORDER)
-    };
-    match catch_unwind(AssertUnwindSafe(read)) {
-        Ok(Err(redb::Error::Corrupted(_))) | Err(_) => false,
-        Ok(_) => true,
-    }
-}
-
 fn injected(what: &str) -> Arc<redb::Error> {
     Arc::new(redb::Error::Io(std::io::Error::other(format!(
         "{what} failed"
