@@ -388,7 +388,18 @@ pub fn compact_dir(dir: &Path, progress: &mut dyn FnMut(u32)) -> Result<CompactR
     })?;
     let mut passes = 0;
     loop {
-        match db.compact() {
+        // redb may panic on a damaged page: a typed error, not a crash.
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.compact()))
+            .unwrap_or_else(|_| {
+                Err(redb::CompactionError::Storage(
+                    redb::StorageError::Corrupted(
+                        "redb panicked: the database file is damaged; open the cache (not \
+                     strict) to move it aside"
+                            .into(),
+                    ),
+                ))
+            });
+        match pass {
             Ok(true) => {
                 passes += 1;
                 progress(passes);

@@ -366,8 +366,15 @@ impl CacheBuilder {
             .iter()
             .filter_map(|(n, p)| p.schema_version.clone().map(|v| (n.clone(), v)))
             .collect();
-        let bumped = open::apply_schema_versions(&opened.db, &mut meta, &schemas)
-            .map_err(|e| OpenError::Storage(Arc::new(e)))?;
+        let bumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            open::apply_schema_versions(&opened.db, &mut meta, &schemas)
+        }))
+        .unwrap_or_else(|_| {
+            Err(redb::Error::Corrupted(
+                "redb panicked applying schema versions: the database file is damaged".into(),
+            ))
+        })
+        .map_err(|e| OpenError::Storage(Arc::new(e)))?;
         for ns in &bumped {
             tracing::info!(namespace = %ns, "schema version changed; namespace epoch bumped");
         }

@@ -213,14 +213,18 @@ impl Writer {
                         // Writes that raced with close() and got in after
                         // the Close op are committed too, not dropped.
                         let mut late: Vec<Op> = self.rx.try_iter().collect();
-                        if !late.is_empty()
-                            && let Err(e) = self.commit_group(&mut late)
-                        {
-                            reply_all(&mut late, Err(WriteError::Storage(e)));
+                        let late_result = if late.is_empty() {
+                            Ok(())
                         } else {
-                            reply_all(&mut late, Ok(()));
+                            catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut late)))
+                                .unwrap_or_else(|_| Err(injected("commit (panicked)")))
+                        };
+                        match late_result {
+                            Err(e) => reply_all(&mut late, Err(WriteError::Storage(e))),
+                            Ok(()) => reply_all(&mut late, Ok(())),
                         }
-                        let snap = self.write_snapshot();
+                        let snap = catch_unwind(AssertUnwindSafe(|| self.write_snapshot()))
+                            .unwrap_or_else(|_| Err(injected("hot-set snapshot (panicked)")));
                         reply_all(&mut group, snap.map_err(WriteError::Storage));
                         return;
                     }
