@@ -186,6 +186,64 @@ fn w2ops(c: &embercache::Cache, keys: &[Vec<u8>], values: &[Bytes], trace: &[u32
     hits
 }
 
+/// CPU time (user + system) of this process so far, in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let f: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
+        .split(' ')
+        .collect();
+    (f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime")) / 100.0
+}
+
+/// W7's data set (1 M entries, 10-byte keys, the workload's 100-byte
+/// values) written into `dir` once; then `runs` reopens, each timed until
+/// the warm-up is done, with the process's CPU time per hot entry. With
+/// `shuffled`, the keys are written in a scattered order, so the hot set
+/// (the last keys written) is spread over the whole key space instead of
+/// being its last fifth.
+fn w7(dir: &std::path::Path, runs: usize, shuffled: bool) {
+    if !dir.join(embercache::DB_FILE).exists() {
+        let c = embercache::Cache::builder().dir(dir).open().expect("open");
+        for j in 0..1_000_000u64 {
+            // 999 983 is prime, so this is a permutation of 0..1 M.
+            let i = if shuffled { j * 999_983 % 1_000_000 } else { j };
+            let mut v = format!(
+                "{{\"id\":{i},\"bid\":0.{:04},\"ask\":0.{:04},\"pad\":\"",
+                i % 9973,
+                i % 7919
+            );
+            while v.len() < 98 {
+                v.push((b'a' + (v.len() as u8 % 26)) as char);
+            }
+            v.push_str("\"}");
+            c.set("w", format!("k{i:09}").as_bytes(), Bytes::from(v))
+                .expect("set");
+        }
+        c.close().expect("close");
+    }
+    for _ in 0..runs {
+        let (cpu0, t0) = (cpu_secs(), std::time::Instant::now());
+        let c = embercache::Cache::builder()
+            .dir(dir)
+            .open()
+            .expect("reopen");
+        let mut s = c.stats();
+        while !s.warmup_done {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            s = c.stats();
+        }
+        let (w, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - cpu0);
+        println!(
+            "w7: {} hot entries in {:.1} ms, {:.0} k entries/s, {:.2} µs CPU per entry",
+            s.hot_entries,
+            w * 1e3,
+            s.hot_entries as f64 / w / 1e3,
+            cpu * 1e6 / s.hot_entries.max(1) as f64
+        );
+        c.close().expect("close");
+    }
+}
+
 fn main() {
     let mut a = std::env::args().skip(1);
     let which = a.next().unwrap_or_else(|| "embercache".into());
@@ -224,6 +282,13 @@ fn main() {
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops, rounds, ttl_first) = (num(1_000_000), num(2_000_000), num(5), num(0));
         ttlrace(n, ops, rounds, ttl_first == 1);
+        return;
+    }
+    if which == "w7" {
+        // probe w7 DIR RUNS [shuffled]: W7's warm-up alone, for `perf record`.
+        let dir = std::path::PathBuf::from(a.next().expect("probe w7 DIR RUNS"));
+        let runs: usize = a.next().map_or(5, |s| s.parse().expect("runs"));
+        w7(&dir, runs, a.next().as_deref() == Some("shuffled"));
         return;
     }
     if which == "race" {
