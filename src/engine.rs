@@ -24,6 +24,7 @@ use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::record::{self, Dictionary, Encoding, Header, Prepared};
 use crate::store::tables::{ENTRIES, LOADER_META, META, META_HOT_SNAPSHOT, dict_key};
+use crate::store::walk::KeyWalk;
 use crate::store::writer::Op;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -56,16 +57,6 @@ pub(crate) struct Found {
     pub expires_at: u64,
 }
 
-/// Why a record read from redb is being accepted.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Fill {
-    /// A caller's get: count it, fill the hot tier's small queue.
-    Read,
-    /// The warm-up after open: no counters, straight into the main queue
-    /// (these keys were hot before the restart).
-    WarmUp,
-}
-
 /// When a read happened: the commit sequence number taken before it
 /// began (for the fill rule) and the engine time used for expiry, read
 /// from the clock only when first needed (a hit on an entry that never
@@ -80,16 +71,6 @@ struct ReadPoint<'a> {
 }
 
 impl<'a> ReadPoint<'a> {
-    /// A read point whose time is already known.
-    fn fixed(seq: u64, now: u64, time: &'a EngineTime) -> Self {
-        ReadPoint {
-            seq,
-            now: std::cell::OnceCell::from(now),
-            time,
-            retention: 0,
-        }
-    }
-
     fn now(&self) -> u64 {
         *self.now.get_or_init(|| self.time.now_ms())
     }
@@ -341,16 +322,20 @@ impl Shared {
 
     fn hot_insert(&self, entry: Entry, now: u64) -> Insert {
         let dead = self.is_dead(now);
-        self.hot.insert(entry, &dead, &mut |e, why| {
-            if let Some(ns) = self.ns.by_id(e.ns) {
-                let c = match why {
-                    Evicted::Capacity => &ns.counters.hot_evictions,
-                    Evicted::Dead if e.expires_at <= now => &ns.counters.expirations,
-                    Evicted::Dead => &ns.counters.hot_evictions,
-                };
-                add(c, 1);
-            }
-        })
+        self.hot
+            .insert(entry, &dead, &mut |e, why| self.count_eviction(e, why, now))
+    }
+
+    /// Counts an entry the hot tier evicted to make room.
+    fn count_eviction(&self, e: &Entry, why: Evicted, now: u64) {
+        if let Some(ns) = self.ns.by_id(e.ns) {
+            let c = match why {
+                Evicted::Capacity => &ns.counters.hot_evictions,
+                Evicted::Dead if e.expires_at <= now => &ns.counters.expirations,
+                Evicted::Dead => &ns.counters.hot_evictions,
+            };
+            add(c, 1);
+        }
     }
 
     // ----- writes -------------------------------------------------------
@@ -687,14 +672,9 @@ impl Shared {
         key: &[u8],
         rec: Option<&[u8]>,
         at: &ReadPoint,
-        fill: Fill,
     ) -> Result<Option<Found>, ReadError> {
         let seq = at.seq;
-        let count = |c: &Striped| {
-            if fill == Fill::Read {
-                add(c, 1)
-            }
-        };
+        let count = |c: &Striped| add(c, 1);
         let Some(rec) = rec else {
             count(&ns.counters.misses);
             return Ok(None);
@@ -715,7 +695,7 @@ impl Shared {
         if ns.policy.hot_admission {
             let p = self.pending.lock(hash);
             if self.commit_seq.load(Ordering::SeqCst) == seq && p.get(hash, ns.id, key).is_none() {
-                let mut e = Entry::new(
+                let e = Entry::new(
                     hash,
                     ns.id,
                     key,
@@ -724,9 +704,6 @@ impl Shared {
                     h.epoch,
                     h.version,
                 );
-                if fill == Fill::WarmUp {
-                    e = e.into_main();
-                }
                 self.hot_insert(e, at.now());
             }
         }
@@ -795,14 +772,7 @@ impl Shared {
             let r = self.read_txn()?;
             let t = r.open_table(ENTRIES).map_err(read_err)?;
             let rec = t.get((&*ns.name, key)).map_err(read_err)?;
-            self.accept_warm(
-                ns,
-                hash,
-                key,
-                rec.as_ref().map(|g| g.value()),
-                at,
-                Fill::Read,
-            )
+            self.accept_warm(ns, hash, key, rec.as_ref().map(|g| g.value()), at)
         })?;
         if found.is_none() {
             return Ok(self.get_remote(ns, key));
@@ -836,14 +806,8 @@ impl Shared {
                 let t = r.open_table(ENTRIES).map_err(read_err)?;
                 for (i, hash) in warm {
                     let rec = t.get((&*ns.name, keys[i])).map_err(read_err)?;
-                    out[i] = self.accept_warm(
-                        &ns,
-                        hash,
-                        keys[i],
-                        rec.as_ref().map(|g| g.value()),
-                        &at,
-                        Fill::Read,
-                    )?;
+                    out[i] =
+                        self.accept_warm(&ns, hash, keys[i], rec.as_ref().map(|g| g.value()), &at)?;
                 }
                 Ok(())
             })?;
@@ -967,36 +931,48 @@ impl Shared {
         })
     }
 
-    /// The hot-set snapshot stored in meta: (namespace, key), hottest first.
-    /// Empty when there is none or it does not decode.
-    pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+    /// The hot-set snapshot stored in meta, still encoded (postcard
+    /// `Vec<(namespace, key)>`); `None` when there is none.
+    fn snapshot_bytes(&self) -> Option<Vec<u8>> {
         self.guard_opt("read_snapshot", || {
             let r = self.begin_read().ok()?;
             let t = r.open_table(META).ok()?;
             let v = t.get(META_HOT_SNAPSHOT).ok()??;
-            postcard::from_bytes(v.value()).ok()
+            Some(v.value().to_vec())
         })
-        .unwrap_or_default()
+    }
+
+    /// The hot-set snapshot stored in meta: (namespace, key), hottest first.
+    /// Empty when there is none or it does not decode.
+    pub(crate) fn read_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        self.snapshot_bytes()
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default()
     }
 
     /// Loads the keys that were hot before the restart, hottest first,
     /// until the hot tier is nearly full. Runs on its own thread after open.
     ///
-    /// The snapshot is cut into chunks of `WARM_CHUNK` keys, hottest chunk
-    /// first, each read in one transaction. Up to `WARM_THREADS` workers
-    /// take chunks in order, so the hottest keys still arrive first. (The
-    /// cost is ~2 µs of CPU per entry, about half of it the first touch of
-    /// each record and redb's page reads on its cold cache, the rest
-    /// decoding; sorting a chunk by key bought no locality, since a
-    /// chunk's keys are spread over the whole key space.)
+    /// The snapshot lists the keys hottest first and, among equally hot
+    /// ones, in key order (`HotTier::hottest`). It is cut into chunks of
+    /// `WARM_CHUNK` keys, hottest chunk first, each read in one transaction
+    /// by walking `entries` forward from key to key (`KeyWalk`): the leaf
+    /// pages a chunk needs are read once each, instead of one descent
+    /// from the root per key (that was half the cost). Up to
+    /// `WARM_THREADS` workers take chunks in order, so the hottest keys
+    /// still arrive first. What remains is mostly decoding (checksum,
+    /// decompression) and the first touch of the memory the values land
+    /// in.
     pub(crate) fn warm_up(&self) {
         const WARM_CHUNK: usize = 1024;
         const WARM_THREADS: usize = 2;
-        let snapshot = self.read_snapshot();
+        // Decoded in place: keys borrow from these bytes.
+        let bytes = self.snapshot_bytes().unwrap_or_default();
+        let snapshot: Vec<(&str, &[u8])> = postcard::from_bytes(&bytes).unwrap_or_default();
         self.counters
             .warmup_total
             .store(snapshot.len() as u64, Ordering::Relaxed);
-        let chunks: Vec<&[(String, Vec<u8>)]> = snapshot.chunks(WARM_CHUNK).collect();
+        let chunks: Vec<&[(&str, &[u8])]> = snapshot.chunks(WARM_CHUNK).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let work = || {
@@ -1031,7 +1007,7 @@ impl Shared {
     /// Loads one warm-up chunk through the fill rule.
     fn warm_chunk<'a>(
         &self,
-        chunk: &'a [(String, Vec<u8>)],
+        chunk: &[(&'a str, &'a [u8])],
         names: &mut HashMap<&'a str, Option<Arc<Namespace>>>,
     ) {
         // A commit during the chunk blocks its fills (see the fill rule);
@@ -1039,21 +1015,56 @@ impl Shared {
         for _attempt in 0..3 {
             let seq = self.commit_seq.load(Ordering::SeqCst);
             let now = self.time.now_ms();
-            let at = ReadPoint::fixed(seq, now, &self.time);
+            let dead = self.is_dead(now);
             let Ok(db) = self.db() else { return };
             let Ok(r) = db.begin_read() else { return };
             let Ok(t) = r.open_table(ENTRIES) else { return };
-            for (name, key) in chunk {
-                let ns = names
-                    .entry(name.as_str())
-                    .or_insert_with(|| self.ns.get(name).ok());
-                let Some(ns) = ns.as_ref() else { continue };
+            // Snapshots written before they were sorted (or a list of
+            // sorted runs): a walk would step over records in vain.
+            let sorted = chunk.is_sorted();
+            let mut walk = KeyWalk::new(&t);
+            for &(name, key) in chunk {
+                let ns = names.entry(name).or_insert_with(|| self.ns.get(name).ok());
+                let Some(ns) = ns.as_ref().filter(|ns| ns.policy.hot_admission) else {
+                    continue;
+                };
                 let hash = self.hot.hash(ns.id, key);
                 if self.hot.version_of(hash, ns.id, key).is_some() {
                     continue;
                 }
-                if let Ok(Some(g)) = t.get((name.as_str(), key.as_slice())) {
-                    let _ = self.accept_warm(ns, hash, key, Some(g.value()), &at, Fill::WarmUp);
+                let rec = if sorted {
+                    walk.get(name, key)
+                } else {
+                    t.get((name, key)).ok().flatten()
+                };
+                // A corrupt record is counted by `decode` and skipped.
+                let Some(Ok((h, value))) = rec.map(|g| self.decode(name, g.value())) else {
+                    continue;
+                };
+                if h.epoch != ns.epoch() || h.expires_at <= now {
+                    continue;
+                }
+                // The value moves into the hot tier: unlike a `get`, the
+                // warm-up keeps no second handle on it.
+                let e = Entry::new(
+                    hash,
+                    ns.id,
+                    key,
+                    Bytes::from(value),
+                    h.expires_at,
+                    h.epoch,
+                    h.version,
+                );
+                // The fill rule (see `accept_warm`).
+                let p = self.pending.lock(hash);
+                if self.commit_seq.load(Ordering::SeqCst) != seq {
+                    break;
+                }
+                if p.get(hash, ns.id, key).is_none() {
+                    // These keys were hot before the restart: main queue.
+                    self.hot.insert(e.into_main(), &dead, &mut |e, why| {
+                        self.count_eviction(e, why, now)
+                    });
                 }
             }
             if self.commit_seq.load(Ordering::SeqCst) == seq {

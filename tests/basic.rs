@@ -427,6 +427,70 @@ fn restart_warms_the_hot_tier_from_the_snapshot() {
     assert_eq!(s.hot_hits, 100, "hot keys were not warmed: {s:?}");
 }
 
+/// The warm-up walks `entries` in the snapshot's key order: every live key
+/// of every namespace comes back, in dense and sparse stretches, and what
+/// expired or was invalidated in between does not.
+#[test]
+fn warm_up_restores_live_keys_of_every_namespace_and_skips_dead_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let open = || {
+        Cache::builder()
+            .dir(dir.path())
+            .clock(clock.clone())
+            .shards(4)
+            .hot_capacity(4 << 20)
+            .open()
+            .unwrap()
+    };
+    let key = |i: u32| i.to_be_bytes();
+    let c = open();
+    // Namespaces "a" and "b" interleaved; "b" only every 7th key, so its
+    // hot keys are sparse in the table. Every 3rd key of "a" expires.
+    for i in 0..3000u32 {
+        if i % 3 == 0 {
+            c.set_with_ttl("a", &key(i), vec![1u8; 100], Duration::from_secs(10))
+                .unwrap();
+        } else {
+            c.set("a", &key(i), vec![2u8; 100]).unwrap();
+        }
+        if i % 7 == 0 {
+            c.set("b", &key(i), vec![3u8; 100]).unwrap();
+            c.set("c", &key(i), vec![4u8; 100]).unwrap();
+        }
+    }
+    c.invalidate_namespace("c").unwrap();
+    c.close().unwrap();
+    clock.advance(Duration::from_secs(20));
+    let c = open();
+    let mut waited = 0;
+    while !c.stats().warmup_done {
+        std::thread::sleep(Duration::from_millis(5));
+        waited += 1;
+        assert!(waited < 2000, "warm-up never finished");
+    }
+    let live_a = (0..3000u32).filter(|i| i % 3 != 0).count() as u64;
+    let live_b = (0..3000u32).filter(|i| i % 7 == 0).count() as u64;
+    assert_eq!(c.stats().hot_entries, live_a + live_b);
+    for i in 0..3000u32 {
+        let a = c.get("a", &key(i)).unwrap();
+        assert_eq!(a.is_some(), i % 3 != 0, "a {i}");
+        let b = c.get("b", &key(i)).unwrap();
+        assert_eq!(b.is_some(), i % 7 == 0, "b {i}");
+        assert!(c.get("c", &key(i)).unwrap().is_none(), "c {i}");
+    }
+    let s = c.stats();
+    let hot_hits = |ns: &str| {
+        s.namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .map_or(0, |n| n.hot_hits)
+    };
+    assert_eq!(hot_hits("a"), live_a, "{s:?}");
+    assert_eq!(hot_hits("b"), live_b, "{s:?}");
+    c.validate();
+}
+
 #[test]
 fn stale_entries_are_kept_for_the_retention_window_and_only_get_entry_sees_them() {
     let dir = tempfile::tempdir().unwrap();

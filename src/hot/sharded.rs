@@ -90,13 +90,17 @@ impl HotTier {
         self.shards.iter().map(|s| s.read().len()).sum()
     }
 
-    /// Up to `limit` keys, hottest first, as `(namespace id, key)`.
+    /// Up to `limit` keys, hottest first, as `(namespace id, key)`. Keys
+    /// equally hot (the shards rank by queue and frequency, nothing
+    /// finer) come by namespace id, then in key order: the order of the
+    /// redb table the warm-up reads them from, which it then walks instead
+    /// of descending to each key.
     pub(crate) fn hottest(&self, limit: usize) -> Vec<(u32, Box<[u8]>)> {
         let mut all = Vec::new();
         for s in self.shards.iter() {
             s.read().hottest(&mut all);
         }
-        all.sort_by_key(|e| std::cmp::Reverse(e.0));
+        all.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| (a.1, &a.2).cmp(&(b.1, &b.2))));
         all.truncate(limit);
         all.into_iter().map(|(_, ns, k)| (ns, k)).collect()
     }

@@ -6,4 +6,5 @@ pub(crate) mod outbox;
 pub(crate) mod pending;
 pub mod record;
 pub(crate) mod tables;
+pub(crate) mod walk;
 pub(crate) mod writer;

@@ -41,7 +41,8 @@ pub(crate) const META_TIME: &str = "engine_time";
 pub(crate) const META_RECORDS: &str = "records";
 /// u64 LE: key + record bytes in ENTRIES (the warm-tier byte bound).
 pub(crate) const META_BYTES: &str = "bytes";
-/// postcard `Vec<(String, Vec<u8>)>`: hot keys, hottest first.
+/// postcard `Vec<(String, Vec<u8>)>`: hot keys, hottest first; keys equally
+/// hot by namespace, then in key order (the warm-up walks `ENTRIES`).
 pub(crate) const META_HOT_SNAPSHOT: &str = "hot_snapshot";
 /// Prefix of `epoch/<namespace>` → u64 LE.
 pub(crate) const META_EPOCH_PREFIX: &str = "epoch/";
