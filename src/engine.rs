@@ -39,6 +39,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A warm-up worker's scratch space, kept from one chunk to the next.
+#[derive(Default)]
+struct WarmBatch {
+    /// The chunk's decoded entries with their key hashes (taken as filled).
+    entries: Vec<Option<(u64, Entry)>>,
+    /// (hot shard, index into `entries`), sorted: the entries by shard.
+    order: Vec<(u32, u32)>,
+}
+
 /// A redb error on the read path.
 fn read_err<E: Into<redb::Error>>(e: E) -> ReadError {
     ReadError::Storage(storage(e))
@@ -960,9 +969,10 @@ impl Shared {
     /// pages a chunk needs are read once each, instead of one descent
     /// from the root per key (that was half the cost). Up to
     /// `WARM_THREADS` workers take chunks in order, so the hottest keys
-    /// still arrive first. What remains is mostly decoding (checksum,
-    /// decompression) and the first touch of the memory the values land
-    /// in.
+    /// still arrive first. A chunk's entries go into the hot tier one
+    /// shard at a time (`warm_fill`). What remains is mostly decoding
+    /// (checksum, decompression) and the first touch of the memory the
+    /// values land in.
     pub(crate) fn warm_up(&self) {
         const WARM_CHUNK: usize = 1024;
         const WARM_THREADS: usize = 2;
@@ -978,6 +988,7 @@ impl Shared {
         let work = || {
             // Namespace handles by name: the snapshot names few of them.
             let mut names: HashMap<&str, Option<Arc<Namespace>>> = HashMap::new();
+            let mut batch = WarmBatch::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(chunk) = chunks.get(i) else { break };
@@ -988,7 +999,7 @@ impl Shared {
                     stop.store(true, Ordering::Relaxed);
                     break;
                 }
-                self.warm_chunk(chunk, &mut names);
+                self.warm_chunk(chunk, &mut names, &mut batch);
                 add(&self.counters.warmup_loaded, chunk.len() as u64);
             }
         };
@@ -1009,13 +1020,13 @@ impl Shared {
         &self,
         chunk: &[(&'a str, &'a [u8])],
         names: &mut HashMap<&'a str, Option<Arc<Namespace>>>,
+        batch: &mut WarmBatch,
     ) {
         // A commit during the chunk blocks its fills (see the fill rule);
         // under a steady write load, try the chunk again a few times.
         for _attempt in 0..3 {
             let seq = self.commit_seq.load(Ordering::SeqCst);
             let now = self.time.now_ms();
-            let dead = self.is_dead(now);
             let Ok(db) = self.db() else { return };
             let Ok(r) = db.begin_read() else { return };
             let Ok(t) = r.open_table(ENTRIES) else { return };
@@ -1023,15 +1034,13 @@ impl Shared {
             // sorted runs): a walk would step over records in vain.
             let sorted = chunk.is_sorted();
             let mut walk = KeyWalk::new(&t);
+            batch.entries.clear();
             for &(name, key) in chunk {
                 let ns = names.entry(name).or_insert_with(|| self.ns.get(name).ok());
                 let Some(ns) = ns.as_ref().filter(|ns| ns.policy.hot_admission) else {
                     continue;
                 };
                 let hash = self.hot.hash(ns.id, key);
-                if self.hot.version_of(hash, ns.id, key).is_some() {
-                    continue;
-                }
                 let rec = if sorted {
                     walk.get(name, key)
                 } else {
@@ -1055,22 +1064,51 @@ impl Shared {
                     h.epoch,
                     h.version,
                 );
-                // The fill rule (see `accept_warm`).
-                let p = self.pending.lock(hash);
-                if self.commit_seq.load(Ordering::SeqCst) != seq {
-                    break;
-                }
-                if p.get(hash, ns.id, key).is_none() {
-                    // These keys were hot before the restart: main queue.
-                    self.hot.insert(e.into_main(), &dead, &mut |e, why| {
-                        self.count_eviction(e, why, now)
-                    });
-                }
+                // These keys were hot before the restart: main queue.
+                batch.entries.push(Some((hash, e.into_main())));
             }
+            self.warm_fill(batch, seq, now);
             if self.commit_seq.load(Ordering::SeqCst) == seq {
                 return;
             }
         }
+    }
+
+    /// Puts a warm-up chunk's entries into the hot tier, one shard at a
+    /// time: the fill rule (see `accept_warm`) under the shard's pending
+    /// lock, then every entry with no pending write under one hot-shard
+    /// lock (hot and pending shards are picked by the same hash bits).
+    /// One lock pair per shard instead of per entry: the two workers'
+    /// cores otherwise pass each lock's cache line back and forth. A key
+    /// already hot (a `get` filled it since open) is replaced only by a
+    /// version at least as new, as always.
+    fn warm_fill(&self, batch: &mut WarmBatch, seq: u64, now: u64) {
+        let WarmBatch { entries, order } = batch;
+        order.clear();
+        order.extend(entries.iter().enumerate().filter_map(|(i, e)| {
+            let (hash, _) = e.as_ref()?;
+            Some((self.hot.shard_index(*hash) as u32, i as u32))
+        }));
+        order.sort_unstable();
+        let dead = self.is_dead(now);
+        let mut on_evict = |e: &Entry, why| self.count_eviction(e, why, now);
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let Some((hash, _)) = entries[group[0].1 as usize] else {
+                continue;
+            };
+            let p = self.pending.lock(hash);
+            if self.commit_seq.load(Ordering::SeqCst) != seq {
+                // The caller reads the chunk again (or gives up on it).
+                break;
+            }
+            let fills = group
+                .iter()
+                .filter_map(|&(_, i)| entries[i as usize].take())
+                .filter(|(h, e)| p.get(*h, e.ns, &e.key).is_none())
+                .map(|(_, e)| e);
+            self.hot.insert_batch(hash, fills, &dead, &mut on_evict);
+        }
+        entries.clear();
     }
 
     /// Validates the hot tier's invariants (tests and fuzzing).

@@ -425,7 +425,9 @@ impl Shard {
         Some(e)
     }
 
-    /// The version of a key's entry, without counting an access.
+    /// The version of a key's entry, without counting an access (the
+    /// mirror's fills compare it).
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
         let i = self.find(hash, ns, key)?;
         self.slab.entry(i).map(|e| e.version)

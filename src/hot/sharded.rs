@@ -43,11 +43,17 @@ impl HotTier {
         h.finish()
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+    /// The index of the shard that holds keys of this hash.
+    #[inline]
+    pub(crate) fn shard_index(&self, hash: u64) -> usize {
         // Bits 32.. pick the shard (at most 16 of them: `shards` ≤ 65 536);
         // a shard keeps the low 32 bits as the key's fingerprint, for its
         // table and ghost, so these stay independent.
-        &self.shards[((hash >> 32) & self.mask) as usize]
+        ((hash >> 32) & self.mask) as usize
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        &self.shards[self.shard_index(hash)]
     }
 
     /// A hit under the shard's shared lock. The caller checks expiry and
@@ -62,6 +68,7 @@ impl HotTier {
         })
     }
 
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
         self.shard(hash).read().version_of(hash, ns, key)
     }
@@ -75,6 +82,22 @@ impl HotTier {
         self.shard(entry.shard_hash())
             .write()
             .insert(entry, is_dead, on_evict)
+    }
+
+    /// Inserts entries of the shard of `hash` under one write lock (the
+    /// warm-up fills a shard's share of a chunk at once).
+    pub(crate) fn insert_batch(
+        &self,
+        hash: u64,
+        entries: impl Iterator<Item = Entry>,
+        is_dead: &dyn Fn(&Entry) -> bool,
+        on_evict: &mut dyn FnMut(&Entry, Evicted),
+    ) {
+        let mut shard = self.shard(hash).write();
+        for e in entries {
+            debug_assert_eq!(self.shard_index(e.shard_hash()), self.shard_index(hash));
+            shard.insert(e, is_dead, on_evict);
+        }
     }
 
     pub(crate) fn remove(&self, hash: u64, ns: u32, key: &[u8], version: u64) -> bool {
