@@ -18,16 +18,26 @@
 //! So every decode here verifies the CRC, bounds `raw_len` by the maximum
 //! value size before allocating, and asks zstd for at most `raw_len` bytes:
 //! a corrupt record or a decompression bomb is a [`RecordError`], never a
-//! panic or an out-of-memory. Dictionary frames are decoded in a thread's
-//! copy of the dictionary with a little room after it (see [`Adjacent`]),
-//! so at most `raw_len` + 32 bytes are written there before the length
-//! check.
+//! panic or an out-of-memory. Dictionary frames of values up to 32 KiB are
+//! decoded in a thread's copy of the dictionary with a little room after it
+//! (see [`Adjacent`]), so at most `raw_len` + 32 bytes are written there
+//! before the length check.
+//!
+//! Memory: besides its two zstd contexts, a thread that decodes dictionary
+//! frames keeps up to 4 such copies, each the dictionary's size + up to
+//! 32 KiB of room + about 27 KiB of DDict entropy tables, for the thread's
+//! life (never shrunk): at most ~0.5 MiB per thread with 64 KiB
+//! dictionaries (what `train_dictionary` builds).
 
 use crate::error::RecordError;
 use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+use std::slice;
 use std::sync::{Arc, Weak};
+use std::thread::LocalKey;
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
-use zstd::zstd_safe::{CCtx, DCtx, DDict};
+use zstd::zstd_safe::{CCtx, DCtx, DDict, WriteBuf};
 
 pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
@@ -96,7 +106,20 @@ thread_local! {
     static CCTX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static CCTX_DICT: RefCell<Option<CCtx<'static>>> = const { RefCell::new(None) };
     static DCTX: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
-    static ADJACENT: RefCell<Vec<Adjacent>> = const { RefCell::new(Vec::new()) };
+    static ADJACENT: RefCell<Adjacents> = const {
+        RefCell::new(Adjacents {
+            slots: Vec::new(),
+            decodes: 0,
+        })
+    };
+}
+
+/// Empties a thread's codec state after a caught panic. Never panics
+/// itself (it runs outside `catch_unwind`): while the thread's locals are
+/// being destroyed `with` would panic and abort, so a local that is gone
+/// (or still borrowed) is left as it is.
+fn reset<T: Default>(key: &'static LocalKey<RefCell<T>>) {
+    let _ = key.try_with(|c| c.try_borrow_mut().map(|mut v| std::mem::take(&mut *v)));
 }
 
 /// A zstd error code as an I/O error.
@@ -114,8 +137,8 @@ fn compress(data: &[u8], level: i32, dict: Option<&EncoderDictionary<'static>>) 
         compress_inner(data, level, dict)
     }))
     .unwrap_or_else(|_| {
-        CCTX.with(|c| c.replace(None));
-        CCTX_DICT.with(|c| c.replace(None));
+        reset(&CCTX);
+        reset(&CCTX_DICT);
         None
     })
 }
@@ -295,17 +318,29 @@ const SLACK: usize = 32;
 /// Room for values in a thread's [`Adjacent`] buffer: it starts at the
 /// smallest size that fits the value (at least 4 KiB) and is rebuilt
 /// twice as large when a value does not fit, up to this; larger values use
-/// the shared dictionary.
-const ADJACENT_OUT: usize = 128 << 10;
+/// the shared dictionary (their decode is long enough that the in-line
+/// match copies matter less, and the room is kept for the thread's life).
+const ADJACENT_OUT: usize = 32 << 10;
 
 /// Dictionaries a thread keeps an [`Adjacent`] copy of.
 const ADJACENT_SLOTS: usize = 4;
 
-/// Decodes a copy earns before it may be replaced: building one (64 KiB
-/// copy, entropy tables) costs about a hundred small decodes, so a thread
-/// cycling through more dictionaries than it has slots rebuilds at most
-/// once per this many decodes and otherwise uses the shared dictionary.
+/// Dictionary decodes on the thread a copy must have gone unused before it
+/// may be replaced: building one (64 KiB copy, entropy tables) costs about
+/// a hundred small decodes, so a thread cycling through more dictionaries
+/// than it has slots rebuilds at most [`ADJACENT_SLOTS`] copies per this
+/// many decodes and otherwise uses the shared dictionary, while a copy that
+/// went cold is reclaimed.
 const ADJACENT_PAYBACK: u64 = 4096;
+
+/// A thread's copies, least recent last.
+#[derive(Default)]
+struct Adjacents {
+    slots: Vec<Adjacent>,
+    /// Dictionary decodes on this thread that could use a copy (a clock
+    /// for [`Adjacent::last_used`]).
+    decodes: u64,
+}
 
 /// A thread's copy of a dictionary followed by room for one value. A frame
 /// decoded right after the dictionary's content sees it as the start of
@@ -313,51 +348,133 @@ const ADJACENT_PAYBACK: u64 = 4096;
 /// values) are copied by zstd's inline loops instead of a `memmove` call
 /// each, as they are when the dictionary lies elsewhere (W9, level 3:
 /// 16-25 % faster per kind; the frame's tail also gets [`SLACK`]).
+///
+/// zstd reads the dictionary both through the DDict and through the output
+/// pointer (`op - offset` reaches back before the room), so the output
+/// pointer must carry the whole allocation's provenance: the buffer is
+/// kept as a raw pointer only, never as a `&mut` to either part, and the
+/// room is handed to zstd as a [`Room`] derived from it.
 struct Adjacent {
     /// Identity only (never upgraded): holding the allocation keeps its
     /// address from being reused by another dictionary.
     of: Weak<Dictionary>,
-    /// Dropped before `buf` is freed: it reads the dictionary part.
+    /// Dropped before `buf` is freed: it reads `buf[..dict_len]`.
     ddict: Option<DDict<'static>>,
-    /// The part of `buf` after the dictionary.
-    out: &'static mut [u8],
-    buf: *mut [u8],
-    uses: u64,
+    /// From `Box::into_raw` in [`Adjacent::new`], freed in `drop`: the
+    /// dictionary's bytes (`..dict_len`, never written after `new`)
+    /// followed by the room (`dict_len..`).
+    buf: NonNull<[u8]>,
+    dict_len: usize,
+    /// [`Adjacents::decodes`] at this copy's last use.
+    last_used: u64,
 }
 
 impl Adjacent {
     /// A copy of `dict` with room for at least `need` bytes after it.
-    fn new(dict: &Arc<Dictionary>, need: usize) -> Option<Self> {
+    fn new(dict: &Arc<Dictionary>, need: usize, now: u64) -> Option<Self> {
         let n = dict.bytes.len();
         let room = need.next_power_of_two().clamp(4 << 10, ADJACENT_OUT);
         let mut v = vec![0u8; n + room];
         v[..n].copy_from_slice(&dict.bytes);
-        let buf = Box::into_raw(v.into_boxed_slice());
-        // SAFETY: `buf` is a live allocation owned by this struct and freed
-        // only in `drop`, after the DDict (the one user of `head`) is
-        // dropped and `out` replaced, so the 'static references never
-        // outlive it. `head` and `out` are disjoint halves of it.
-        let (head, out) = unsafe { &mut *buf }.split_at_mut(n);
+        let buf = NonNull::new(Box::into_raw(v.into_boxed_slice())).expect("a Box is not null");
         let mut a = Adjacent {
             of: Arc::downgrade(dict),
             ddict: None,
-            out,
             buf,
-            uses: 0,
+            dict_len: n,
+            last_used: now,
         };
+        // SAFETY: `buf` points to a live, initialized allocation of
+        // `n + room` bytes, so its first `n` bytes are a valid `[u8]`. The
+        // slice's lifetime is a lie kept private to this struct: the only
+        // user is the DDict, which `drop` drops before freeing `buf`. No
+        // `&mut` to these bytes is ever made and nothing writes them after
+        // this point ([`Room`] covers only `n..`), so the shared borrow is
+        // never invalidated.
+        let head: &'static [u8] = unsafe { slice::from_raw_parts(buf.cast::<u8>().as_ptr(), n) };
         // On failure `a` is dropped, which frees `buf`.
         a.ddict = Some(DDict::try_create_by_reference(head)?);
         Some(a)
+    }
+
+    /// Bytes of room after the dictionary.
+    fn room(&self) -> usize {
+        self.buf.len() - self.dict_len
+    }
+
+    /// Decodes `payload` with this copy's dictionary into the first `need`
+    /// bytes of its room, and copies the value out.
+    fn decode(
+        &mut self,
+        dec: &mut DCtx<'static>,
+        payload: &[u8],
+        need: usize,
+    ) -> Option<Result<Vec<u8>, RecordError>> {
+        assert!(need <= self.room(), "room checked by the caller");
+        let ddict = self.ddict.as_ref()?;
+        // SAFETY: `dict_len <= buf.len()` (`new`), so the offset stays
+        // within the allocation. The pointer is derived from the whole
+        // allocation's, so reads zstd makes through it before `at` (the
+        // dictionary, as a prefix of the output) are within its provenance.
+        let at = unsafe { self.buf.cast::<u8>().add(self.dict_len) };
+        let mut room = Room {
+            at,
+            cap: need,
+            filled: 0,
+            _buf: PhantomData,
+        };
+        Some(
+            dec.decompress_using_ddict(&mut room, payload, ddict)
+                .map(|_| room.as_slice().to_vec())
+                .map_err(|c| RecordError::Decompress(zstd_err(c).to_string())),
+        )
     }
 }
 
 impl Drop for Adjacent {
     fn drop(&mut self) {
         self.ddict = None;
-        self.out = Default::default();
-        // SAFETY: `buf` came from `Box::into_raw` in `new` and is freed only
-        // here; nothing referencing it is left (see `new`).
-        drop(unsafe { Box::from_raw(self.buf) });
+        // SAFETY: `buf` came from `Box::into_raw` in `new` and is freed
+        // only here, once; the DDict (the only holder of a reference into
+        // it) was just dropped, and a `Room` cannot outlive the `&mut self`
+        // borrow of `decode` it was made in.
+        drop(unsafe { Box::from_raw(self.buf.as_ptr()) });
+    }
+}
+
+/// zstd's output buffer: the first `cap` bytes of an [`Adjacent`]'s room,
+/// as a pointer derived from the whole allocation (see [`Adjacent`]).
+struct Room<'a> {
+    at: NonNull<u8>,
+    cap: usize,
+    filled: usize,
+    /// The room is borrowed exclusively for the decode.
+    _buf: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: `as_mut_ptr` points at `cap` bytes of a live allocation that
+// nothing else reads or writes while the `Room` lives (`Adjacent::decode`
+// holds `&mut` to their owner), all of them initialized (zeroed in
+// `Adjacent::new`); `capacity` is `cap`; `as_slice` covers only the
+// `filled <= cap` bytes zstd reported written.
+unsafe impl WriteBuf for Room<'_> {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `filled <= cap` bytes at `at`, inside the room (see the
+        // impl), initialized and not written while this borrow lives (only
+        // `&mut self` methods hand out the pointer).
+        unsafe { slice::from_raw_parts(self.at.as_ptr(), self.filled) }
+    }
+
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.at.as_ptr()
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        self.filled = n.min(self.cap);
     }
 }
 
@@ -390,42 +507,44 @@ fn decompress_adjacent(
     if need > ADJACENT_OUT {
         return None;
     }
-    ADJACENT.with(|slots| {
-        let mut slots = slots.borrow_mut();
-        let me = Arc::as_ptr(dict);
-        let at = match slots.iter().position(|a| a.of.as_ptr() == me) {
-            Some(i) => {
-                if slots[i].out.len() < need {
-                    slots[i] = Adjacent::new(dict, need)?;
-                }
-                i
-            }
-            None => {
-                if slots.len() >= ADJACENT_SLOTS {
-                    // Replace the least recent copy only once it has paid
-                    // for itself or its dictionary is gone.
-                    let last = slots.last().expect("full");
-                    if last.uses < ADJACENT_PAYBACK && last.of.strong_count() > 0 {
-                        return None;
+    // During thread-local destruction there are no copies: the shared
+    // dictionary is used.
+    ADJACENT
+        .try_with(|adj| {
+            let mut adj = adj.borrow_mut();
+            adj.decodes += 1;
+            let now = adj.decodes;
+            let slots = &mut adj.slots;
+            let me = Arc::as_ptr(dict);
+            let at = match slots.iter().position(|a| a.of.as_ptr() == me) {
+                Some(i) => {
+                    if slots[i].room() < need {
+                        slots[i] = Adjacent::new(dict, need, now)?;
                     }
-                    slots.pop();
+                    i
                 }
-                slots.push(Adjacent::new(dict, need)?);
-                slots.len() - 1
-            }
-        };
-        // Most recent first: the last slot is the one replaced.
-        slots[..=at].rotate_right(1);
-        let a = &mut slots[0];
-        a.uses += 1;
-        let ddict = a.ddict.as_ref()?;
-        let out = &mut a.out[..need];
-        Some(
-            dec.decompress_using_ddict(out, payload, ddict)
-                .map(|n| out[..n].to_vec())
-                .map_err(|c| RecordError::Decompress(zstd_err(c).to_string())),
-        )
-    })
+                None => {
+                    if slots.len() >= ADJACENT_SLOTS {
+                        // Replace the least recent copy only once it has
+                        // gone unused for a while or its dictionary is gone.
+                        let last = slots.last().expect("full");
+                        if now - last.last_used < ADJACENT_PAYBACK && last.of.strong_count() > 0 {
+                            return None;
+                        }
+                        slots.pop();
+                    }
+                    slots.push(Adjacent::new(dict, need, now)?);
+                    slots.len() - 1
+                }
+            };
+            // Most recent first: the last slot is the one replaced.
+            slots[..=at].rotate_right(1);
+            let a = &mut slots[0];
+            a.last_used = now;
+            a.decode(dec, payload, need)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Decompresses a zstd payload into at most `raw_len` bytes (plus
@@ -485,8 +604,11 @@ pub fn decode(
             decompress(c, h.dict_id, payload, raw_len, dict)
         }))
         .unwrap_or_else(|_| {
-            DCTX.with(|d| d.replace(None));
-            ADJACENT.with(|a| a.replace(Vec::new()));
+            // `try_with`: while the thread's locals are being destroyed
+            // they are gone (or going), and `with` would panic here,
+            // outside the `catch_unwind`, and abort.
+            reset(&DCTX);
+            reset(&ADJACENT);
             Err(RecordError::Decompress("zstd panicked".into()))
         })?,
     };
@@ -620,6 +742,67 @@ mod tests {
                 assert_eq!(out, v, "round {round} value {i}");
             }
         }
+    }
+
+    /// Whether this thread holds an adjacent copy of `d`.
+    fn adjacent_holds(d: &Arc<Dictionary>) -> bool {
+        ADJACENT.with(|s| {
+            s.borrow()
+                .slots
+                .iter()
+                .any(|a| a.of.as_ptr() == Arc::as_ptr(d))
+        })
+    }
+
+    #[test]
+    fn a_cold_thread_copy_is_reclaimed() {
+        // A thread fills its slots with dictionaries that then go cold (few
+        // uses, still alive). A new dictionary used on and on must get a
+        // copy once the least recent one has been idle long enough, but not
+        // while the slots are in use (no rebuild per decode).
+        std::thread::spawn(|| {
+            let sample = |i: usize, tag: usize| {
+                format!(r#"{{"kind":"c{tag}","market":"m-{i}","price":0.{i}}}"#).into_bytes()
+            };
+            let dicts: Vec<_> = (0..=ADJACENT_SLOTS)
+                .map(|t| {
+                    let samples: Vec<Vec<u8>> = (0..200).map(|i| sample(i, t)).collect();
+                    let d = zstd::dict::from_samples(&samples, 4096).unwrap();
+                    let e = EncoderDictionary::copy(&d, 3);
+                    let v = sample(5000 + t, t).repeat(2);
+                    let enc = Encoding {
+                        level: Some(3),
+                        threshold: 0,
+                        dict: Some((9, &e)),
+                    };
+                    let rec = encode(&v, 1, 1, 0, &enc);
+                    (Arc::new(Dictionary::new(&d).unwrap()), rec, v)
+                })
+                .collect();
+            let run = |t: usize| {
+                let (d, rec, v) = &dicts[t];
+                let (_, out) = decode(rec, 1 << 20, &|_| Some(d.clone())).unwrap();
+                assert_eq!(&out, v);
+            };
+            for (t, (d, _, _)) in dicts[..ADJACENT_SLOTS].iter().enumerate() {
+                run(t);
+                run(t);
+                assert!(adjacent_holds(d));
+            }
+            let new = &dicts[ADJACENT_SLOTS].0;
+            // The slots were just used: the newcomer takes the shared path.
+            for t in 0..ADJACENT_SLOTS {
+                run(ADJACENT_SLOTS);
+                run(t);
+            }
+            assert!(!adjacent_holds(new));
+            for _ in 0..ADJACENT_PAYBACK + 1 {
+                run(ADJACENT_SLOTS);
+            }
+            assert!(adjacent_holds(new), "a cold copy locked the newcomer out");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
