@@ -555,11 +555,11 @@ impl Inner {
             let _gate = self.shared.close_gate.write();
             self.shared.closed.store(true, Ordering::Release);
         }
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = crate::store::reply::pair();
         // A blocking send: the queue drains, or the writer gives up on a
         // failing disk and exits, which disconnects the channel.
         let r = match self.shared.tx.send(Op::Close(tx)) {
-            Ok(()) => rx.recv().unwrap_or(Err(WriteError::Closed)),
+            Ok(()) => rx.recv(),
             Err(_) => Err(WriteError::Closed),
         };
         for t in self.threads.lock().drain(..) {

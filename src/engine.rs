@@ -416,12 +416,10 @@ impl Shared {
         }
     }
 
-    fn wait_for(
-        rx: Option<crossbeam_channel::Receiver<Result<(), WriteError>>>,
-    ) -> Result<(), WriteError> {
+    fn wait_for(rx: Option<crate::store::reply::Reply>) -> Result<(), WriteError> {
         match rx {
             None => Ok(()),
-            Some(rx) => rx.recv().unwrap_or(Err(WriteError::Closed)),
+            Some(rx) => rx.recv(),
         }
     }
 
@@ -548,10 +546,10 @@ impl Shared {
         wait: bool,
     ) -> (
         Option<crate::store::writer::Done>,
-        Option<crossbeam_channel::Receiver<Result<(), WriteError>>>,
+        Option<crate::store::reply::Reply>,
     ) {
         if wait {
-            let (tx, rx) = crossbeam_channel::bounded(1);
+            let (tx, rx) = crate::store::reply::pair();
             (Some(tx), Some(rx))
         } else {
             (None, None)
@@ -577,9 +575,9 @@ impl Shared {
         &self,
         make: impl FnOnce(crate::store::writer::Done) -> Op,
     ) -> Result<(), WriteError> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (tx, rx) = crate::store::reply::pair();
         self.send(make(tx))?;
-        rx.recv().unwrap_or(Err(WriteError::Closed))
+        rx.recv()
     }
 
     pub(crate) fn invalidate_namespace(

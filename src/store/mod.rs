@@ -5,6 +5,7 @@ pub(crate) mod open;
 pub(crate) mod outbox;
 pub(crate) mod pending;
 pub mod record;
+pub(crate) mod reply;
 pub(crate) mod tables;
 pub(crate) mod walk;
 pub(crate) mod writer;

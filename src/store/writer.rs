@@ -17,7 +17,7 @@ use crate::engine::Shared;
 use crate::error::{WriteError, storage};
 use crate::namespace::Namespace;
 use crate::stats::add;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redb::{ReadableTable, Table};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Where a waiting caller gets its answer.
-pub(crate) type Done = Sender<Result<(), WriteError>>;
+/// Where a waiting caller gets its answer (see reply.rs).
+pub(crate) use super::reply::Done;
 
 /// One request to the writer thread.
 pub(crate) enum Op {
@@ -933,7 +933,7 @@ fn injected(what: &str) -> Arc<redb::Error> {
 fn reply_all(group: &mut [Op], result: Result<(), WriteError>) {
     for op in group.iter_mut() {
         if let Some(d) = op.done() {
-            let _ = d.send(result.clone());
+            d.send(result.clone());
         }
     }
 }
