@@ -154,7 +154,8 @@ fn meta_u64(r: &redb::ReadTransaction, key: &str) -> Result<Option<u64>, AdminEr
 impl Cache {
     /// Walks every record and every expiry-index entry and checks them:
     /// each record decodes (header, checksum, bounded decompression,
-    /// dictionary), has exactly one index entry pointing back at it, every
+    /// dictionary), has exactly one index entry pointing back at it if it
+    /// has a TTL (entries without one are not indexed), every
     /// index entry points at a record of the same version, and the record
     /// and byte counts kept in the meta table match. `progress(done, total)`
     /// is called every few hundred records (total = stored record count).
@@ -212,10 +213,11 @@ impl Cache {
             if h.expires_at <= now || h.epoch < epochs.get(ns).copied().unwrap_or(0) {
                 rep.dead_records += 1;
             }
-            if expiry
-                .get((h.expires_at, h.version, ns, key))
-                .map_err(st)?
-                .is_none()
+            if h.expires_at != u64::MAX
+                && expiry
+                    .get((h.expires_at, h.version, ns, key))
+                    .map_err(st)?
+                    .is_none()
             {
                 rep.problems.push(problem(
                     ns,

@@ -839,7 +839,10 @@ fn a_format_1_database_is_upgraded_in_place() {
     assert_eq!(c.get("ns", b"k1").unwrap().as_deref(), Some(&b"v1"[..]));
     assert_eq!(c.get("ns", b"k2").unwrap(), None, "expired long ago");
     let report = c.verify(&mut |_, _| {}).unwrap();
-    assert_eq!(report.index_entries, 2);
+    assert_eq!(
+        report.index_entries, 1,
+        "only the entry with a TTL is indexed"
+    );
     assert!(
         report.problems.iter().all(|p| p.namespace == "<meta>"),
         "{:?}",
@@ -848,7 +851,7 @@ fn a_format_1_database_is_upgraded_in_place() {
     c.run_maintenance().unwrap();
     assert_eq!(
         c.verify(&mut |_, _| {}).unwrap().index_entries,
-        1,
+        0,
         "the sweeper uses the rebuilt index"
     );
     c.close().unwrap();
@@ -859,4 +862,71 @@ fn a_format_1_database_is_upgraded_in_place() {
             .is_err(),
         "old index kept"
     );
+}
+
+/// A format-2 database indexed entries without a TTL too (at expires_at =
+/// u64::MAX): format 3 drops those index entries at open, keeps the others,
+/// and loses no record.
+#[test]
+fn a_format_2_database_drops_its_no_ttl_index_entries() {
+    use embercache::record::{Encoding, encode};
+    let dir = tempfile::tempdir().unwrap();
+    let enc = Encoding {
+        level: None,
+        threshold: 64,
+        dict: None,
+    };
+    let far = u64::MAX;
+    let later = 4_000_000_000_000u64; // year 2096
+    {
+        let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w
+                .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta.insert("format_version", 2u32.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("version_high_water", 10u64.to_le_bytes().as_slice())
+                .unwrap();
+            meta.insert("records", 3u64.to_le_bytes().as_slice())
+                .unwrap();
+            let mut entries = w
+                .open_table(TableDefinition::<(&str, &[u8]), &[u8]>::new("entries"))
+                .unwrap();
+            let mut index = w
+                .open_table(TableDefinition::<(u64, u64, &str, &[u8]), ()>::new(
+                    "expiry_v2",
+                ))
+                .unwrap();
+            let mut bytes = 0u64;
+            for (i, exp) in [(1u64, far), (2, later), (3, far)] {
+                let key = format!("k{i}");
+                let rec = encode(format!("v{i}").as_bytes(), exp, i, 0, &enc);
+                bytes += (key.len() + rec.len()) as u64;
+                entries
+                    .insert(("ns", key.as_bytes()), rec.as_slice())
+                    .unwrap();
+                index.insert((exp, i, "ns", key.as_bytes()), ()).unwrap();
+            }
+            meta.insert("bytes", bytes.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    for i in 1..=3 {
+        assert_eq!(
+            c.get("ns", format!("k{i}").as_bytes()).unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes()),
+        );
+    }
+    let report = c.verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.records, 3);
+    assert_eq!(
+        report.index_entries, 1,
+        "only the entry with a TTL is indexed"
+    );
+    c.close().unwrap();
 }

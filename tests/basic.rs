@@ -365,6 +365,55 @@ fn warm_tier_respects_its_byte_bound_dropping_soonest_expiring_first() {
     assert!(c.get("raw", &2999u32.to_be_bytes()).unwrap().is_some());
 }
 
+/// Entries without a TTL are not in the expiry index: the disk bound finds
+/// them in the entries table and drops the oldest writes first.
+#[test]
+fn disk_bound_drops_oldest_entries_without_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .warm_capacity(1 << 20)
+        .namespace("raw", NamespacePolicy::default().no_compression())
+        .open()
+        .unwrap();
+    // 3 MiB, no TTL; big-endian keys, so key order is write order and
+    // this checks the version order only through the sort below.
+    for i in 0..3000u32 {
+        c.set("raw", &(2999 - i).to_be_bytes(), vec![i as u8; 1000])
+            .unwrap();
+    }
+    c.run_maintenance().unwrap();
+    let s = c.stats();
+    assert!(
+        s.disk_bytes <= 1 << 20,
+        "disk bytes {} over the 1 MiB bound",
+        s.disk_bytes
+    );
+    assert!(
+        s.total().warm_evictions >= 2000,
+        "evicted {}",
+        s.total().warm_evictions
+    );
+    let report = c.verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.index_entries, 0);
+    c.close().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .hot_capacity(1 << 16)
+        .shards(1)
+        .open()
+        .unwrap();
+    // Written first (highest keys): gone. Written last (key 0): kept.
+    for i in 0..1000u32 {
+        assert!(
+            c.get("raw", &(2999 - i).to_be_bytes()).unwrap().is_none(),
+            "early write {i} kept"
+        );
+    }
+    assert!(c.get("raw", &0u32.to_be_bytes()).unwrap().is_some());
+}
+
 #[test]
 fn concurrent_writers_of_one_key_agree_on_the_winner_across_restart() {
     let dir = tempfile::tempdir().unwrap();

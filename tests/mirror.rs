@@ -686,9 +686,12 @@ fn a_remote_fill_never_takes_another_keys_index_entry() {
         mirror_config(&redis.url()).warm_start(false).pubsub(false),
     );
     // Both caches are fresh: their first writes get the same versions.
-    b.set("n", b"y", b"local y".to_vec()).unwrap();
+    // With TTLs: entries without one are not indexed.
+    let ttl = Duration::from_secs(3600);
+    b.set_with_ttl("n", b"y", b"local y".to_vec(), ttl).unwrap();
     b.flush().unwrap();
-    a.set("n", b"x", b"remote x".to_vec()).unwrap();
+    a.set_with_ttl("n", b"x", b"remote x".to_vec(), ttl)
+        .unwrap();
     a.flush().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while b.get("n", b"x").unwrap().is_none() {

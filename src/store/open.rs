@@ -354,11 +354,32 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
             for item in entries.iter()? {
                 let (k, v) = item?;
                 let (ns, key) = k.value();
-                if let Ok(h) = super::record::decode_header(v.value()) {
+                if let Ok(h) = super::record::decode_header(v.value())
+                    && h.expires_at != u64::MAX
+                {
                     expiry.insert((h.expires_at, h.version, ns, key), ())?;
                 }
             }
             tracing::info!("database format 1 upgraded to {FORMAT} (expiry index rebuilt)");
+        } else if stored == Some(2) {
+            // Format 2 also indexed the entries without a TTL (at
+            // expires_at = u64::MAX); format 3 leaves them out.
+            let never: Vec<(u64, String, Vec<u8>)> = expiry
+                .range((u64::MAX, 0, "", &[][..])..)?
+                .map(|item| {
+                    item.map(|(k, _)| {
+                        let (_, ver, ns, key) = k.value();
+                        (ver, ns.to_string(), key.to_vec())
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for (ver, ns, key) in &never {
+                expiry.remove((u64::MAX, *ver, ns.as_str(), key.as_slice()))?;
+            }
+            tracing::info!(
+                removed = never.len(),
+                "database format 2 upgraded to {FORMAT} (entries without TTL left the expiry index)"
+            );
         }
         if stored != Some(FORMAT) {
             meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;

@@ -5,12 +5,14 @@ use redb::TableDefinition;
 /// (namespace, key) → record (see `record.rs`).
 pub(crate) const ENTRIES: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("entries");
 
-/// (expires_at, version, namespace, key) → (). Ordered by expiry, then by
-/// write order; entries without a TTL sit at `expires_at = u64::MAX`. The
-/// sweeper walks it from the start up to "now" minus the longest
-/// stale-retention window of any namespace; the disk bound walks it from
-/// the start too, so it drops what expires soonest, then what was written
-/// longest ago. Namespace and key are part of the key: versions are unique
+/// (expires_at, version, namespace, key) → (), for entries with a TTL only
+/// (format 3; entries without one, `expires_at = u64::MAX`, are never
+/// swept, and indexing them cost every write a second B-tree insert).
+/// Ordered by expiry, then by write order. The sweeper walks it from the
+/// start up to "now" minus the longest stale-retention window of any
+/// namespace; the disk bound walks it from the start too, so it drops what
+/// expires soonest, then entries without a TTL, found by reading
+/// `entries` (writer.rs `drop_unindexed`). Namespace and key are part of the key: versions are unique
 /// per key, not per database (a value filled from the Redis mirror keeps
 /// the version another instance gave it).
 pub(crate) const EXPIRY: TableDefinition<(u64, u64, &str, &[u8]), ()> =
@@ -59,7 +61,7 @@ pub(crate) fn dict_key(id: u32) -> String {
 }
 
 /// The database format this build writes.
-pub(crate) const FORMAT: u32 = 2;
+pub(crate) const FORMAT: u32 = 3;
 
 pub(crate) fn u64_from(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))

@@ -142,6 +142,9 @@ pub(crate) struct Writer {
     /// may be used: one bumped in memory but lost in a crash would make the
     /// purge delete acknowledged writes of the epoch that is still current.
     purge: BTreeMap<String, (u64, Vec<u8>)>,
+    /// Where the disk bound's walk over entries without a TTL resumes:
+    /// (namespace, key); empty at the start.
+    evict_cursor: (String, Vec<u8>),
 }
 
 impl Writer {
@@ -155,6 +158,7 @@ impl Writer {
             last_maintenance: Instant::now(),
             last_snapshot: Instant::now(),
             pace: Pace::default(),
+            evict_cursor: (String::new(), Vec::new()),
             purge: purge
                 .into_iter()
                 .map(|(n, e)| (n, (e, Vec::new())))
@@ -407,9 +411,14 @@ impl Writer {
                         entries
                             .insert((&*ns.name, &**key), record.as_slice())
                             .map_err(storage)?;
-                        expiry
-                            .insert((*expires_at, *version, &*ns.name, &**key), ())
-                            .map_err(storage)?;
+                        // Entries without a TTL are not indexed (format 3):
+                        // the sweeper never wants them, and the disk bound
+                        // finds them in `entries` (see `drop_unindexed`).
+                        if *expires_at != u64::MAX {
+                            expiry
+                                .insert((*expires_at, *version, &*ns.name, &**key), ())
+                                .map_err(storage)?;
+                        }
                         delta.add(key.len() + record.len());
                         if *m {
                             mirror(OutboxKind::Put, &ns.name, key, *version, record)?;
@@ -622,18 +631,101 @@ impl Writer {
         }
     }
 
-    /// Drops what expires soonest (then what was written longest ago) until
-    /// the warm tier is back under 90 % of its byte bound.
+    /// Drops what expires soonest, then entries without a TTL (oldest
+    /// writes first within each window, see `drop_unindexed`), until the
+    /// warm tier is back under 90 % of its byte bound.
     fn enforce_disk_bound(&mut self) -> Result<(), Arc<redb::Error>> {
         let cap = self.shared.warm_capacity;
         while self.shared.counters.disk_bytes.load(Ordering::Relaxed) > cap {
             let target = cap / 10 * 9;
             let over = self.shared.counters.disk_bytes.load(Ordering::Relaxed) - target;
-            if self.drop_from_index(None, over as usize)? == 0 {
+            if self.drop_from_index(None, over as usize)? == 0
+                && self.drop_unindexed(over as usize)? == 0
+            {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Deletes entries without a TTL, which the expiry index does not hold,
+    /// until `free_bytes` are freed: reads the next `sweep_batch` records
+    /// of `entries` from where the last call stopped (wrapping around) and
+    /// drops the oldest writes (lowest versions) among them. One
+    /// transaction; returns the number dropped.
+    fn drop_unindexed(&mut self, free_bytes: usize) -> Result<usize, Arc<redb::Error>> {
+        let sh = self.shared.clone();
+        let batch = sh.limits.sweep_batch.max(1);
+        let txn = sh.db()?.begin_write().map_err(storage)?;
+        let mut delta = Delta::default();
+        let mut dropped = 0;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            // (version, namespace, key, key + record bytes)
+            let mut window: Vec<(u64, String, Vec<u8>, usize)> = Vec::new();
+            let mut scanned = 0;
+            let (cns, ckey) = std::mem::take(&mut self.evict_cursor);
+            // Reads from `from` up to (not including) `to`.
+            let mut collect =
+                |from: (&str, &[u8]), to: Option<(&str, &[u8])>, scanned: &mut usize| {
+                    let mut last = None;
+                    for item in entries.range(from..).map_err(storage)? {
+                        if *scanned >= batch {
+                            break;
+                        }
+                        let (k, v) = item.map_err(storage)?;
+                        let (ns, key) = k.value();
+                        if to.is_some_and(|t| (ns, key) >= t) {
+                            break;
+                        }
+                        *scanned += 1;
+                        last = Some((ns.to_string(), key.to_vec()));
+                        if let Ok(h) = decode_header(v.value())
+                            && h.expires_at == u64::MAX
+                        {
+                            let len = key.len() + v.value().len();
+                            window.push((h.version, ns.to_string(), key.to_vec(), len));
+                        }
+                    }
+                    Ok::<_, Arc<redb::Error>>(last)
+                };
+            let cursor = (cns.as_str(), ckey.as_slice());
+            let mut last = collect(cursor, None, &mut scanned)?;
+            if scanned < batch && cursor != ("", &[][..]) {
+                // Wrap around to the start, up to where this walk began.
+                last = collect(("", &[]), Some(cursor), &mut scanned)?.or(last);
+            }
+            if let Some((ns, mut key)) = last {
+                // Resume just after the last record read.
+                key.push(0);
+                self.evict_cursor = (ns, key);
+            }
+            window.sort_unstable_by_key(|w| w.0);
+            let mut freed = 0usize;
+            for (_, ns, key, len) in window {
+                if freed >= free_bytes {
+                    break;
+                }
+                entries
+                    .remove((ns.as_str(), key.as_slice()))
+                    .map_err(storage)?;
+                delta.remove(len);
+                freed += len;
+                dropped += 1;
+                if let Ok(n) = sh.ns.get(&ns) {
+                    add(&n.counters.warm_evictions, 1);
+                }
+            }
+            self.write_counters(&mut meta, &delta)?;
+        }
+        if dropped == 0 {
+            txn.abort().map_err(storage)?;
+            return Ok(0);
+        }
+        txn.commit().map_err(storage)?;
+        self.after_commit(&delta, Instant::now(), 0);
+        Ok(dropped)
     }
 
     /// Walks the expiry index from its start and deletes entries: those
@@ -758,9 +850,11 @@ impl Writer {
                     entries
                         .remove((name.as_str(), key.as_slice()))
                         .map_err(storage)?;
-                    expiry
-                        .remove((h.expires_at, h.version, name.as_str(), key.as_slice()))
-                        .map_err(storage)?;
+                    if h.expires_at != u64::MAX {
+                        expiry
+                            .remove((h.expires_at, h.version, name.as_str(), key.as_slice()))
+                            .map_err(storage)?;
+                    }
                     delta.remove(key.len() + len);
                 }
                 self.write_counters(&mut meta, &delta)?;
@@ -912,7 +1006,9 @@ fn remove_older(
             entries.remove((ns, key)).map_err(storage)?;
             // A record whose header is unreadable leaves a dangling index
             // entry; the sweeper drops index entries that match no record.
-            if let Some(h) = h {
+            if let Some(h) = h
+                && h.expires_at != u64::MAX
+            {
                 expiry
                     .remove((h.expires_at, h.version, ns, key))
                     .map_err(storage)?;
