@@ -136,7 +136,6 @@ pub(crate) struct Writer {
     /// Group-commit pacing (see `gather`): callers answered by the last
     /// commit, ops that were queued when it finished, and how long it took.
     pace: Pace,
-    /// Namespaces that may hold records of an old epoch → resume key.
     /// Namespaces that may hold records of an old epoch → (the highest
     /// epoch known to be committed, resume key). Only the committed epoch
     /// may be used: one bumped in memory but lost in a crash would make the

@@ -111,13 +111,15 @@ fn main() {
     if scale.runs < 1 {
         usage("--runs must be at least 1");
     }
-    let command = format!(
-        "cargo run --release --manifest-path benches/peers/Cargo.toml --{}",
-        std::env::args()
-            .skip(1)
-            .map(|a| format!(" {a}"))
-            .collect::<String>()
-    );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = if args.is_empty() {
+        "cargo run --release --manifest-path benches/peers/Cargo.toml".to_string()
+    } else {
+        format!(
+            "cargo run --release --manifest-path benches/peers/Cargo.toml -- {}",
+            args.join(" ")
+        )
+    };
     let started = Instant::now();
     let load_before = sh("uptime", &[]);
     let mut doc = Doc {
@@ -217,7 +219,9 @@ fn header(root: &std::path::Path, command: &str, scale: &Scale, load: &str) -> S
     let _ = writeln!(
         s,
         "Side-by-side with the peers of issue 6, same run, same machine. Written by `benches/peers` \
-         (its own cargo workspace, so the root build and CI never compile the peers). Reproduce with:\n\n\
+         (its own cargo workspace, so the root build and CI never compile the peers). Reproduce with \
+         (about 20–40 minutes on 2 cores; needs `redis-server` on the PATH, else the Redis rows are \
+         skipped; PNG charts go to docs/bench/):\n\n\
          ```sh\n{command}\n```\n"
     );
     let _ = writeln!(s, "## Machine and versions\n");

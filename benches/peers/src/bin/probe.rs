@@ -18,7 +18,8 @@
 //! (gets with insert on a miss, every 10th op a set, 1 % capacity) on
 //! embercache alone; `embercache-ttl` is the get driver with TTLs (W8).
 //! `probe ttlrace KEYS GETS ROUNDS TTL_FIRST` is W8's get cost in one
-//! process: a cache without TTLs and one with, runs alternating.
+//! process: a cache without TTLs and one with, runs alternating
+//! (`PROBE_NO_TTL=1`: the second cache gets no TTLs either, an A/A run).
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -125,9 +126,11 @@ fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
             .open()
             .expect("open")
     };
+    // PROBE_NO_TTL=1: the "ttl" cache gets no TTLs either (an A/A run).
+    let aa = std::env::var_os("PROBE_NO_TTL").is_some();
     let load = |c: &embercache::Cache, ttl: bool| {
         for (k, v) in keys.iter().zip(&values) {
-            if ttl {
+            if ttl && !aa {
                 c.set_with_ttl("w", k, v.clone(), std::time::Duration::from_secs(3600))
                     .expect("set");
             } else {
