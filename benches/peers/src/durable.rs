@@ -4,14 +4,13 @@
 use crate::Scale;
 use crate::redis_srv::RedisServer;
 use crate::report::{Runs, Table, dur_ns, si};
-use crate::workload;
+use crate::workload::{self, hammer};
 use bytes::Bytes;
 use embercache::{Cache, Durability};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 
@@ -30,29 +29,6 @@ fn fsync_latency() -> Histogram<u64> {
         }
     }
     h
-}
-
-/// Runs `writers` threads calling `op(thread, seq)` for `secs`; ops/s.
-fn hammer(writers: usize, secs: f64, op: impl Fn(usize, u64) + Sync) -> f64 {
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for t in 0..writers {
-            let (stop, done, op) = (&stop, &done, &op);
-            s.spawn(move || {
-                let mut j = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(t, j);
-                    j += 1;
-                }
-                done.fetch_add(j, Ordering::Relaxed);
-            });
-        }
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
-    });
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
 pub fn w5(scale: &Scale) -> String {

@@ -243,3 +243,29 @@ pub fn json_200_1000(n: usize, seed: u64) -> Vec<bytes::Bytes> {
     }
     out
 }
+
+/// Runs `writers` threads calling `op(thread, seq)` for `secs`; ops/s.
+#[allow(dead_code)] // not every binary that includes this module uses it
+pub fn hammer(writers: usize, secs: f64, op: impl Fn(usize, u64) + Sync) -> f64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..writers {
+            let (stop, done, op) = (&stop, &done, &op);
+            s.spawn(move || {
+                let mut j = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    op(t, j);
+                    j += 1;
+                }
+                done.fetch_add(j, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+    });
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}

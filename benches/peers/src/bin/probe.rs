@@ -27,6 +27,26 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Zipf};
 
+/// `n` keys (`k000000042`) and 100-byte values.
+fn data(n: usize) -> (Vec<Vec<u8>>, Vec<Bytes>) {
+    let keys = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
+    let values = (0..n)
+        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
+        .collect();
+    (keys, values)
+}
+
+/// `ops` Zipf(`s`) key ids over `n` keys, ranks shuffled, from one seed.
+fn zipf(n: usize, s: f64, ops: usize, seed: u64) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    perm.shuffle(&mut rng);
+    let z = Zipf::new(n as u64, s).expect("zipf");
+    (0..ops)
+        .map(|_| perm[z.sample(&mut rng) as usize - 1])
+        .collect()
+}
+
 #[inline(never)]
 fn gets(get: &(dyn Fn(&[u8]) -> Option<Bytes> + Sync), keys: &[Vec<u8>], trace: &[u32]) -> usize {
     let mut hits = 0;
@@ -54,10 +74,7 @@ fn rate(
 }
 
 fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
-    let values: Vec<Bytes> = (0..n)
-        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
-        .collect();
+    let (keys, values) = data(n);
     let traces: Vec<Vec<u32>> = (0..threads)
         .map(|t| {
             let mut rng = StdRng::seed_from_u64(100 + t as u64);
@@ -107,17 +124,8 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
 }
 
 fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
-    let values: Vec<Bytes> = (0..n)
-        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
-        .collect();
-    let mut rng = StdRng::seed_from_u64(100);
-    let mut perm: Vec<u32> = (0..n as u32).collect();
-    perm.shuffle(&mut rng);
-    let z = Zipf::new(n as u64, 0.99).expect("zipf");
-    let trace: Vec<Vec<u32>> = vec![(0..ops)
-        .map(|_| perm[z.sample(&mut rng) as usize - 1])
-        .collect()];
+    let (keys, values) = data(n);
+    let trace = vec![zipf(n, 0.99, ops, 100)];
     let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
     let open = || {
         embercache::Cache::builder()
@@ -157,7 +165,10 @@ fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
     for r in 0..rounds {
         let a = rate(&pg, &keys, &trace);
         let b = rate(&tg, &keys, &trace);
-        println!("round {r}: plain {a:.0}/s ttl {b:.0}/s cost {:+.1} %", 100.0 * (a / b - 1.0));
+        println!(
+            "round {r}: plain {a:.0}/s ttl {b:.0}/s cost {:+.1} %",
+            100.0 * (a / b - 1.0)
+        );
     }
 }
 
@@ -254,17 +265,8 @@ fn main() {
         // probe w2 KEYS OPS: capacity 1 % of the keys, Zipf 0.8.
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops) = (num(100_000), num(100_000));
-        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
-        let values: Vec<Bytes> = (0..n)
-            .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
-            .collect();
-        let mut rng = StdRng::seed_from_u64(700);
-        let mut perm: Vec<u32> = (0..n as u32).collect();
-        perm.shuffle(&mut rng);
-        let z = Zipf::new(n as u64, 0.8).expect("zipf");
-        let trace: Vec<u32> = (0..ops)
-            .map(|_| perm[z.sample(&mut rng) as usize - 1])
-            .collect();
+        let (keys, values) = data(n);
+        let trace = zipf(n, 0.8, ops, 700);
         let cap = (n / 100) as u64 * embercache::charge_of(10, 100) as u64;
         let c = embercache::Cache::builder()
             .in_memory()
@@ -302,17 +304,8 @@ fn main() {
     }
     let n: usize = a.next().map_or(100_000, |s| s.parse().expect("keys"));
     let ops: usize = a.next().map_or(200_000, |s| s.parse().expect("gets"));
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
-    let values: Vec<Bytes> = (0..n)
-        .map(|i| Bytes::from(format!("{i:0100}").into_bytes()))
-        .collect();
-    let mut rng = StdRng::seed_from_u64(100);
-    let mut perm: Vec<u32> = (0..n as u32).collect();
-    perm.shuffle(&mut rng);
-    let z = Zipf::new(n as u64, 0.99).expect("zipf");
-    let trace: Vec<u32> = (0..ops)
-        .map(|_| perm[z.sample(&mut rng) as usize - 1])
-        .collect();
+    let (keys, values) = data(n);
+    let trace = zipf(n, 0.99, ops, 100);
     let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
     let hits = match which.as_str() {
         "embercache" | "embercache-ttl" => {
