@@ -797,6 +797,19 @@ fn a_database_from_a_newer_embercache_is_refused_not_moved_aside() {
 /// A format-1 database (index keyed (expires_at, version) → (ns, key)) is
 /// upgraded at open: its index is rebuilt, nothing is lost, the sweeper
 /// works, and the old index table is gone.
+/// The meta table of a database written by an older embercache: its
+/// format version and the given counters.
+fn old_meta(w: &redb::WriteTransaction, format: u32, counters: &[(&str, u64)]) {
+    let mut meta = w
+        .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap();
+    meta.insert("format_version", format.to_le_bytes().as_slice())
+        .unwrap();
+    for (k, v) in counters {
+        meta.insert(k, v.to_le_bytes().as_slice()).unwrap();
+    }
+}
+
 #[test]
 fn a_format_1_database_is_upgraded_in_place() {
     use embercache::record::{Encoding, encode};
@@ -811,13 +824,7 @@ fn a_format_1_database_is_upgraded_in_place() {
         let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
         let w = db.begin_write().unwrap();
         {
-            let mut meta = w
-                .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
-                .unwrap();
-            meta.insert("format_version", 1u32.to_le_bytes().as_slice())
-                .unwrap();
-            meta.insert("version_high_water", 10u64.to_le_bytes().as_slice())
-                .unwrap();
+            old_meta(&w, 1, &[("version_high_water", 10)]);
             let mut entries = w
                 .open_table(TableDefinition::<(&str, &[u8]), &[u8]>::new("entries"))
                 .unwrap();
@@ -882,15 +889,6 @@ fn a_format_2_database_drops_its_no_ttl_index_entries() {
         let db = redb::Database::create(dir.path().join(DB_FILE)).unwrap();
         let w = db.begin_write().unwrap();
         {
-            let mut meta = w
-                .open_table(TableDefinition::<&str, &[u8]>::new("meta"))
-                .unwrap();
-            meta.insert("format_version", 2u32.to_le_bytes().as_slice())
-                .unwrap();
-            meta.insert("version_high_water", 10u64.to_le_bytes().as_slice())
-                .unwrap();
-            meta.insert("records", 3u64.to_le_bytes().as_slice())
-                .unwrap();
             let mut entries = w
                 .open_table(TableDefinition::<(&str, &[u8]), &[u8]>::new("entries"))
                 .unwrap();
@@ -909,8 +907,11 @@ fn a_format_2_database_drops_its_no_ttl_index_entries() {
                     .unwrap();
                 index.insert((exp, i, "ns", key.as_bytes()), ()).unwrap();
             }
-            meta.insert("bytes", bytes.to_le_bytes().as_slice())
-                .unwrap();
+            old_meta(
+                &w,
+                2,
+                &[("version_high_water", 10), ("records", 3), ("bytes", bytes)],
+            );
         }
         w.commit().unwrap();
     }

@@ -718,12 +718,7 @@ impl Writer {
             }
             self.write_counters(&mut meta, &delta)?;
         }
-        if dropped == 0 {
-            txn.abort().map_err(storage)?;
-            return Ok(0);
-        }
-        txn.commit().map_err(storage)?;
-        self.after_commit(&delta, Instant::now(), 0);
+        self.finish_maintenance(txn, &delta, dropped > 0)?;
         Ok(dropped)
     }
 
@@ -799,14 +794,24 @@ impl Writer {
             }
             self.write_counters(&mut meta, &delta)?;
         }
-        if dropped == 0 {
-            // Nothing to do: no commit, no fsync for an idle cache.
-            txn.abort().map_err(storage)?;
-            return Ok(0);
+        self.finish_maintenance(txn, &delta, dropped > 0)?;
+        Ok(dropped)
+    }
+
+    /// Ends a maintenance transaction: committed when it changed something,
+    /// else aborted (no commit, no fsync for an idle cache).
+    fn finish_maintenance(
+        &mut self,
+        txn: redb::WriteTransaction,
+        delta: &Delta,
+        changed: bool,
+    ) -> Result<(), Arc<redb::Error>> {
+        if !changed {
+            return txn.abort().map_err(storage);
         }
         txn.commit().map_err(storage)?;
-        self.after_commit(&delta, Instant::now(), 0);
-        Ok(dropped)
+        self.after_commit(delta, Instant::now(), 0);
+        Ok(())
     }
 
     /// Deletes records of old epochs, `sweep_batch` per pass and namespace.
@@ -858,12 +863,7 @@ impl Writer {
                 }
                 self.write_counters(&mut meta, &delta)?;
             }
-            if delta.records == 0 {
-                txn.abort().map_err(storage)?;
-            } else {
-                txn.commit().map_err(storage)?;
-                self.after_commit(&delta, Instant::now(), 0);
-            }
+            self.finish_maintenance(txn, &delta, delta.records != 0)?;
             if finished {
                 self.purge.remove(&name);
             } else {
