@@ -615,7 +615,16 @@ impl Cache {
 
     /// The value of `key` in `ns`, if present, live and of the current epoch.
     pub fn get(&self, ns: &str, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
-        Ok(self.sh().get(ns, key, false)?.map(|f| f.value))
+        self.sh().get_value(ns, key)
+    }
+
+    /// A handle on namespace `ns` (created with its policy on first use,
+    /// as a write would): the same calls without the name, and a `get`
+    /// that does not look the namespace up each time. Fails on an invalid
+    /// name.
+    pub fn namespace(&self, ns: &str) -> Result<crate::NamespaceHandle, WriteError> {
+        let resolved = self.sh().ns.get(ns)?;
+        Ok(crate::NamespaceHandle::new(self.clone(), resolved))
     }
 
     /// Whether `key` is present and live.

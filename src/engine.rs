@@ -743,14 +743,60 @@ impl Shared {
     ) -> Result<Option<Found>, ReadError> {
         let ns = self.namespace_r(ns_name)?;
         let hash = self.hot.hash(ns.id, key);
-        let at = self.read_point(&ns, stale);
-        match self.lookup_fast(&ns, hash, key, &at) {
+        self.get_hashed(&ns, hash, key, stale)
+    }
+
+    /// The fresh value of one key (`Cache::get`). A hot hit on a fresh
+    /// entry is served straight from the shard; anything else takes
+    /// [`Self::get`]'s way, which looks at the hot tier again.
+    #[inline]
+    pub(crate) fn get_value(&self, ns_name: &str, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        let ns = self.namespace_r(ns_name)?;
+        self.get_value_in(&ns, key)
+    }
+
+    /// [`Self::get_value`] in a namespace already looked up (a
+    /// `NamespaceHandle`'s get).
+    #[inline]
+    pub(crate) fn get_value_in(
+        &self,
+        ns: &Arc<Namespace>,
+        key: &[u8],
+    ) -> Result<Option<Bytes>, ReadError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(ReadError::Closed);
+        }
+        let hash = self.hot.hash(ns.id, key);
+        let epoch = ns.epoch();
+        let time = &self.time;
+        let fresh = |expires_at: u64, e: u64| {
+            e == epoch && (expires_at == u64::MAX || time.surely_before(expires_at))
+        };
+        if let Some(value) = self.hot.get_served(hash, ns.id, key, fresh) {
+            add(&ns.counters.hot_hits, 1);
+            return Ok(Some(value));
+        }
+        Ok(self.get_hashed(ns, hash, key, false)?.map(|f| f.value))
+    }
+
+    /// [`Self::get`] past the namespace and hash. Out of line: the fast
+    /// path of [`Self::get_value`] does not pay for its frame.
+    #[inline(never)]
+    fn get_hashed(
+        &self,
+        ns: &Arc<Namespace>,
+        hash: u64,
+        key: &[u8],
+        stale: bool,
+    ) -> Result<Option<Found>, ReadError> {
+        let at = self.read_point(ns, stale);
+        match self.lookup_fast(ns, hash, key, &at) {
             Fast::Done(Some(f)) => Ok(Some(f)),
             // The local copy is expired, of an older epoch or deleted: the
             // mirror may hold a newer write of another instance (the same
             // rule as `get_many`).
-            Fast::Done(None) => Ok(self.get_remote(&ns, key)),
-            Fast::NeedWarm => self.get_warm(&ns, hash, key, &at),
+            Fast::Done(None) => Ok(self.get_remote(ns, key)),
+            Fast::NeedWarm => self.get_warm(ns, hash, key, &at),
         }
     }
 

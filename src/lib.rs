@@ -17,6 +17,9 @@
 //!     .open()?;
 //! cache.set("price", b"ETH", b"3120.25".to_vec())?;
 //! assert_eq!(cache.get("price", b"ETH")?.as_deref(), Some(&b"3120.25"[..]));
+//! // A handle on a namespace read often: its `get` skips the name lookup.
+//! let prices = cache.namespace("price")?;
+//! assert!(prices.get(b"ETH")?.is_some());
 //! cache.set_as("position", b"alice", &(42u32, "YES".to_string()))?;
 //! let p: Option<(u32, String)> = cache.get_as("position", b"alice")?;
 //! assert_eq!(p, Some((42, "YES".into())));
@@ -71,6 +74,7 @@ mod clock;
 mod config;
 mod engine;
 mod error;
+mod handle;
 mod hot;
 #[cfg(feature = "json-lines")]
 mod import;
@@ -91,6 +95,7 @@ pub use cache::{Cache, CacheBuilder, Ttl, WriteOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, Limits, NamespacePolicy};
 pub use error::{Error, OpenError, ReadError, RecordError, WriteError};
+pub use handle::NamespaceHandle;
 pub use hot::{ENTRY_OVERHEAD, charge_of};
 #[cfg(feature = "json-lines")]
 pub use import::{

@@ -843,3 +843,58 @@ fn the_sweeper_reclaims_expired_entries_from_the_hot_tier_too() {
     );
     c.validate();
 }
+
+#[test]
+fn a_namespace_handle_reads_and_writes_what_the_cache_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let c = open(dir.path(), &clock);
+    let h = c.namespace("prices").unwrap();
+    assert_eq!(h.name(), "prices");
+    assert!(matches!(
+        c.namespace(""),
+        Err(WriteError::InvalidNamespace { .. })
+    ));
+    // Written through the handle, read by name, and the other way round.
+    h.set(b"a", b"1".to_vec()).unwrap();
+    c.set("prices", b"b", b"2".to_vec()).unwrap();
+    assert_eq!(c.get("prices", b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(h.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(h.get(b"absent").unwrap(), None);
+    assert!(h.contains(b"a").unwrap());
+    // Counted as the cache counts them: two hot hits and four misses below.
+    let before = c.stats();
+    // A TTL runs out for the handle's get as for the cache's.
+    h.set_with_ttl(b"t", b"x".to_vec(), Duration::from_secs(5))
+        .unwrap();
+    assert!(h.get(b"t").unwrap().is_some());
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(h.get(b"t").unwrap(), None);
+    assert_eq!(c.get("prices", b"t").unwrap(), None);
+    // An invalidated namespace hides what the handle's hot tier holds.
+    c.invalidate_namespace("prices").unwrap();
+    assert_eq!(h.get(b"a").unwrap(), None);
+    h.set(b"a", b"3".to_vec()).unwrap();
+    assert_eq!(h.get(b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    h.delete(b"a").unwrap();
+    assert_eq!(h.get(b"a").unwrap(), None);
+    let ns = |s: &embercache::Stats| {
+        s.namespaces
+            .iter()
+            .find(|n| n.name == "prices")
+            .cloned()
+            .unwrap()
+    };
+    let (b, a) = (ns(&before), ns(&c.stats()));
+    assert_eq!(a.hot_hits - b.hot_hits, 2, "the two live gets hit hot");
+    assert!(
+        a.misses - b.misses >= 4,
+        "expired, invalidated and deleted miss"
+    );
+    c.validate();
+    // A handle outliving close() answers Closed.
+    let c2 = c.clone();
+    c.close().unwrap();
+    assert!(matches!(h.get(b"b"), Err(embercache::ReadError::Closed)));
+    drop(c2);
+}

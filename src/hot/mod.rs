@@ -2,8 +2,10 @@
 //!
 //! [`s3fifo`] is the single-threaded eviction algorithm; [`sharded`] spreads
 //! keys over power-of-two shards, each behind a `parking_lot::RwLock`, with a
-//! randomly seeded hasher. Read hits take the shared lock only.
+//! randomly seeded hasher. Read hits take the shared lock only. [`index`]
+//! is a shard's table from key fingerprints to slab slots.
 
+mod index;
 pub(crate) mod s3fifo;
 pub(crate) mod sharded;
 

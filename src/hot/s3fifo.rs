@@ -19,9 +19,11 @@
 //!
 //! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot in a slab
 //! that grows a page of [`PAGE`] slots at a time (no doubling), keys of up
-//! to [`INLINE_KEY`] bytes inside the slot, a 4-byte table index, an 8-byte
-//! queue token and a ghost of 32-bit fingerprints.
+//! to [`INLINE_KEY`] bytes inside the slot, an index bucket (fingerprint
+//! and slot, 9 B with its share of the chunk, see [`super::index`]), an
+//! 8-byte queue token and a ghost of 32-bit fingerprints.
 
+use super::index::Index;
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
@@ -31,8 +33,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// go, for a key of up to [`INLINE_KEY`] bytes (measured 154–195 B
 /// requested, 180–219 B with glibc's chunks): the 96-byte slab slot
 /// (hash fingerprint, namespace, key, value handle, expiry, epoch,
-/// version, frequency, queue, generation), the hash-table index with its
-/// control byte and load-factor slack (5–11 B), the queue token (8 B, up
+/// version, frequency, queue, generation), the index bucket with its
+/// load-factor slack (64-byte chunks of 7 buckets, 3/7 to 6/7 full:
+/// 11–21 B), the queue token (8 B, up
 /// to 2x while its ring grows), the ghost fingerprint a key may leave
 /// behind (4 B in the ring plus 5 B of table, with slack), and the value
 /// buffer's shared header (24 B; a `Bytes` the engine also hands to the
@@ -190,6 +193,16 @@ impl Entry {
     /// Bytes charged against the capacity.
     fn charge(&self) -> usize {
         charge_of(self.key.len(), self.value.len())
+    }
+
+    /// Counts an access (the frequency saturates at [`MAX_FREQ`]).
+    #[inline]
+    pub(crate) fn touch(&self) {
+        let f = self.freq.load(Ordering::Relaxed);
+        if f < MAX_FREQ {
+            // A lost update under contention only under-counts; harmless.
+            self.freq.store(f + 1, Ordering::Relaxed);
+        }
     }
 
     #[inline]
@@ -362,7 +375,7 @@ pub(crate) struct Shard {
     small_used: usize,
     slab: Slab,
     free: Vec<u32>,
-    table: HashTable<u32>,
+    table: Index,
     small: VecDeque<(u32, u32)>,
     main: VecDeque<(u32, u32)>,
     ghost: Ghost,
@@ -377,7 +390,7 @@ impl Shard {
             small_used: 0,
             slab: Slab::default(),
             free: Vec::new(),
-            table: HashTable::new(),
+            table: Index::default(),
             small: VecDeque::new(),
             main: VecDeque::new(),
             ghost: Ghost::default(),
@@ -395,20 +408,25 @@ impl Shard {
     fn find(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u32> {
         let h = fingerprint(hash);
         self.table
-            .find(table_hash(h), |&i| {
-                self.slab.entry(i).is_some_and(|e| e.is(h, ns, key))
-            })
-            .copied()
+            .find(h, |i| self.slab.entry(i).is_some_and(|e| e.is(h, ns, key)))
     }
 
     /// Looks a key up and counts the access. Takes `&self`: the frequency is
     /// atomic, so the caller can hold a shared lock.
     #[inline]
     pub(crate) fn get(&self, hash: u64, ns: u32, key: &[u8]) -> Option<&Entry> {
+        let e = self.peek(hash, ns, key)?;
+        e.touch();
+        Some(e)
+    }
+
+    /// Looks a key up without counting an access.
+    #[inline]
+    pub(crate) fn peek(&self, hash: u64, ns: u32, key: &[u8]) -> Option<&Entry> {
         let h = fingerprint(hash);
         // The matching entry is kept from the probe: no second slab lookup.
         let mut found = None;
-        self.table.find(table_hash(h), |&i| {
+        self.table.find(h, |i| {
             let e = self.slab.get(i);
             let hit = e.is(h, ns, key);
             if hit {
@@ -416,13 +434,7 @@ impl Shard {
             }
             hit
         })?;
-        let e = found?;
-        let f = e.freq.load(Ordering::Relaxed);
-        if f < MAX_FREQ {
-            // A lost update under contention only under-counts; harmless.
-            e.freq.store(f + 1, Ordering::Relaxed);
-        }
-        Some(e)
+        found
     }
 
     /// The version of a key's entry, without counting an access (the
@@ -442,7 +454,6 @@ impl Shard {
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) -> Insert {
-        let hash = table_hash(entry.hash);
         let charge = entry.charge();
         if charge > self.capacity {
             // Drop any older copy so a read cannot see it.
@@ -478,11 +489,8 @@ impl Shard {
             }
             let queue = entry.queue;
             let idx = self.free.pop().unwrap_or(self.slab.len);
+            self.table.insert(entry.hash, idx);
             self.slab.put(idx, entry);
-            let slab = &self.slab;
-            self.table.insert_unique(hash, idx, |&i| {
-                slab.entry(i).map_or(0, |e| table_hash(e.hash))
-            });
             let token = (idx, self.slab.get(idx).generation);
             self.used += charge;
             match queue {
@@ -498,13 +506,11 @@ impl Shard {
     }
 
     fn find_entry(&self, e: &Entry) -> Option<u32> {
-        self.table
-            .find(table_hash(e.hash), |&i| {
-                self.slab
-                    .entry(i)
-                    .is_some_and(|x| x.is(e.hash, e.ns, &e.key))
-            })
-            .copied()
+        self.table.find(e.hash, |i| {
+            self.slab
+                .entry(i)
+                .is_some_and(|x| x.is(e.hash, e.ns, &e.key))
+        })
     }
 
     /// Removes a key if its stored version is not newer than `version`.
@@ -527,9 +533,8 @@ impl Shard {
         let e = self.slab.take(i);
         debug_assert!(!e.is_free(), "live slot");
         self.free.push(i);
-        if let Ok(o) = self.table.find_entry(table_hash(e.hash), |&j| j == i) {
-            o.remove();
-        }
+        let filed = self.table.remove(e.hash, i);
+        debug_assert!(filed, "a live slot is in the index");
         let charge = e.charge();
         self.used -= charge;
         if e.queue == Queue::Small {
@@ -690,6 +695,7 @@ impl Shard {
             }
         }
         assert_eq!(live, self.table.len(), "table size equals live slots");
+        self.table.validate();
         assert_eq!(used, self.used, "byte count");
         assert_eq!(small_used, self.small_used, "small byte count");
         assert!(self.used <= self.capacity, "within capacity");

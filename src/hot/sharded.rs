@@ -68,6 +68,27 @@ impl HotTier {
         })
     }
 
+    /// The value of a hit that `serve(expires_at, epoch)` accepts, cloned
+    /// and counted as an access under the shard's shared lock: a get's
+    /// whole hot path. `None` for anything else (absent, expired, of an
+    /// old epoch); the caller then takes the long way.
+    #[inline]
+    pub(crate) fn get_served(
+        &self,
+        hash: u64,
+        ns: u32,
+        key: &[u8],
+        serve: impl FnOnce(u64, u64) -> bool,
+    ) -> Option<Bytes> {
+        let shard = self.shard(hash).read();
+        let e = shard.peek(hash, ns, key)?;
+        if !serve(e.expires_at, e.epoch) {
+            return None;
+        }
+        e.touch();
+        Some(e.value.clone())
+    }
+
     #[cfg(any(feature = "redis", test))]
     pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
         self.shard(hash).read().version_of(hash, ns, key)

@@ -2,7 +2,7 @@
 //! except for a byte-weighted capacity so every cache holds the same bytes.
 
 use bytes::Bytes;
-use embercache::Cache;
+use embercache::{Cache, NamespaceHandle};
 
 /// Bytes one entry is charged, for every cache: embercache's own formula.
 pub fn charge(key_len: usize, value_len: usize) -> u64 {
@@ -30,6 +30,20 @@ impl Kv for Cache {
     }
     fn hot_hits(&self) -> Option<u64> {
         Some(ember_hot_hits(self))
+    }
+}
+
+/// A namespace handle: what a program that reads one namespace often holds
+/// (`Cache::get` by name also finds the namespace on each call).
+impl Kv for NamespaceHandle {
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        NamespaceHandle::get(self, key).expect("embercache get")
+    }
+    fn set(&self, key: &[u8], value: Bytes) {
+        NamespaceHandle::set(self, key, value).expect("embercache set")
+    }
+    fn hot_hits(&self) -> Option<u64> {
+        Some(ember_hot_hits(self.cache()))
     }
 }
 
@@ -113,6 +127,13 @@ pub fn ember(capacity_bytes: u64, shards: Option<usize>) -> Cache {
         b = b.shards(s);
     }
     b.open().expect("open embercache")
+}
+
+/// [`ember`]'s benchmark namespace, as a handle.
+pub fn ember_ns(capacity_bytes: u64, shards: Option<usize>) -> NamespaceHandle {
+    ember(capacity_bytes, shards)
+        .namespace(NS)
+        .expect("embercache namespace")
 }
 
 /// Hot-tier hits so far in the benchmark namespace.

@@ -102,6 +102,10 @@ pub fn w1(scale: &Scale) -> String {
     let peers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
         (
             "embercache",
+            Box::new(move || Box::new(peers::ember_ns(cap, None))),
+        ),
+        (
+            "embercache (by name)",
             Box::new(move || Box::new(peers::ember(cap, None))),
         ),
         ("moka", Box::new(move || Box::new(Moka::new(cap)))),
@@ -167,7 +171,10 @@ pub fn w1(scale: &Scale) -> String {
         "{n} keys (10-byte keys, 100-byte values), capacity 1.25 × their charged bytes so every key is resident, \
          Zipf 0.99 gets, {ops} gets per thread per run, {} runs; gets/s is the median with min–max. Latency: a \
          separate pass of up to 1 M timed gets per thread (each op timed with `Instant::now()`, which adds about \
-         20–40 ns). Redis is a networked baseline (loopback, one connection per thread, fewer ops).\n",
+         20–40 ns). Redis is a networked baseline (loopback, one connection per thread, fewer ops). \
+         `embercache` reads through a `NamespaceHandle` (`Cache::namespace`), as a program holding one per \
+         namespace does; `embercache (by name)` calls `Cache::get(ns, key)`, which finds the namespace by \
+         its name on each call.\n",
         scale.runs
     );
     s.push_str(&t.md());
@@ -181,21 +188,18 @@ pub fn w1(scale: &Scale) -> String {
         s,
         "\n| ratio (median gets/s) | 1 thread | 2 threads | target |\n|---|---|---|---|"
     );
-    for (peer, target) in [
-        ("quick_cache", "≥ 1.1×"),
-        ("moka", "≥ 3×"),
-        ("foyer (memory)", "–"),
-    ] {
-        let r = |th| match (find("embercache", th), find(peer, th)) {
-            (Some(a), Some(b)) => format!("{:.2}×", a / b),
-            _ => "–".into(),
-        };
-        let _ = writeln!(
-            s,
-            "| embercache / {peer} | {} | {} | {target} |",
-            r(1),
-            r(2)
-        );
+    for ours in ["embercache", "embercache (by name)"] {
+        for (peer, target) in [
+            ("quick_cache", "≥ 1.1×"),
+            ("moka", "≥ 3×"),
+            ("foyer (memory)", "–"),
+        ] {
+            let r = |th| match (find(ours, th), find(peer, th)) {
+                (Some(a), Some(b)) => format!("{:.2}×", a / b),
+                _ => "–".into(),
+            };
+            let _ = writeln!(s, "| {ours} / {peer} | {} | {} | {target} |", r(1), r(2));
+        }
     }
     s.push('\n');
     s
@@ -312,7 +316,7 @@ pub fn w2(scale: &Scale) -> String {
             let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
                 (
                     "embercache",
-                    Box::new(move || Box::new(peers::ember(cap, None))),
+                    Box::new(move || Box::new(peers::ember_ns(cap, None))),
                 ),
                 ("moka", Box::new(move || Box::new(Moka::new(cap)))),
                 (

@@ -7,11 +7,11 @@ use crate::redis_srv::RedisServer;
 use crate::report::{Runs, Table};
 use crate::workload::{self, Id};
 use bytes::Bytes;
-use embercache::Cache;
+use embercache::{Cache, NamespaceHandle};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-struct EmberTtl(Cache);
+struct EmberTtl(NamespaceHandle);
 
 /// The reclaim TTL of a key: 1–60 s, spread uniformly by a hash of the key,
 /// the same for every store.
@@ -38,16 +38,14 @@ impl moka::Expiry<Vec<u8>, Bytes> for KeyTtl {
 
 impl Kv for EmberTtl {
     fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.0.get(peers::NS, key).expect("get")
+        self.0.get(key).expect("get")
     }
     fn set(&self, key: &[u8], value: Bytes) {
         // 60–120 s: nothing expires while the get cost is measured.
         let ttl = Duration::from_millis(
             60_000 + (key.iter().map(|&b| b as u64).sum::<u64>() * 7919) % 60_000,
         );
-        self.0
-            .set_with_ttl(peers::NS, key, value, ttl)
-            .expect("set")
+        self.0.set_with_ttl(key, value, ttl).expect("set")
     }
 }
 
@@ -104,8 +102,8 @@ pub fn w8(scale: &Scale) -> String {
     ]);
     let cost = |a: &Runs, b: &Runs| format!("{:+.1} %", 100.0 * (a.median() / b.median() - 1.0));
     let (e0, e1) = get_rates(
-        &peers::ember(cap, None),
-        &EmberTtl(peers::ember(cap, None)),
+        &peers::ember_ns(cap, None),
+        &EmberTtl(peers::ember_ns(cap, None)),
         &keys,
         &values,
         &trace,

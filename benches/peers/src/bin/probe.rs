@@ -102,7 +102,8 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
         q.insert(k.clone(), v.clone());
     }
     e.flush().expect("flush");
-    let eg = |k: &[u8]| e.get("w", k).expect("get");
+    let h = e.namespace("w").expect("namespace");
+    let eg = |k: &[u8]| h.get(k).expect("get");
     let qg = |k: &[u8]| q.get(k);
     let mut ratios = Vec::new();
     for r in 0..rounds {
@@ -325,7 +326,17 @@ fn main() {
             c.flush().expect("flush");
             // Warm: every key read once, so frequencies settle as in W1.
             gets(&|_| None, &keys, &[]);
-            let get = |k: &[u8]| c.get("w", k).expect("get");
+            // Through a namespace handle, as W1 reads (`PROBE_BY_NAME=1`:
+            // `Cache::get` by name).
+            let h = c.namespace("w").expect("namespace");
+            let by_name = std::env::var_os("PROBE_BY_NAME").is_some();
+            let get = |k: &[u8]| {
+                if by_name {
+                    c.get("w", k).expect("get")
+                } else {
+                    h.get(k).expect("get")
+                }
+            };
             for k in &keys {
                 get(k);
             }
