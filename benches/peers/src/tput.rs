@@ -123,6 +123,7 @@ pub fn w1(scale: &Scale) -> String {
         for (i, k) in d.keys.iter().enumerate() {
             c.set(k, d.values[i].clone());
         }
+        c.settle();
         let resident = d.keys.iter().filter(|k| c.get(k).is_some()).count();
         for threads in [1usize, 2] {
             let traces: Vec<Vec<Id>> = (0..threads)

@@ -47,6 +47,9 @@ impl Kv for EmberTtl {
         );
         self.0.set_with_ttl(key, value, ttl).expect("set")
     }
+    fn settle(&self) {
+        self.0.cache().flush().expect("flush")
+    }
 }
 
 /// Gets/s of `without` and `with` (the same keys, the second with TTLs),
@@ -71,6 +74,7 @@ fn get_rates(
         for (k, v) in keys.iter().zip(values) {
             c.set(k, v.clone());
         }
+        c.settle();
         pass(c);
     }
     let (mut a, mut b) = (Runs::default(), Runs::default());

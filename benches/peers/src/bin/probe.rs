@@ -124,6 +124,55 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
     );
 }
 
+/// W1's order: one cache at a time, loaded alone (its allocations not
+/// interleaved with the other's), timed `rounds` times, then dropped.
+fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool) {
+    let (keys, values) = data(n);
+    let traces = vec![zipf(n, 0.99, ops, 100)];
+    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ember = || {
+        let e = embercache::Cache::builder()
+            .in_memory()
+            .hot_capacity(cap)
+            .open()
+            .expect("open");
+        for (k, v) in keys.iter().zip(&values) {
+            e.set("w", k, v.clone()).expect("set");
+        }
+        e.flush().expect("flush");
+        let h = e.namespace("w").expect("namespace");
+        let g = |k: &[u8]| h.get(k).expect("get");
+        median((0..rounds).map(|_| rate(&g, &keys, &traces)).collect())
+    };
+    let quick = || {
+        let q = quick_cache::sync::Cache::<Vec<u8>, Bytes, peers_charge::W>::with_weighter(
+            n,
+            cap,
+            peers_charge::W,
+        );
+        for (k, v) in keys.iter().zip(&values) {
+            q.insert(k.clone(), v.clone());
+        }
+        let g = |k: &[u8]| q.get(k);
+        median((0..rounds).map(|_| rate(&g, &keys, &traces)).collect())
+    };
+    let (e, q) = if qc_first {
+        let q = quick();
+        (ember(), q)
+    } else {
+        let e = ember();
+        (e, quick())
+    };
+    println!(
+        "seq: embercache {e:.0}/s quick_cache {q:.0}/s ratio {:.2}",
+        e / q
+    );
+}
+
 fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
     let (keys, values) = data(n);
     let trace = vec![zipf(n, 0.99, ops, 100)];
@@ -295,6 +344,12 @@ fn main() {
         let dir = std::path::PathBuf::from(a.next().expect("probe w7 DIR RUNS"));
         let runs: usize = a.next().map_or(5, |s| s.parse().expect("runs"));
         w7(&dir, runs, a.next().as_deref() == Some("shuffled"));
+        return;
+    }
+    if which == "seq" {
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, rounds, qc_first) = (num(1_000_000), num(2_000_000), num(5), num(0));
+        seq(n, ops, rounds, qc_first == 1);
         return;
     }
     if which == "race" {
