@@ -12,7 +12,15 @@
 //! (alternating, with the per-round ratio). Each run also prints the
 //! process CPU time per write, which a shared machine disturbs less than
 //! the rate. On tmpfs (`TMPDIR=/dev/shm`) fsync is nearly free, so what is
-//! left is the engine's own cost next to redb's.
+//! left is the engine's own cost next to redb's. `ember` runs also print
+//! ops per commit, the commit cycle and the time inside the commit.
+//!
+//! Environment: `W5_SYNC_US=150` puts both stores on an in-memory redb
+//! whose fsync sleeps that long (a steady disk for A/B runs while the real
+//! one is shared); `W5_RAW_KEYS=ember` makes `raw` insert the keys the
+//! embercache writers use (one sequence per writer, so a batch of N lands
+//! on up to N leaves) instead of one sequence; `W5_NOCOMP=1` stores
+//! embercache's values raw (what compression costs).
 #[allow(dead_code)]
 #[path = "../workload.rs"]
 mod workload;
@@ -21,6 +29,37 @@ use bytes::Bytes;
 use embercache::{Cache, Durability};
 use std::time::Instant;
 use workload::hammer;
+
+/// An in-memory redb whose `sync_data` sleeps `W5_SYNC_US` µs: a disk with
+/// a steady fsync latency, for A/B runs while the real disk is shared.
+#[derive(Debug)]
+struct SlowSync(redb::backends::InMemoryBackend, std::time::Duration);
+
+type IoResult<T> = Result<T, std::io::Error>;
+
+impl redb::StorageBackend for SlowSync {
+    fn len(&self) -> IoResult<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> IoResult<()> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> IoResult<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> IoResult<()> {
+        std::thread::sleep(self.1);
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> IoResult<()> {
+        self.0.write(offset, data)
+    }
+}
+
+fn slow_sync() -> Option<std::time::Duration> {
+    let us: u64 = std::env::var("W5_SYNC_US").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_micros(us))
+}
 
 fn cpu_s() -> f64 {
     let st = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -41,34 +80,65 @@ fn main() {
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     let ember = || {
         let dir = tempfile::tempdir().unwrap();
-        let c = Cache::builder()
-            .dir(dir.path())
-            .durability(Durability::Sync)
-            .open()
-            .unwrap();
+        let mut b = Cache::builder().durability(Durability::Sync);
+        b = match slow_sync() {
+            Some(d) => {
+                b.storage_backend(move || Ok(SlowSync(redb::backends::InMemoryBackend::new(), d)))
+            }
+            None => b.dir(dir.path()),
+        };
+        // W5_NOCOMP=1: the namespace stores values raw (what compression
+        // costs the write path).
+        if std::env::var_os("W5_NOCOMP").is_some() {
+            b = b.namespace("w", embercache::NamespacePolicy::default().no_compression());
+        }
+        let c = b.open().unwrap();
         let c0 = cpu_s();
+        let s0 = c.stats();
         let r = hammer(w, secs, |t, j| {
             c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
                 .unwrap()
         });
         let cpu = (cpu_s() - c0) / (r * secs) * 1e6;
+        let s1 = c.stats();
+        let commits = (s1.commits - s0.commits).max(1) as f64;
+        println!(
+            "  ember {:.1} ops/commit, {:.0} us/commit cycle, {:.0} us in commit",
+            (s1.committed_ops - s0.committed_ops) as f64 / commits,
+            secs * 1e6 / commits,
+            s1.commit_latency_avg.as_micros() as f64
+        );
         c.close().unwrap();
         println!("  ember cpu/op {cpu:.1} us");
         r
     };
     let raw = || {
         let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::create(dir.path().join("raw.redb")).unwrap();
+        let db = match slow_sync() {
+            Some(d) => redb::Builder::new()
+                .create_with_backend(SlowSync(redb::backends::InMemoryBackend::new(), d))
+                .unwrap(),
+            None => redb::Database::create(dir.path().join("raw.redb")).unwrap(),
+        };
         let mut j = 0u64;
+        let spread = std::env::var("W5_RAW_KEYS").is_ok_and(|k| k == "ember");
         let c0 = cpu_s();
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < secs {
             let tx = db.begin_write().unwrap();
             {
                 let mut tab = tx.open_table(table).unwrap();
-                for _ in 0..w {
+                for t in 0..w {
+                    // W5_RAW_KEYS=ember: the keys embercache's writers
+                    // use (`w{t}:{n}`, one sequence per writer, so a
+                    // batch lands on up to `w` leaves); else one sequence.
                     let v: Bytes = value(0, j);
-                    tab.insert(format!("w0:{j}").as_bytes(), &v[..]).unwrap();
+                    let k = if spread {
+                        format!("w{t}:{}", j / w as u64)
+                    } else {
+                        format!("w0:{j}")
+                    };
+                    tab.insert(k.as_bytes(), &v[..]).unwrap();
                     j += 1;
                 }
             }
