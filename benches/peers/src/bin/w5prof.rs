@@ -20,7 +20,8 @@
 //! one is shared); `W5_RAW_KEYS=ember` makes `raw` insert the keys the
 //! embercache writers use (one sequence per writer, so a batch of N lands
 //! on up to N leaves) instead of one sequence; `W5_NOCOMP=1` stores
-//! embercache's values raw (what compression costs).
+//! embercache's values raw (what compression costs); `W5_BUFFERED=1` runs
+//! `ember` in the default `Buffered` mode (rate including a final flush).
 #[allow(dead_code)]
 #[path = "../workload.rs"]
 mod workload;
@@ -80,7 +81,13 @@ fn main() {
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     let ember = || {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Cache::builder().durability(Durability::Sync);
+        // W5_BUFFERED=1: the default `Buffered` mode, rate including a
+        // final flush (W5's Buffered rows).
+        let buffered = std::env::var_os("W5_BUFFERED").is_some();
+        let mut b = Cache::builder();
+        if !buffered {
+            b = b.durability(Durability::Sync);
+        }
         b = match slow_sync() {
             Some(d) => {
                 b.storage_backend(move || Ok(SlowSync(redb::backends::InMemoryBackend::new(), d)))
@@ -95,10 +102,15 @@ fn main() {
         let c = b.open().unwrap();
         let c0 = cpu_s();
         let s0 = c.stats();
-        let r = hammer(w, secs, |t, j| {
+        let start = Instant::now();
+        let mut r = hammer(w, secs, |t, j| {
             c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
                 .unwrap()
         });
+        if buffered {
+            c.flush().unwrap();
+            r = r * secs / start.elapsed().as_secs_f64();
+        }
         let cpu = (cpu_s() - c0) / (r * secs) * 1e6;
         let s1 = c.stats();
         let commits = (s1.commits - s0.commits).max(1) as f64;
