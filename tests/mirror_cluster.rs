@@ -766,6 +766,9 @@ fn sentinel_with_a_protected_master() {
         tune(MirrorConfig::sentinel([bare], "pm")).sentinel_master_password(PW),
     );
     no_sentinel_pw.set(NS, b"k", b"v".to_vec()).unwrap();
+    // Committed, so the outbox row is counted below: a login refused by a
+    // local sentinel can come back before a `Buffered` commit (10 ms).
+    no_sentinel_pw.flush().unwrap();
     wait_for("a login error", Duration::from_secs(10), &mut || {
         no_sentinel_pw
             .mirror_stats()
