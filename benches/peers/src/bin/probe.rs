@@ -11,6 +11,9 @@
 //! the reported total / the number of gets. `which` is `embercache` or
 //! `quick_cache` (or `embercache-ttl`: every key with a TTL); keys are 10 bytes, values 100 bytes, Zipf 0.99.
 //!
+//! `probe seq KEYS GETS ROUNDS QC_FIRST` loads and times one cache at a time,
+//! as W1 does (the fair comparison: `race` interleaves both caches' loads,
+//! which spreads quick_cache's keys over more pages and costs it ~25 %).
 //! `probe race KEYS GETS ROUNDS THREADS` times embercache and quick_cache
 //! in alternation, round after round, and prints each round's ratio and
 //! their median: on a shared machine, load that drifts between two long
