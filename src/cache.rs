@@ -305,6 +305,20 @@ impl CacheBuilder {
         if l.max_namespace_len == 0 {
             return bad("limits.max_namespace_len", "must be positive".into());
         }
+        // Zero would run the writer's maintenance (or snapshot) in a busy
+        // loop: a sweep transaction after every commit, or instead of one.
+        if l.maintenance_interval.is_zero() {
+            return bad(
+                "limits.maintenance_interval",
+                "must be positive (default 1 s)".into(),
+            );
+        }
+        if l.snapshot_interval.is_zero() {
+            return bad(
+                "limits.snapshot_interval",
+                "must be positive (default 30 s)".into(),
+            );
+        }
         for (name, p) in self
             .namespaces
             .iter()

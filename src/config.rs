@@ -160,12 +160,12 @@ pub struct Limits {
     /// Most record bytes in one commit. Default: 32 MiB.
     pub group_max_bytes: usize,
     /// How often the writer sweeps expired entries and checks the disk
-    /// bound. Default: 1 s.
+    /// bound. Default: 1 s; must not be zero.
     pub maintenance_interval: Duration,
     /// Expired entries deleted per sweep transaction. Default: 4096.
     pub sweep_batch: usize,
     /// How often the hot-set snapshot is written (also at close).
-    /// Default: 30 s.
+    /// Default: 30 s; must not be zero.
     pub snapshot_interval: Duration,
 }
 

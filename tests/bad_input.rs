@@ -721,6 +721,22 @@ fn impossible_settings_name_the_setting() {
             }),
             "limits.max_key_len",
         ),
+        (
+            Cache::builder().limits({
+                let mut l = Limits::default();
+                l.maintenance_interval = Duration::ZERO;
+                l
+            }),
+            "limits.maintenance_interval",
+        ),
+        (
+            Cache::builder().limits({
+                let mut l = Limits::default();
+                l.snapshot_interval = Duration::ZERO;
+                l
+            }),
+            "limits.snapshot_interval",
+        ),
     ];
     for (b, want) in cases {
         let dir = tempfile::tempdir().unwrap();
