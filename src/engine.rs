@@ -1402,4 +1402,84 @@ mod tests {
         );
         cache.close().unwrap();
     }
+
+    /// The writer judges the record a put replaces after redb hands it
+    /// back: a put older than the stored record must leave that record,
+    /// its expiry index entry and the disk counts as they were, and a newer
+    /// put must take the old index entry with it.
+    #[test]
+    fn the_writer_keeps_a_newer_record_and_its_index_entry_against_an_older_put() {
+        use crate::store::record::{Encoding, Prepared};
+        use crate::store::tables::EXPIRY;
+        use crate::store::writer::Op;
+        use redb::ReadableTable;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        cache
+            .set_with_ttl("ns", b"k", b"newer".to_vec(), Duration::from_secs(3600))
+            .unwrap();
+        cache.flush().unwrap();
+        let sh = cache.sh();
+        let ns = sh.ns.get("ns").unwrap();
+        let hash = sh.hot.hash(ns.id, b"k");
+        let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
+        let index_rows = |sh: &super::Shared| {
+            let r = sh.begin_read().unwrap();
+            let t = r.open_table(EXPIRY).unwrap();
+            let rows: Vec<(u64, u64)> = t
+                .iter()
+                .unwrap()
+                .map(|x| {
+                    let (k, _) = x.unwrap();
+                    let k = k.value();
+                    (k.0, k.1)
+                })
+                .collect();
+            rows
+        };
+        let (records, bytes) = (cache.stats().disk_records, cache.stats().disk_bytes);
+        let rows = index_rows(sh);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, v);
+        let put = |version: u64, value: &[u8], expires_at: u64| {
+            let prepared = Prepared::new(
+                value,
+                &Encoding {
+                    level: Some(3),
+                    threshold: 64,
+                    dict: None,
+                },
+            );
+            sh.tx
+                .send(Op::Put {
+                    ns: ns.clone(),
+                    hash,
+                    key: b"k".to_vec().into_boxed_slice(),
+                    record: prepared.finish(expires_at, version, ns.epoch()),
+                    version,
+                    expires_at,
+                    mirror: false,
+                    done: None,
+                })
+                .unwrap();
+            cache.flush().unwrap();
+        };
+        put(v - 1, b"older, and longer", u64::MAX);
+        assert_eq!(cache.stats().disk_records, records);
+        assert_eq!(cache.stats().disk_bytes, bytes);
+        assert_eq!(index_rows(sh), rows);
+        assert_eq!(sh.committed_version("ns", b"k"), Some(Some(v)));
+        // A newer put replaces the record and drops the old index entry.
+        let w = v + 1_000;
+        put(w, b"newest, no TTL", u64::MAX);
+        assert_eq!(cache.stats().disk_records, records);
+        assert_eq!(
+            cache.stats().disk_bytes,
+            bytes - b"newer".len() as u64 + b"newest, no TTL".len() as u64
+        );
+        assert_eq!(index_rows(sh), vec![]);
+        assert_eq!(sh.committed_version("ns", b"k"), Some(Some(w)));
+        cache.close().unwrap();
+    }
 }

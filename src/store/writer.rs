@@ -403,13 +403,18 @@ impl Writer {
                         mirror: m,
                         ..
                     } => {
-                        if !remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?
-                        {
+                        let put = Some(record.as_slice());
+                        if !replace_older(
+                            &mut entries,
+                            &mut expiry,
+                            ns,
+                            key,
+                            put,
+                            *version,
+                            &mut delta,
+                        )? {
                             continue;
                         }
-                        entries
-                            .insert((&*ns.name, &**key), record.as_slice())
-                            .map_err(storage)?;
                         // Entries without a TTL are not indexed (format 3):
                         // the sweeper never wants them, and the disk bound
                         // finds them in `entries` (see `drop_unindexed`).
@@ -418,7 +423,6 @@ impl Writer {
                                 .insert((*expires_at, *version, &*ns.name, &**key), ())
                                 .map_err(storage)?;
                         }
-                        delta.add(key.len() + record.len());
                         if *m {
                             mirror(OutboxKind::Put, &ns.name, key, *version, record)?;
                         }
@@ -430,8 +434,15 @@ impl Writer {
                         mirror: m,
                         ..
                     } => {
-                        if remove_older(&mut entries, &mut expiry, ns, key, *version, &mut delta)?
-                            && *m
+                        if replace_older(
+                            &mut entries,
+                            &mut expiry,
+                            ns,
+                            key,
+                            None,
+                            *version,
+                            &mut delta,
+                        )? && *m
                         {
                             mirror(OutboxKind::Delete, &ns.name, key, *version, &[])?;
                         }
@@ -978,31 +989,45 @@ fn apply(base: u64, d: i64) -> u64 {
     base.saturating_add_signed(d)
 }
 
-/// Removes the stored record of `key` (and its index entry) unless it is
-/// newer than `version`. Returns false when a newer record is stored: the
-/// caller's write lost and must not be applied.
-fn remove_older(
+/// Puts `record` under the key (`None`: removes the key) unless the record
+/// stored there is newer than `version`; then the stored one stays, and
+/// `false` says the write was dropped. The old record's expiry index entry
+/// goes with it. One B-tree descent in the common case: redb's `insert` and
+/// `remove` hand back the value they replaced, so the old record is judged
+/// after the fact and put back in the rare case it was newer (a replay or a
+/// retried group older than what is stored).
+fn replace_older(
     entries: &mut Table<(&str, &[u8]), &[u8]>,
     expiry: &mut Table<(u64, u64, &str, &[u8]), ()>,
     ns: &Namespace,
     key: &[u8],
+    record: Option<&[u8]>,
     version: u64,
     delta: &mut Delta,
 ) -> Result<bool, Arc<redb::Error>> {
     let ns = &*ns.name;
-    // Only a record whose checksum holds can claim to be newer: a damaged
-    // version field must not make the writer drop this write.
-    let old = entries.get((ns, key)).map_err(storage)?.map(|v| {
-        (
-            super::record::decode_header_verified(v.value()).ok(),
-            v.value().len(),
-        )
+    let old = match record {
+        Some(r) => entries.insert((ns, key), r),
+        None => entries.remove((ns, key)),
+    }
+    .map_err(storage)?
+    .map(|v| {
+        let v = v.value();
+        // Only a record whose checksum holds can claim to be newer: a
+        // damaged version field must not make the writer drop this write.
+        let h = super::record::decode_header_verified(v).ok();
+        let newer = h.as_ref().is_some_and(|h| h.version > version);
+        (h, v.len(), newer.then(|| v.to_vec()))
     });
     match old {
-        None => Ok(true),
-        Some((Some(h), _)) if h.version > version => Ok(false),
-        Some((h, len)) => {
-            entries.remove((ns, key)).map_err(storage)?;
+        None => {}
+        Some((_, _, Some(newer))) => {
+            entries
+                .insert((ns, key), newer.as_slice())
+                .map_err(storage)?;
+            return Ok(false);
+        }
+        Some((h, len, None)) => {
             // A record whose header is unreadable leaves a dangling index
             // entry; the sweeper drops index entries that match no record.
             if let Some(h) = h
@@ -1013,9 +1038,12 @@ fn remove_older(
                     .map_err(storage)?;
             }
             delta.remove(key.len() + len);
-            Ok(true)
         }
     }
+    if let Some(r) = record {
+        delta.add(key.len() + r.len());
+    }
+    Ok(true)
 }
 
 /// An I/O error standing for a failure that did not come from redb.

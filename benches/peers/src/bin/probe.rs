@@ -11,7 +11,7 @@
 //! the reported total / the number of gets. `which` is `embercache` or
 //! `quick_cache` (or `embercache-ttl`: every key with a TTL); keys are 10 bytes, values 100 bytes, Zipf 0.99.
 //!
-//! `probe seq KEYS GETS ROUNDS QC_FIRST` loads and times one cache at a time,
+//! `probe seq KEYS GETS ROUNDS QC_FIRST [THREADS]` loads and times one cache at a time,
 //! as W1 does (the fair comparison: `race` interleaves both caches' loads,
 //! which spreads quick_cache's keys over more pages and costs it ~25 %).
 //! `probe race KEYS GETS ROUNDS THREADS` times embercache and quick_cache
@@ -129,9 +129,11 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
 
 /// W1's order: one cache at a time, loaded alone (its allocations not
 /// interleaved with the other's), timed `rounds` times, then dropped.
-fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool) {
+fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool, threads: usize) {
     let (keys, values) = data(n);
-    let traces = vec![zipf(n, 0.99, ops, 100)];
+    let traces: Vec<Vec<u32>> = (0..threads as u64)
+        .map(|t| zipf(n, 0.99, ops, 100 + t))
+        .collect();
     let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -352,7 +354,7 @@ fn main() {
     if which == "seq" {
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops, rounds, qc_first) = (num(1_000_000), num(2_000_000), num(5), num(0));
-        seq(n, ops, rounds, qc_first == 1);
+        seq(n, ops, rounds, qc_first == 1, num(1));
         return;
     }
     if which == "race" {
