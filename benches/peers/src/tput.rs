@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 use std::sync::Barrier;
 use std::time::Instant;
 
+/// Builds one cache of a table's rows.
+type MakeKv = Box<dyn Fn() -> Box<dyn Kv>>;
+
 /// Runs `body(thread, trace)` on one thread per trace, started together;
 /// returns the wall time in seconds.
 fn timed<F: Fn(usize, &[Id]) + Sync>(traces: &[Vec<Id>], body: F) -> f64 {
@@ -99,7 +102,7 @@ pub fn w1(scale: &Scale) -> String {
         "resident",
     ]);
     let mut medians: Vec<(String, usize, f64)> = Vec::new();
-    let peers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
+    let peers: Vec<(&str, MakeKv)> = vec![
         (
             "embercache",
             Box::new(move || Box::new(peers::ember_ns(cap, None))),
@@ -314,7 +317,7 @@ pub fn w2(scale: &Scale) -> String {
         for cap_pct in [1.0, 10.0] {
             let cap = (n as f64 * cap_pct / 100.0) as u64 * per_entry;
             let est = (n as f64 * cap_pct / 100.0) as usize;
-            let makers: Vec<(&str, Box<dyn Fn() -> Box<dyn Kv>>)> = vec![
+            let makers: Vec<(&str, MakeKv)> = vec![
                 (
                     "embercache",
                     Box::new(move || Box::new(peers::ember_ns(cap, None))),

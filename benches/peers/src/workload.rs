@@ -231,7 +231,7 @@ pub fn json_200_1000(n: usize, seed: u64) -> Vec<bytes::Bytes> {
     let mut out = Vec::with_capacity(n);
     let mut i = 0u64;
     while out.len() < n {
-        let v = if i % 2 == 0 {
+        let v = if i.is_multiple_of(2) {
             position_json(&mut rng, i, 5000)
         } else {
             market_json(&mut rng, i)
