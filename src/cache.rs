@@ -446,6 +446,7 @@ impl CacheBuilder {
             durability: self.durability,
             next_version: AtomicU64::new(meta.version_hw.max(1)),
             commit_seq: AtomicU64::new(0),
+            readers: Default::default(),
             counters,
             commit_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
@@ -581,7 +582,11 @@ impl Inner {
         }
         // Release the file (and its lock) now, not when the last clone goes:
         // the directory can be opened again as soon as close returns.
-        drop(self.shared.db.write().take());
+        let db = self.shared.db.write().take();
+        // A kept reader of a closed database would fail or answer from
+        // pages it still holds (see `store::readers`).
+        self.shared.readers.drop_all();
+        drop(db);
         r
     }
 }

@@ -22,6 +22,7 @@ use crate::namespace::{Namespace, Namespaces};
 use crate::stats::{EngineCounters, Striped, add};
 use crate::store::open::Source;
 use crate::store::pending::{Pending, PendingKind, PendingOp};
+use crate::store::readers::{EntriesTable, Readers};
 use crate::store::record::{self, Dictionary, Encoding, Header, Prepared};
 use crate::store::tables::{ENTRIES, LOADER_META, META, META_HOT_SNAPSHOT, dict_key};
 use crate::store::walk::KeyWalk;
@@ -126,6 +127,8 @@ pub(crate) struct Shared {
     pub next_version: AtomicU64,
     /// Bumped after every commit; see the fill rule in the module docs.
     pub commit_seq: AtomicU64,
+    /// Read transactions kept between warm gets (see `store::readers`).
+    pub readers: Readers,
     pub counters: EngineCounters,
     pub commit_latency: Histogram,
     pub last_error: Mutex<Option<String>>,
@@ -198,6 +201,34 @@ impl Shared {
 
     fn read_txn(&self) -> Result<redb::ReadTransaction, ReadError> {
         self.begin_read().map_err(ReadError::Storage)
+    }
+
+    /// `entries` as of the last commit whose pending entries may be gone:
+    /// the calling thread's kept reader when no commit has happened since
+    /// it was opened, else a new one, kept for the next get (see
+    /// `store::readers`). Call it after looking in pending: `commit_seq` is
+    /// read here, and the writer bumps it before it drops a committed
+    /// write from pending, so a write no longer pending is in the reader.
+    /// (`ReadPoint::seq`, read before the hot tier, is older than that.)
+    fn entries(&self) -> Result<Arc<EntriesTable>, ReadError> {
+        let seq = self.commit_seq.load(Ordering::SeqCst);
+        if let Some(t) = self.readers.get(seq) {
+            return Ok(t);
+        }
+        let db = self.db().map_err(ReadError::Storage)?;
+        let r = db
+            .begin_read()
+            .map_err(|e| ReadError::Storage(storage(e)))?;
+        let t = Arc::new(r.open_table(ENTRIES).map_err(read_err)?);
+        // Kept only while `db` is still the open database: close and the
+        // writer's reopen take it out of `self.db` (under the write lock)
+        // before they drop the kept readers, so no reader of a closed
+        // database is kept past them.
+        let open = self.db.read();
+        if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, &db)) {
+            self.readers.put(seq, t.clone());
+        }
+        Ok(t)
     }
 
     /// Runs `f`, a read of redb. redb panics on some damaged pages (an
@@ -822,8 +853,7 @@ impl Shared {
         at: &ReadPoint,
     ) -> Result<Option<Found>, ReadError> {
         let found = self.guard("get", || {
-            let r = self.read_txn()?;
-            let t = r.open_table(ENTRIES).map_err(read_err)?;
+            let t = self.entries()?;
             let rec = t.get((&*ns.name, key)).map_err(read_err)?;
             self.accept_warm(ns, hash, key, rec.as_ref().map(|g| g.value()), at)
         })?;
@@ -833,7 +863,7 @@ impl Shared {
         Ok(found)
     }
 
-    /// Looks up many keys; the redb misses share one read transaction.
+    /// Looks up many keys; the redb misses share one reader.
     pub(crate) fn get_many(
         &self,
         ns_name: &str,
@@ -855,8 +885,7 @@ impl Shared {
         }
         if !warm.is_empty() {
             self.guard("get_many", || {
-                let r = self.read_txn()?;
-                let t = r.open_table(ENTRIES).map_err(read_err)?;
+                let t = self.entries()?;
                 for (i, hash) in warm {
                     let rec = t.get((&*ns.name, keys[i])).map_err(read_err)?;
                     out[i] =
@@ -1400,6 +1429,85 @@ mod tests {
             cache.get("ns", b"k").unwrap().as_deref(),
             Some(&b"newer"[..])
         );
+        cache.close().unwrap();
+    }
+
+    /// A warm get reuses its thread's kept reader only while no commit has
+    /// happened since it was opened; maintenance drops idle ones, and close
+    /// drops them all.
+    #[test]
+    fn a_kept_warm_reader_never_hides_a_later_commit_nor_outlives_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        let sh = cache.sh();
+        let ns = sh.ns.get("ns").unwrap();
+        let hash = sh.hot.hash(ns.id, b"k");
+        // Only the warm tier holds the key afterwards.
+        let evict = || {
+            let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
+            assert!(sh.hot.remove(hash, ns.id, b"k", v));
+        };
+        let get = || cache.get("ns", b"k").unwrap();
+        cache.set("ns", b"k", b"one".to_vec()).unwrap();
+        cache.flush().unwrap();
+        evict();
+        assert_eq!(get().as_deref(), Some(&b"one"[..]));
+        assert_eq!(sh.readers.kept(), 1);
+        cache.set("ns", b"k", b"two".to_vec()).unwrap();
+        cache.flush().unwrap();
+        evict();
+        assert_eq!(get().as_deref(), Some(&b"two"[..]));
+        // Maintenance drops idle readers, current or not (the hot-set
+        // snapshot commits without bumping `commit_seq`).
+        cache.run_maintenance().unwrap();
+        assert_eq!(sh.readers.kept(), 0);
+        evict();
+        assert_eq!(get().as_deref(), Some(&b"two"[..]));
+        assert_eq!(sh.readers.kept(), 1);
+        let other = cache.clone();
+        cache.close().unwrap();
+        assert_eq!(other.sh().readers.kept(), 0);
+        drop(other);
+        let again = Cache::builder().dir(dir.path()).open().unwrap();
+        assert_eq!(again.get("ns", b"k").unwrap().as_deref(), Some(&b"two"[..]));
+        again.close().unwrap();
+    }
+
+    /// The kept reader is picked by the `commit_seq` read after pending was
+    /// looked in, not the one a get reads before the hot tier: a write
+    /// committed and dropped from pending in between must be seen.
+    #[test]
+    fn a_write_committed_between_the_hot_lookup_and_the_warm_read_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        let sh = cache.sh();
+        let ns = sh.ns.get("ns").unwrap();
+        let hash = sh.hot.hash(ns.id, b"k");
+        let evict = || {
+            let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
+            assert!(sh.hot.remove(hash, ns.id, b"k", v));
+        };
+        let warm = |at: &super::ReadPoint| {
+            sh.get_warm(&ns, hash, b"k", at)
+                .unwrap()
+                .map(|f| f.value.to_vec())
+        };
+        cache.set("ns", b"k", b"one".to_vec()).unwrap();
+        cache.flush().unwrap();
+        evict();
+        assert_eq!(warm(&sh.read_point(&ns, false)), Some(b"one".to_vec()));
+        assert_eq!(sh.readers.kept(), 1);
+        // A get has read `commit_seq` and missed the hot tier; then the
+        // write commits and leaves pending before the get looks there.
+        let at = sh.read_point(&ns, false);
+        cache.set("ns", b"k", b"two".to_vec()).unwrap();
+        cache.flush().unwrap();
+        evict();
+        assert_eq!(warm(&at), Some(b"two".to_vec()));
+        let at = sh.read_point(&ns, false);
+        cache.delete("ns", b"k").unwrap();
+        cache.flush().unwrap();
+        assert_eq!(warm(&at), None);
         cache.close().unwrap();
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// Stripes of a [`Striped`] counter. Threads take them round-robin, so up
 /// to this many threads each bump their own line.
-const STRIPES: usize = 16;
+pub(crate) const STRIPES: usize = 16;
 
 /// One stripe, alone on its cache line.
 #[derive(Default)]
@@ -29,7 +29,7 @@ pub(crate) struct Striped([Stripe; STRIPES]);
 /// one load from the thread's TLS block, with no lazy-init state (this
 /// runs on every hot hit).
 #[inline]
-fn my_stripe() -> usize {
+pub(crate) fn my_stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static MINE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };

@@ -4,6 +4,7 @@
 pub(crate) mod open;
 pub(crate) mod outbox;
 pub(crate) mod pending;
+pub(crate) mod readers;
 pub mod record;
 pub(crate) mod reply;
 pub(crate) mod tables;

@@ -281,6 +281,8 @@ impl Writer {
             return;
         }
         let old = sh.db.write().take();
+        // Readers of the old database would fail (see `store::readers`).
+        sh.readers.drop_all();
         if let Some(mut old) = old {
             loop {
                 match Arc::try_unwrap(old) {
@@ -619,6 +621,9 @@ impl Writer {
                 tracing::warn!(error = %e, step, "maintenance step failed; the next pass retries");
             }
         }
+        // Kept readers pin the pages later commits free, this pass's and
+        // the snapshot's (which does not bump `commit_seq`) included.
+        self.shared.readers.drop_idle();
     }
 
     /// Deletes entries whose expiry has passed, `sweep_batch` per

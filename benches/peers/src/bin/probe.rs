@@ -11,6 +11,8 @@
 //! the reported total / the number of gets. `which` is `embercache` or
 //! `quick_cache` (or `embercache-ttl`: every key with a TTL); keys are 10 bytes, values 100 bytes, Zipf 0.99.
 //!
+//! `probe warm KEYS GETS THREADS` is W6's read path (hot tier 1 %, the
+//! rest from redb) at a smaller size.
 //! `probe seq KEYS GETS ROUNDS QC_FIRST [THREADS]` loads and times one cache at a time,
 //! as W1 does (the fair comparison: `race` interleaves both caches' loads,
 //! which spreads quick_cache's keys over more pages and costs it ~25 %).
@@ -313,6 +315,37 @@ fn w7(dir: &std::path::Path, runs: usize, shuffled: bool) {
     }
 }
 
+/// `probe warm KEYS GETS THREADS`: W6's read path at a smaller size: a
+/// cache on disk whose hot tier holds 1 % of KEYS 500-byte values, then
+/// Zipf 0.99 gets from THREADS threads (3 rounds; the first brings the hot
+/// set in), so most misses of the hot tier are redb reads.
+fn warm(n: usize, ops: usize, threads: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cap = (n / 100) as u64 * embercache::charge_of(10, 500) as u64;
+    let c = embercache::Cache::builder()
+        .dir(dir.path())
+        .hot_capacity(cap)
+        .open()
+        .expect("open");
+    for i in 0..n {
+        let v = format!("{{\"id\":{i},\"pad\":\"{:0>480}\"}}", i * 7919);
+        c.set("w", format!("k{i:09}").as_bytes(), v.into_bytes())
+            .expect("set");
+    }
+    c.flush().expect("flush");
+    let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:09}").into_bytes()).collect();
+    let traces: Vec<Vec<u32>> = (0..threads as u64)
+        .map(|t| zipf(n, 0.99, ops, 300 + t))
+        .collect();
+    let h = c.namespace("w").expect("namespace");
+    let g = |k: &[u8]| h.get(k).expect("get");
+    for round in 0..3 {
+        let r = rate(&g, &keys, &traces);
+        println!("warm: round {round}, {threads} thread(s): {r:.0} gets/s");
+    }
+    c.close().expect("close");
+}
+
 fn main() {
     let mut a = std::env::args().skip(1);
     let which = a.next().unwrap_or_else(|| "embercache".into());
@@ -349,6 +382,12 @@ fn main() {
         let dir = std::path::PathBuf::from(a.next().expect("probe w7 DIR RUNS"));
         let runs: usize = a.next().map_or(5, |s| s.parse().expect("runs"));
         w7(&dir, runs, a.next().as_deref() == Some("shuffled"));
+        return;
+    }
+    if which == "warm" {
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, threads) = (num(500_000), num(1_000_000), num(1));
+        warm(n, ops, threads);
         return;
     }
     if which == "seq" {
