@@ -1432,6 +1432,14 @@ mod tests {
         cache.close().unwrap();
     }
 
+    /// Drops the hot copy of `key`: only pending or the warm tier answers
+    /// for it afterwards.
+    fn evict_hot(sh: &super::Shared, ns: &super::Namespace, key: &[u8]) {
+        let hash = sh.hot.hash(ns.id, key);
+        let v = sh.hot.version_of(hash, ns.id, key).unwrap();
+        assert!(sh.hot.remove(hash, ns.id, key, v));
+    }
+
     /// A warm get reuses its thread's kept reader only while no commit has
     /// happened since it was opened; maintenance drops idle ones, and close
     /// drops them all.
@@ -1441,12 +1449,7 @@ mod tests {
         let cache = Cache::builder().dir(dir.path()).open().unwrap();
         let sh = cache.sh();
         let ns = sh.ns.get("ns").unwrap();
-        let hash = sh.hot.hash(ns.id, b"k");
-        // Only the warm tier holds the key afterwards.
-        let evict = || {
-            let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
-            assert!(sh.hot.remove(hash, ns.id, b"k", v));
-        };
+        let evict = || evict_hot(sh, &ns, b"k");
         let get = || cache.get("ns", b"k").unwrap();
         cache.set("ns", b"k", b"one".to_vec()).unwrap();
         cache.flush().unwrap();
@@ -1483,10 +1486,7 @@ mod tests {
         let sh = cache.sh();
         let ns = sh.ns.get("ns").unwrap();
         let hash = sh.hot.hash(ns.id, b"k");
-        let evict = || {
-            let v = sh.hot.version_of(hash, ns.id, b"k").unwrap();
-            assert!(sh.hot.remove(hash, ns.id, b"k", v));
-        };
+        let evict = || evict_hot(sh, &ns, b"k");
         let warm = |at: &super::ReadPoint| {
             sh.get_warm(&ns, hash, b"k", at)
                 .unwrap()
