@@ -1432,6 +1432,17 @@ mod tests {
         cache.close().unwrap();
     }
 
+    /// A cache in `dir` whose writer runs no maintenance pass of its own
+    /// during a test (the pass drops idle kept readers, which the tests
+    /// count).
+    fn without_own_maintenance(dir: &std::path::Path) -> Cache {
+        let limits = crate::config::Limits {
+            maintenance_interval: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        };
+        Cache::builder().dir(dir).limits(limits).open().unwrap()
+    }
+
     /// Drops the hot copy of `key`: only pending or the warm tier answers
     /// for it afterwards.
     fn evict_hot(sh: &super::Shared, ns: &super::Namespace, key: &[u8]) {
@@ -1446,7 +1457,7 @@ mod tests {
     #[test]
     fn a_kept_warm_reader_never_hides_a_later_commit_nor_outlives_close() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        let cache = without_own_maintenance(dir.path());
         let sh = cache.sh();
         let ns = sh.ns.get("ns").unwrap();
         let evict = || evict_hot(sh, &ns, b"k");
@@ -1482,7 +1493,7 @@ mod tests {
     #[test]
     fn a_write_committed_between_the_hot_lookup_and_the_warm_read_is_seen() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        let cache = without_own_maintenance(dir.path());
         let sh = cache.sh();
         let ns = sh.ns.get("ns").unwrap();
         let hash = sh.hot.hash(ns.id, b"k");
