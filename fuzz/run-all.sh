@@ -30,4 +30,5 @@ run record_decode address -malloc_limit_mb=1024
 run codec address -malloc_limit_mb=1024
 run import_lines none
 run ops_model none -max_len=4096
+run wal_decode none
 echo "fuzz: every target ran ${SECONDS_EACH}s without a finding"

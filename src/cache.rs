@@ -433,6 +433,13 @@ impl CacheBuilder {
         counters.outbox_bytes.store(bytes, Ordering::Relaxed);
         counters.records.store(meta.records, Ordering::Relaxed);
         counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
+        let wal_gen = meta.wal_gen;
+        let wal = match &source {
+            open::Source::Dir(dir) if self.limits.wal_bytes > 0 => {
+                Some(open::open_wal(dir, self.limits.wal_bytes, wal_gen)?)
+            }
+            _ => None,
+        };
         let (tx, rx) = crossbeam_channel::bounded(self.limits.queue_capacity);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(opened.db))),
@@ -472,7 +479,9 @@ impl CacheBuilder {
             load: Default::default(),
             read_miss: Default::default(),
         });
-        let writer = Writer::new(shared.clone(), rx, purge);
+        let mut writer = Writer::new(shared.clone(), rx, purge, wal);
+        // Writes acknowledged before a crash that only the log holds.
+        writer.recover(wal_gen).map_err(OpenError::Storage)?;
         let spawn_err = |source| OpenError::Io {
             dir: self.dir.clone().unwrap_or_default(),
             source,

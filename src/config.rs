@@ -167,6 +167,15 @@ pub struct Limits {
     /// How often the hot-set snapshot is written (also at close).
     /// Default: 30 s; must not be zero.
     pub snapshot_interval: Duration,
+    /// Largest size of the write-ahead log (`embercache.wal`, beside the
+    /// database file). A group of writes is made durable by appending it
+    /// to the log and fsyncing that, then applied to the database without
+    /// fsync; a durable database commit (every maintenance pass, or when
+    /// the log is full) takes over what the log held, and the log starts
+    /// over. The file grows in 1 MiB steps up to this size. 0 turns the
+    /// log off: every group is then a durable database commit. Only a
+    /// cache opened on a directory has a log. Default: 16 MiB.
+    pub wal_bytes: u64,
 }
 
 impl Default for Limits {
@@ -183,6 +192,7 @@ impl Default for Limits {
             maintenance_interval: Duration::from_secs(1),
             sweep_batch: 4096,
             snapshot_interval: Duration::from_secs(30),
+            wal_bytes: 16 << 20,
         }
     }
 }

@@ -413,6 +413,54 @@ fn cut(durable: &[u8], unsynced: &[Unsynced], seed: u64) -> CrashImage {
     }
 }
 
+/// A write as the write-ahead log holds it: (namespace, key, record —
+/// `None` for a delete —, version, expires_at, mirror). A delete logs no
+/// expiry: it reads back as 0.
+pub type WalWrite = (String, Vec<u8>, Option<Vec<u8>>, u64, u64, bool);
+
+/// The image of a write-ahead log (src/store/wal.rs) holding `groups`,
+/// one record each, at `generation`; a group the log has no room for
+/// (`capacity` bytes) is left out, as the writer would checkpoint instead.
+/// For the fuzzer and tests.
+pub fn wal_image(groups: &[Vec<WalWrite>], generation: u64, capacity: u64) -> Vec<u8> {
+    use crate::store::wal::{Wal, Write};
+    let image = PowerLossDisk::new();
+    let mut wal = Wal::open(Box::new(image.clone()), capacity, generation).expect("in memory");
+    for g in groups {
+        let writes = g
+            .iter()
+            .map(|(ns, key, record, version, expires_at, mirror)| Write {
+                ns,
+                key,
+                record: record.as_deref(),
+                version: *version,
+                expires_at: *expires_at,
+                mirror: *mirror,
+            });
+        wal.append(writes).expect("in memory");
+    }
+    image.durable_image()
+}
+
+/// Reads a write-ahead log image back as recovery does: the writes of
+/// `generation` in order, and what stopped the replay early if it was not
+/// a torn or foreign record. Never panics.
+pub fn wal_read_back(
+    image: Vec<u8>,
+    generation: u64,
+) -> std::io::Result<(Vec<WalWrite>, Option<String>)> {
+    let disk = PowerLossDisk::from_image(image);
+    let len = disk.len()?;
+    let wal = crate::store::wal::Wal::open(Box::new(disk), len, generation)?;
+    let (found, _) = wal.read_back()?;
+    let writes = found
+        .writes
+        .into_iter()
+        .map(|w| (w.ns, w.key, w.record, w.version, w.expires_at, w.mirror))
+        .collect();
+    Ok((writes, found.damaged))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

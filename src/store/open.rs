@@ -52,6 +52,8 @@ pub(crate) struct MetaState {
     pub engine_time: u64,
     pub records: u64,
     pub bytes: u64,
+    /// The current write-ahead log generation.
+    pub wal_gen: u64,
     pub epochs: HashMap<String, u64>,
     /// id → (namespace, dictionary bytes)
     pub dicts: HashMap<u32, (String, Vec<u8>)>,
@@ -203,6 +205,36 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
             }
         }
     }
+}
+
+/// Opens the write-ahead log of a directory database (see `wal.rs`).
+pub(crate) fn open_wal(
+    dir: &Path,
+    capacity: u64,
+    generation: u64,
+) -> Result<super::wal::Wal, OpenError> {
+    let io = |source| OpenError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(super::wal::WAL_FILE))
+        .map_err(io)?;
+    let backend = redb::backends::FileBackend::new(f).map_err(|e| match e {
+        DatabaseError::Storage(StorageError::Io(e)) => io(e),
+        other => OpenError::Storage(storage(other)),
+    })?;
+    // Through the fault-injecting wrapper, as the database file is.
+    let backend: Box<dyn redb::StorageBackend> = if cfg!(feature = "failpoints") {
+        Box::new(BoxedBackend(Box::new(backend)))
+    } else {
+        Box::new(backend)
+    };
+    super::wal::Wal::open(backend, capacity, generation).map_err(io)
 }
 
 /// Opens the file through redb's own file backend.
@@ -384,6 +416,17 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
         if stored != Some(FORMAT) {
             meta.insert(META_FORMAT, FORMAT.to_le_bytes().as_slice())?;
         }
+        if meta.get(META_WAL_GEN)?.is_none() {
+            // Random, so that a log left beside a new database by an older
+            // one never matches its generation.
+            use std::hash::BuildHasher;
+            let start = std::collections::hash_map::RandomState::new().hash_one(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            meta.insert(META_WAL_GEN, start.to_le_bytes().as_slice())?;
+        }
     }
     // Format 1's index, if any (false when there is none).
     w.delete_table(EXPIRY_V1)?;
@@ -398,6 +441,7 @@ fn init(db: &Database) -> Result<MetaState, redb::Error> {
         engine_time: num(META_TIME)?,
         records: num(META_RECORDS)?,
         bytes: num(META_BYTES)?,
+        wal_gen: num(META_WAL_GEN)?,
         ..Default::default()
     };
     for item in meta.range(META_EPOCH_PREFIX..)? {

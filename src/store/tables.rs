@@ -39,6 +39,9 @@ pub(crate) const META_FORMAT: &str = "format_version";
 pub(crate) const META_VERSION_HW: &str = "version_high_water";
 /// u64 LE: engine time at the last commit (restart floor, see clock.rs).
 pub(crate) const META_TIME: &str = "engine_time";
+/// u64 LE: the write-ahead log generation whose records are not yet all
+/// in a durable commit (see `wal.rs`). A new database starts at a random one.
+pub(crate) const META_WAL_GEN: &str = "wal_generation";
 /// u64 LE: number of records in ENTRIES.
 pub(crate) const META_RECORDS: &str = "records";
 /// u64 LE: key + record bytes in ENTRIES (the warm-tier byte bound).

@@ -2,7 +2,11 @@
 //! of writes (group commit), plus the maintenance work that needs a write
 //! transaction (expiry sweep, disk bound, epoch purge, hot-set snapshot).
 //!
-//! Every commit is `Durability::Immediate` (fsynced). `Buffered` mode waits
+//! A group of data writes is made durable by the write-ahead log (wal.rs)
+//! when the database has one: one record appended and fsynced, then a redb
+//! commit without fsync. Everything else, and every group when there is no
+//! log, is a `Durability::Immediate` (fsynced) commit, which is also a
+//! checkpoint of the log. `Buffered` mode waits
 //! up to `max_delay` to fill a group; a write that someone waits for (Sync
 //! mode, a durable write, `flush`, `close`) ends the gathering at once.
 //! While one commit is being fsynced, new writes pile up in the channel and
@@ -13,6 +17,7 @@ use super::outbox::{EPOCH_NAMESPACE, Outbox, OutboxDelta, OutboxKind};
 use super::record::decode_header;
 use super::tables::reads_through;
 use super::tables::*;
+use super::wal::{Logged, Wal, Write};
 use crate::engine::Shared;
 use crate::error::{WriteError, storage};
 use crate::namespace::Namespace;
@@ -94,6 +99,43 @@ impl Op {
         }
     }
 
+    /// A data write as the log takes it.
+    fn logged(&self) -> Option<Write<'_>> {
+        match self {
+            Op::Put {
+                ns,
+                key,
+                record,
+                version,
+                expires_at,
+                mirror,
+                ..
+            } => Some(Write {
+                ns: &ns.name,
+                key,
+                record: Some(record),
+                version: *version,
+                expires_at: *expires_at,
+                mirror: *mirror,
+            }),
+            Op::Delete {
+                ns,
+                key,
+                version,
+                mirror,
+                ..
+            } => Some(Write {
+                ns: &ns.name,
+                key,
+                record: None,
+                version: *version,
+                expires_at: 0,
+                mirror: *mirror,
+            }),
+            _ => None,
+        }
+    }
+
     /// The (namespace id, key) a data write targets.
     fn target(&self) -> Option<(u32, &[u8])> {
         match self {
@@ -144,11 +186,24 @@ pub(crate) struct Writer {
     /// Where the disk bound's walk over entries without a TTL resumes:
     /// (namespace, key); empty at the start.
     evict_cursor: (String, Vec<u8>),
+    /// The write-ahead log, if the database has one.
+    wal: Option<Wal>,
+    /// The log failed to write or fsync: what it holds after that is
+    /// unknown, so no group is logged again in this process (every commit
+    /// is durable instead). Recovery still reads what it held before.
+    wal_broken: bool,
 }
 
 impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Op>, purge: Vec<(String, u64)>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<Op>,
+        purge: Vec<(String, u64)>,
+        wal: Option<Wal>,
+    ) -> Self {
         Writer {
+            wal,
+            wal_broken: false,
             shared,
             rx,
             carry: Vec::new(),
@@ -192,7 +247,7 @@ impl Writer {
             // A panic while applying a group (a bug, or an injected fault)
             // must not kill the only writer: treat it as a failed commit;
             // the transaction was dropped, so nothing of it was applied.
-            let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group)))
+            let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group, true)))
                 .unwrap_or_else(|_| {
                     // A bug, an injected fault, or redb meeting a damaged
                     // page: a walk of the tables tells the last one apart.
@@ -219,7 +274,7 @@ impl Writer {
                         let late_result = if late.is_empty() {
                             Ok(())
                         } else {
-                            catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut late)))
+                            catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut late, true)))
                                 .unwrap_or_else(|_| Err(injected("commit (panicked)")))
                         };
                         match late_result {
@@ -275,7 +330,7 @@ impl Writer {
     /// open it again; redb repairs at open. A read transaction still open
     /// keeps the old file open, so the open can fail; then the database
     /// stays closed, warm-tier reads fail, and the next retry tries again.
-    fn reopen(&self) {
+    fn reopen(&mut self) {
         let sh = &self.shared;
         if matches!(sh.source, Source::Memory) {
             return;
@@ -301,6 +356,11 @@ impl Writer {
             Ok(o) => {
                 *sh.db.write() = Some(Arc::new(o.db));
                 tracing::info!("database reopened after an I/O error");
+                // redb dropped the commits made without fsync: the log
+                // holds those writes.
+                if let Err(e) = self.recover(o.meta.wal_gen) {
+                    tracing::warn!(error = %e, "replaying the write-ahead log after reopening failed; will retry");
+                }
             }
             Err(e) => tracing::warn!(error = %e, "reopening the database failed; will retry"),
         }
@@ -370,11 +430,146 @@ impl Writer {
         }
     }
 
-    /// Applies a group in one transaction and commits it with fsync.
-    fn commit_group(&mut self, group: &mut [Op]) -> Result<(), Arc<redb::Error>> {
+    /// Applies the writes the log holds beyond the durable database, in
+    /// one durable commit: at open after a crash, and after a reopen (redb
+    /// drops its commits made without fsync). `generation` is the log generation
+    /// the database says is current. Returns the number of writes applied.
+    pub(crate) fn recover(&mut self, generation: u64) -> Result<usize, Arc<redb::Error>> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(0);
+        };
+        wal.reset(generation);
+        let (found, end) = wal.read_back().map_err(|e| storage(redb::Error::Io(e)))?;
+        if found.writes.is_empty() {
+            return Ok(0);
+        }
+        let sh = self.shared.clone();
+        let mut group = Vec::with_capacity(found.writes.len());
+        for w in found.writes {
+            let Ok(ns) = sh.ns.get(&w.ns) else {
+                tracing::error!(namespace = %w.ns, "write-ahead log names a namespace this process refuses; write skipped");
+                continue;
+            };
+            sh.next_version.fetch_max(w.version + 1, Ordering::SeqCst);
+            let Logged {
+                key,
+                record,
+                version,
+                expires_at,
+                mirror,
+                ..
+            } = w;
+            let hash = sh.hot.hash(ns.id, &key);
+            let key = key.into_boxed_slice();
+            group.push(match record {
+                Some(record) => Op::Put {
+                    ns,
+                    hash,
+                    key,
+                    record,
+                    version,
+                    expires_at,
+                    mirror,
+                    done: None,
+                },
+                None => Op::Delete {
+                    ns,
+                    hash,
+                    key,
+                    version,
+                    mirror,
+                    done: None,
+                },
+            });
+        }
+        let n = group.len();
+        self.commit_group(&mut group, false)?;
+        tracing::info!(
+            writes = n,
+            records = found.records,
+            bytes = end,
+            "replayed the write-ahead log"
+        );
+        Ok(n)
+    }
+
+    /// Logs `group` if it can be: data writes only (and flushes), a log
+    /// that works and has room. `true`: the group is durable in the log.
+    fn log(&mut self, group: &[Op]) -> bool {
+        if self.wal_broken
+            || !group
+                .iter()
+                .all(|o| matches!(o, Op::Put { .. } | Op::Delete { .. } | Op::Flush(_)))
+        {
+            return false;
+        }
+        let Some(wal) = self.wal.as_mut() else {
+            return false;
+        };
+        match wal.append(group.iter().filter_map(Op::logged)) {
+            Ok(logged) => logged,
+            Err(e) => {
+                // A durable commit takes this group (and every later one);
+                // it also starts a new generation, so whatever part of this
+                // record reached the file is never replayed.
+                self.wal_broken = true;
+                add(&self.shared.counters.write_errors, 1);
+                tracing::error!(error = %e, "the write-ahead log failed; committing every group with fsync from now on");
+                false
+            }
+        }
+    }
+
+    /// Commits `txn` with fsync. The database then holds everything the
+    /// log held, so the same commit makes the log's next generation
+    /// current, and the log starts over.
+    fn commit_durable(&mut self, txn: redb::WriteTransaction) -> Result<(), Arc<redb::Error>> {
+        let next = self.wal.as_ref().map(|w| w.generation().wrapping_add(1));
+        if let Some(g) = next {
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert(META_WAL_GEN, g.to_le_bytes().as_slice())
+                .map_err(storage)?;
+        }
+        if let Err(e) = txn.commit() {
+            // The commit may have reached the disk anyway (a failed fsync
+            // says nothing either way), and with it the new generation:
+            // records logged under the old one would then be ignored by
+            // recovery. Log no more in this process.
+            if next.is_some() {
+                self.wal_broken = true;
+            }
+            return Err(storage(e));
+        }
+        if let (Some(w), Some(g)) = (self.wal.as_mut(), next) {
+            w.reset(g);
+        }
+        Ok(())
+    }
+
+    /// A durable commit of nothing, if the log holds anything: bounds how
+    /// much recovery replays, and lets redb free the pages of the commits
+    /// made without fsync (it frees pages only in durable ones).
+    fn checkpoint(&mut self) -> Result<(), Arc<redb::Error>> {
+        if self.wal.as_ref().is_none_or(|w| w.used() == 0) {
+            return Ok(());
+        }
+        let txn = self.shared.db()?.begin_write().map_err(storage)?;
+        self.commit_durable(txn)
+    }
+
+    /// Applies a group in one transaction and commits it: logged and
+    /// committed without fsync when `may_log` and [`Self::log`] take it,
+    /// else committed with fsync.
+    fn commit_group(&mut self, group: &mut [Op], may_log: bool) -> Result<(), Arc<redb::Error>> {
         let sh = self.shared.clone();
         let start = Instant::now();
-        let txn = sh.db()?.begin_write().map_err(storage)?;
+        let mut txn = sh.db()?.begin_write().map_err(storage)?;
+        let logged = may_log && self.log(group);
+        if logged {
+            txn.set_durability(redb::Durability::None)
+                .map_err(storage)?;
+        }
         let mut delta = Delta::default();
         let mut od = OutboxDelta::default();
         {
@@ -498,7 +693,11 @@ impl Writer {
             self.write_counters(&mut meta, &delta)?;
         }
         failpoint!("writer::commit", |_| Err(injected("commit")));
-        txn.commit().map_err(storage)?;
+        if logged {
+            txn.commit().map_err(storage)?;
+        } else {
+            self.commit_durable(txn)?;
+        }
         self.after_commit(&delta, start, group.len());
         let c = &sh.counters;
         c.outbox_rows.store(
@@ -602,7 +801,7 @@ impl Writer {
     fn maintain_inner(&mut self) {
         self.last_maintenance = Instant::now();
         let snapshot_due = self.last_snapshot.elapsed() >= self.shared.limits.snapshot_interval;
-        let steps: [(&str, Result<(), Arc<redb::Error>>); 4] = [
+        let steps: [(&str, Result<(), Arc<redb::Error>>); 5] = [
             ("expiry sweep", self.sweep_expired()),
             ("disk bound", self.enforce_disk_bound()),
             ("epoch purge", self.purge_old_epochs()),
@@ -614,6 +813,7 @@ impl Writer {
                     Ok(())
                 },
             ),
+            ("log checkpoint", self.checkpoint()),
         ];
         for (step, r) in steps {
             if let Err(e) = r {
@@ -825,7 +1025,7 @@ impl Writer {
         if !changed {
             return txn.abort().map_err(storage);
         }
-        txn.commit().map_err(storage)?;
+        self.commit_durable(txn)?;
         self.after_commit(delta, Instant::now(), 0);
         Ok(())
     }
@@ -922,8 +1122,7 @@ impl Writer {
             // crash from reviving expired entries kept for stale reads.
             self.write_counters(&mut meta, &Delta::default())?;
         }
-        txn.commit().map_err(storage)?;
-        Ok(())
+        self.commit_durable(txn)
     }
 }
 

@@ -1,0 +1,150 @@
+//! The write-ahead log (src/store/wal.rs) seen from the outside: a copy of
+//! the cache's directory taken while it runs is what a crash leaves (redb
+//! keeps its commits made without fsync in memory), and opening that copy
+//! must give back every `Sync` write through the log.
+//!
+//! The log's own power-loss test (torn and unsynced records) is in
+//! wal.rs; kill -9 of a writing process is tests/crash.rs and
+//! tests/torture.rs, which both fail if the log is not replayed.
+
+use embercache::{Cache, Durability, Limits};
+use std::path::Path;
+use std::time::Duration;
+
+fn open(dir: &Path, wal_bytes: u64) -> Cache {
+    let mut limits = Limits::default();
+    // No checkpoint unless the test asks for one.
+    limits.maintenance_interval = Duration::from_secs(3600);
+    limits.wal_bytes = wal_bytes;
+    Cache::builder()
+        .dir(dir)
+        .durability(Durability::Sync)
+        .limits(limits)
+        .open()
+        .expect("open")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:04}").into_bytes()
+}
+
+fn value(i: usize, round: usize) -> Vec<u8> {
+    format!(
+        "{{\"id\":{i},\"round\":{round},\"pad\":\"{}\"}}",
+        "x".repeat(i % 300)
+    )
+    .into_bytes()
+}
+
+fn get(c: &Cache, i: usize) -> Option<Vec<u8>> {
+    c.get("n", &key(i)).unwrap().map(|b| b.to_vec())
+}
+
+#[test]
+fn a_copy_taken_while_open_gets_every_sync_write_back_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, copy, without) = (
+        tmp.path().join("live"),
+        tmp.path().join("copy"),
+        tmp.path().join("without"),
+    );
+    let c = open(&live, 16 << 20);
+    for i in 0..300 {
+        c.set("n", &key(i), value(i, 0)).unwrap();
+    }
+    // A checkpoint: what came before is in a durable commit.
+    c.run_maintenance().unwrap();
+    for i in 0..300 {
+        match i % 3 {
+            0 => c.set("n", &key(i), value(i, 1)).unwrap(),
+            1 => c.delete("n", &key(i)).unwrap(),
+            _ => {}
+        }
+    }
+    copy_dir(&live, &copy);
+    copy_dir(&live, &without);
+    let expected = |i: usize| match i % 3 {
+        0 => Some(value(i, 1)),
+        1 => None,
+        _ => Some(value(i, 0)),
+    };
+    let r = open(&copy, 16 << 20);
+    for i in 0..300 {
+        assert_eq!(get(&r, i), expected(i), "key {i}");
+    }
+    assert_eq!(r.stats().disk_records, 200);
+    // The replay was a durable commit: a copy of the copy needs no log.
+    r.close().unwrap();
+    std::fs::remove_file(copy.join("embercache.wal")).unwrap();
+    let r = open(&copy, 16 << 20);
+    assert_eq!(get(&r, 0), expected(0));
+    assert_eq!(get(&r, 1), None);
+    r.close().unwrap();
+
+    // The writes after the checkpoint were only in the log: without it
+    // the copy has the state of the checkpoint. (This is what makes the
+    // test above a test of the log.)
+    std::fs::remove_file(without.join("embercache.wal")).unwrap();
+    let w = open(&without, 0);
+    assert_eq!(get(&w, 0), Some(value(0, 0)));
+    assert_eq!(get(&w, 1), Some(value(1, 0)));
+    w.close().unwrap();
+    c.close().unwrap();
+}
+
+#[test]
+fn a_log_left_beside_another_database_is_not_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let c = open(&a, 16 << 20);
+    c.set("n", b"k", b"from a".to_vec()).unwrap();
+    // b: a new database of its own, as a crash leaves it (no commit since
+    // it was created, so still at its first log generation), then a's log
+    // (holding the write) in it.
+    let fresh = open(&tmp.path().join("b-live"), 16 << 20);
+    copy_dir(&tmp.path().join("b-live"), &b);
+    fresh.close().unwrap();
+    std::fs::copy(a.join("embercache.wal"), b.join("embercache.wal")).unwrap();
+    let other = open(&b, 16 << 20);
+    assert_eq!(other.get("n", b"k").unwrap(), None);
+    other.close().unwrap();
+    // In its own directory the same log is replayed.
+    let again = tmp.path().join("a2");
+    copy_dir(&a, &again);
+    let own = open(&again, 16 << 20);
+    assert_eq!(own.get("n", b"k").unwrap().as_deref(), Some(&b"from a"[..]));
+    own.close().unwrap();
+    c.close().unwrap();
+}
+
+#[test]
+fn a_full_log_falls_back_to_durable_commits_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, copy) = (tmp.path().join("live"), tmp.path().join("copy"));
+    // 64 KiB of log: about a hundred of these writes, then checkpoints.
+    let c = open(&live, 64 << 10);
+    for i in 0..1000 {
+        c.set("n", &key(i), value(i, 2)).unwrap();
+    }
+    assert!(
+        std::fs::metadata(live.join("embercache.wal"))
+            .unwrap()
+            .len()
+            <= 64 << 10
+    );
+    copy_dir(&live, &copy);
+    let r = open(&copy, 64 << 10);
+    for i in 0..1000 {
+        assert_eq!(get(&r, i), Some(value(i, 2)), "key {i}");
+    }
+    r.close().unwrap();
+    c.close().unwrap();
+}
