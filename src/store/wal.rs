@@ -245,7 +245,9 @@ impl Wal {
 fn encode(w: &Write<'_>, buf: &mut Vec<u8>) {
     let kind = if w.record.is_some() { PUT } else { DELETE };
     let (ns, key, record) = (w.ns, w.key, w.record.unwrap_or_default());
-    let (version, expires_at, mirror) = (w.version, w.expires_at, w.mirror);
+    // A delete has no expiry: it is logged as 0.
+    let expires_at = if w.record.is_some() { w.expires_at } else { 0 };
+    let (version, mirror) = (w.version, w.mirror);
     buf.push(kind);
     buf.push(u8::from(mirror));
     buf.extend_from_slice(&version.to_le_bytes());
@@ -327,8 +329,7 @@ mod tests_support {
             key: &l.key,
             record: l.record.as_deref(),
             version: l.version,
-            // A delete logs no expiry.
-            expires_at: if l.record.is_some() { l.expires_at } else { 0 },
+            expires_at: l.expires_at,
             mirror: l.mirror,
         }
     }
