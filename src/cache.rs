@@ -91,6 +91,7 @@ impl WriteOptions {
 pub struct CacheBuilder {
     dir: Option<PathBuf>,
     backend: Option<open::BackendFactory>,
+    wal_backend: Option<open::BackendFactory>,
     hot_capacity: u64,
     warm_capacity: u64,
     durability: Durability,
@@ -110,6 +111,7 @@ impl Default for CacheBuilder {
         CacheBuilder {
             dir: None,
             backend: None,
+            wal_backend: None,
             hot_capacity: 64 << 20,
             warm_capacity: 1 << 30,
             durability: Durability::default(),
@@ -157,6 +159,23 @@ impl CacheBuilder {
         B: redb::StorageBackend,
     {
         self.backend = Some(Arc::new(move || {
+            make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>)
+        }));
+        self
+    }
+
+    /// The write-ahead log's storage, for a cache whose database is on a
+    /// [`CacheBuilder::storage_backend`] (a directory cache keeps its log
+    /// in `embercache.wal` beside the database file). Called once at
+    /// open. Without it such a cache has no log, and every group of
+    /// writes is an fsynced database commit. Ignored when
+    /// [`Limits::wal_bytes`] is 0. Default: none.
+    pub fn wal_backend<F, B>(mut self, make: F) -> Self
+    where
+        F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
+        B: redb::StorageBackend,
+    {
+        self.wal_backend = Some(Arc::new(move || {
             make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>)
         }));
         self
@@ -434,9 +453,17 @@ impl CacheBuilder {
         counters.records.store(meta.records, Ordering::Relaxed);
         counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
         let wal_gen = meta.wal_gen;
-        let wal = match &source {
-            open::Source::Dir(dir) if self.limits.wal_bytes > 0 => {
-                Some(open::open_wal(dir, self.limits.wal_bytes, wal_gen)?)
+        let cap = self.limits.wal_bytes;
+        let wal = match (&source, &self.wal_backend) {
+            _ if cap == 0 => None,
+            (open::Source::Dir(dir), _) => Some(open::open_wal(dir, cap, wal_gen)?),
+            (open::Source::Backend(_), Some(make)) => {
+                let io = |source| OpenError::Io {
+                    dir: PathBuf::new(),
+                    source,
+                };
+                let file = make().map_err(io)?;
+                Some(crate::store::wal::Wal::open(file, cap, wal_gen).map_err(io)?)
             }
             _ => None,
         };

@@ -15,6 +15,11 @@
 //! - `get` and `scan` agree, and (on one image in four) a maintenance pass
 //!   after recovery (sweep, epoch purge) changes no read.
 //!
+//! Half the runs give the cache a write-ahead log on a second
+//! `PowerLossDisk` (`CacheBuilder::wal_backend`): a cut at any fsync of
+//! either disk takes an image of both, and the image pair is opened
+//! together (DURABILITY.md promise 7a).
+//!
 //! Acknowledged durable, per DURABILITY.md: in `Sync` mode every write that
 //! returned `Ok`; in either mode a per-call durable write, a `flush()` or a
 //! `close()` that returned `Ok` acknowledges itself and everything before
@@ -42,7 +47,7 @@
 //! failure writes its image to the temp directory and prints the operation
 //! log: that is the reproducer.
 
-use embercache::testing::{CrashImage, PowerLossDisk};
+use embercache::testing::{CrashImage, PowerCut, PowerLossDisk};
 use embercache::{Cache, Durability, Limits, ManualClock, NamespacePolicy, WriteOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -204,6 +209,8 @@ struct Progress {
 /// One power cut: the image and what was acknowledged / issued.
 struct Cut {
     image: CrashImage,
+    /// The write-ahead log's disk at the same instant, in runs with a log.
+    wal: Option<CrashImage>,
     acked: usize,
     issued: usize,
     /// The clock at the cut; the image is read at this time or later.
@@ -217,6 +224,8 @@ struct Figures {
     ops: u64,
     syncs: u64,
     images: u64,
+    /// Images of runs with a write-ahead log (a second disk).
+    with_log: u64,
     acked_writes: u64,
     acked_values_read: u64,
     lost: u64,
@@ -235,6 +244,7 @@ impl Figures {
         self.ops += o.ops;
         self.syncs += o.syncs;
         self.images += o.images;
+        self.with_log += o.with_log;
         self.acked_writes += o.acked_writes;
         self.acked_values_read += o.acked_values_read;
         self.lost += o.lost;
@@ -257,9 +267,16 @@ fn small_limits(rng: &mut StdRng) -> Limits {
     l
 }
 
-fn builder(disk: &PowerLossDisk, clock: &ManualClock) -> embercache::CacheBuilder {
-    let mut b = Cache::builder()
-        .storage_backend(disk.factory())
+fn builder(
+    disk: &PowerLossDisk,
+    wal: Option<&PowerLossDisk>,
+    clock: &ManualClock,
+) -> embercache::CacheBuilder {
+    let mut b = Cache::builder().storage_backend(disk.factory());
+    if let Some(w) = wal {
+        b = b.wal_backend(w.factory());
+    }
+    b = b
         .clock(clock.clone())
         .shards(2)
         .hot_capacity(1 << 20)
@@ -287,6 +304,9 @@ fn workload(seed: u64) -> (Vec<Issued>, Vec<Cut>, Figures) {
     let n_ops = rng.gen_range(30..120);
 
     let disk = PowerLossDisk::new();
+    // Half the runs have a write-ahead log on a second disk: a cut at any
+    // fsync of either takes an image of both.
+    let wal = rng.gen_bool(0.5).then(PowerLossDisk::new);
     let clock = ManualClock::new(T0);
     let progress = Arc::new(Progress {
         acked: AtomicUsize::new(0),
@@ -296,33 +316,44 @@ fn workload(seed: u64) -> (Vec<Issued>, Vec<Cut>, Figures) {
     // Reservoir sampling over every candidate cut of the run: each one is
     // kept with the same probability, wherever it falls in the run, and at
     // most IMAGES_PER_RUN images (copies of the disk) are held.
-    let kept: Arc<Mutex<Vec<Cut>>> = Arc::new(Mutex::new(Vec::new()));
-    {
+    let kept: Arc<Mutex<(usize, Vec<Cut>)>> = Arc::new(Mutex::new((0, Vec::new())));
+    // The hook of the disk that syncs takes the images: its own of the
+    // instant, and one of the other disk's unsynced state. Both disks sync
+    // only on the writer thread, and a hook holds only its own disk's lock
+    // when it takes the other's, so the two hooks never wait on each other.
+    let hook = |salt: u64, other: Option<PowerLossDisk>, syncing_is_wal: bool| {
         let progress = progress.clone();
         let clock = clock.clone();
         let kept = kept.clone();
-        let mut hrng = StdRng::seed_from_u64(seed ^ 0xC0FF_EE00);
-        let mut candidates: usize = 0;
-        disk.on_sync(move |cut| {
+        let mut hrng = StdRng::seed_from_u64(seed ^ 0xC0FF_EE00 ^ salt);
+        move |cut: &PowerCut<'_>| {
             if !progress.armed.load(Ordering::SeqCst) || cut.unsynced_ops() == 0 {
                 return;
             }
             let acked = progress.acked.load(Ordering::SeqCst);
             for _ in 0..hrng.gen_range(1..=3) {
-                candidates += 1;
                 let mut kept = kept.lock().unwrap();
+                let (candidates, kept) = &mut *kept;
+                *candidates += 1;
                 let slot = if kept.len() < IMAGES_PER_RUN {
                     kept.len()
                 } else {
-                    let r = hrng.gen_range(0..candidates);
+                    let r = hrng.gen_range(0..*candidates);
                     if r >= IMAGES_PER_RUN {
                         continue;
                     }
                     r
                 };
-                let image = cut.image(hrng.r#gen());
+                let own = cut.image(hrng.r#gen());
+                let theirs = other.as_ref().map(|o| o.crash_image(hrng.r#gen()));
+                let (image, wal) = if syncing_is_wal {
+                    (theirs.expect("the database disk"), Some(own))
+                } else {
+                    (own, theirs)
+                };
                 let c = Cut {
                     image,
+                    wal,
                     acked,
                     issued: progress.issued.load(Ordering::SeqCst),
                     at: clock.now_ms(),
@@ -334,11 +365,15 @@ fn workload(seed: u64) -> (Vec<Issued>, Vec<Cut>, Figures) {
                     kept[slot] = c;
                 }
             }
-        });
+        }
+    };
+    disk.on_sync(hook(0, wal.clone(), false));
+    if let Some(w) = &wal {
+        w.on_sync(hook(1, Some(disk.clone()), true));
     }
 
     let open = || {
-        builder(&disk, &clock)
+        builder(&disk, wal.as_ref(), &clock)
             .durability(durability)
             .limits(limits.clone())
             .open()
@@ -412,11 +447,14 @@ fn workload(seed: u64) -> (Vec<Issued>, Vec<Cut>, Figures) {
     cache.take().expect("open").close().expect("close");
     progress.acked.store(n_ops, Ordering::SeqCst);
     disk.clear_hook();
-    let cuts = std::mem::take(&mut *kept.lock().unwrap());
+    if let Some(w) = &wal {
+        w.clear_hook();
+    }
+    let cuts = std::mem::take(&mut kept.lock().unwrap().1);
     let figures = Figures {
         runs: 1,
         ops: n_ops as u64,
-        syncs: disk.syncs(),
+        syncs: disk.syncs() + wal.as_ref().map_or(0, PowerLossDisk::syncs),
         ..Figures::default()
     };
     (log, cuts, figures)
@@ -503,6 +541,9 @@ fn check(seed: u64, n: usize, log: &[Issued], cut: &Cut, rng: &mut StdRng, f: &m
     let fail = |why: String| -> ! {
         let path = std::env::temp_dir().join(format!("embercache-power-loss-{seed:x}-{n}.img"));
         let _ = std::fs::write(&path, &cut.image.bytes);
+        if let Some(w) = &cut.wal {
+            let _ = std::fs::write(path.with_extension("wal"), &w.bytes);
+        }
         let mut ops = String::new();
         for (i, e) in log.iter().enumerate().take(cut.issued) {
             let op = match &e.op {
@@ -537,7 +578,11 @@ fn check(seed: u64, n: usize, log: &[Issued], cut: &Cut, rng: &mut StdRng, f: &m
             path.display()
         );
     };
-    let cache = match builder(&disk, &clock)
+    let wal = cut
+        .wal
+        .as_ref()
+        .map(|w| PowerLossDisk::from_image(w.bytes.clone()));
+    let cache = match builder(&disk, wal.as_ref(), &clock)
         .durability(Durability::Sync)
         .strict(true)
         .open()
@@ -646,6 +691,10 @@ fn check(seed: u64, n: usize, log: &[Issued], cut: &Cut, rng: &mut StdRng, f: &m
     }
     f.images += 1;
     f.torn += cut.image.torn as u64;
+    if let Some(w) = &cut.wal {
+        f.with_log += 1;
+        f.torn += w.torn as u64;
+    }
     f.unsynced_dropped += (cut.image.unsynced - cut.image.applied) as u64;
     f.unsynced_total += cut.image.unsynced as u64;
     f.image_bytes_max = f.image_bytes_max.max(cut.image.bytes.len() as u64);
@@ -694,11 +743,12 @@ fn suite(default_images: u64) {
     let started = Instant::now();
     let f = run(base, images);
     eprintln!(
-        "power loss (base seed {base:#x}): {} images checked from {} runs ({} ops, {} syncs) \
+        "power loss (base seed {base:#x}): {} images checked ({} with a write-ahead log) from {} runs ({} ops, {} syncs) \
          in {:.1} s; {} acknowledged writes verified ({} acknowledged values read back), \
          lost = {}, resurrected = {}; {} torn writes injected, {} of {} unsynced ops dropped; \
          images up to {} KiB; reopen + first reads avg {:.2} ms, max {:.1} ms",
         f.images,
+        f.with_log,
         f.runs,
         f.ops,
         f.syncs,
@@ -717,6 +767,7 @@ fn suite(default_images: u64) {
     assert!(f.images >= images, "only {} images checked", f.images);
     assert!(f.acked_writes > 0, "nothing acknowledged: nothing checked");
     assert!(f.torn > 0, "no torn write was injected");
+    assert!(f.with_log > 0, "no image had a write-ahead log");
     assert_eq!((f.lost, f.resurrected), (0, 0));
 }
 
