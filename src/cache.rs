@@ -453,10 +453,11 @@ impl CacheBuilder {
         counters.records.store(meta.records, Ordering::Relaxed);
         counters.disk_bytes.store(meta.bytes, Ordering::Relaxed);
         let wal_gen = meta.wal_gen;
+        // A log is opened (and replayed) when there is one even with
+        // `wal_bytes` 0: it may hold acknowledged writes of an earlier run.
         let cap = self.limits.wal_bytes;
         let wal = match (&source, &self.wal_backend) {
-            _ if cap == 0 => None,
-            (open::Source::Dir(dir), _) => Some(open::open_wal(dir, cap, wal_gen)?),
+            (open::Source::Dir(dir), _) => open::open_wal(dir, cap, wal_gen)?,
             (open::Source::Backend(_), Some(make)) => {
                 let io = |source| OpenError::Io {
                     dir: PathBuf::new(),
@@ -508,7 +509,25 @@ impl CacheBuilder {
         });
         let mut writer = Writer::new(shared.clone(), rx, purge, wal);
         // Writes acknowledged before a crash that only the log holds.
-        writer.recover(wal_gen).map_err(OpenError::Storage)?;
+        // redb may panic on a damaged page: blamed on the file only if a
+        // walk of the tables fails too (as a commit panic is).
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.recover(wal_gen))) {
+            Ok(r) => {
+                r.map_err(OpenError::Storage)?;
+            }
+            Err(_) => {
+                let healthy = shared
+                    .db()
+                    .map_or(true, |db| crate::store::tables::reads_through(&db));
+                return Err(OpenError::Storage(if healthy {
+                    Arc::new(redb::Error::Io(std::io::Error::other(
+                        "replaying the write-ahead log panicked",
+                    )))
+                } else {
+                    shared.damaged("replaying the write-ahead log")
+                }));
+            }
+        }
         let spawn_err = |source| OpenError::Io {
             dir: self.dir.clone().unwrap_or_default(),
             source,

@@ -172,9 +172,13 @@ pub struct Limits {
     /// to the log and fsyncing that, then applied to the database without
     /// fsync; a durable database commit (every maintenance pass, or when
     /// the log is full) takes over what the log held, and the log starts
-    /// over. The file grows in 1 MiB steps up to this size. 0 turns the
-    /// log off: every group is then a durable database commit. Only a
-    /// cache opened on a directory has a log. Default: 16 MiB.
+    /// over. The file grows in 1 MiB steps up to this size (it never
+    /// shrinks: a lower value takes effect only for a new file). 0 turns
+    /// the log off: every group is then a durable database commit, and a
+    /// log left by an earlier run is still replayed at open. A cache
+    /// opened on a directory keeps it in `embercache.wal`; one on a
+    /// storage backend has a log only with `CacheBuilder::wal_backend`.
+    /// Default: 16 MiB.
     pub wal_bytes: u64,
 }
 

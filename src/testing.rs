@@ -452,7 +452,7 @@ pub fn wal_read_back(
     let disk = PowerLossDisk::from_image(image);
     let len = disk.len()?;
     let wal = crate::store::wal::Wal::open(Box::new(disk), len, generation)?;
-    let (found, _) = wal.read_back()?;
+    let (found, _) = wal.read_back(generation)?;
     let writes = found
         .writes
         .into_iter()

@@ -422,3 +422,75 @@ fn engine_time_is_persisted_while_idle() {
     drop(c2);
     drop(cache);
 }
+
+/// Writes committed only through the write-ahead log (no checkpoint since)
+/// are gone from redb when the writer reopens it after a write error: the
+/// reopen replays them before any reader sees the database, and the record
+/// counts start again from the durable database instead of counting the
+/// lost commits twice.
+#[test]
+fn a_reopen_after_a_write_error_replays_the_logged_writes() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut limits = embercache::Limits::default();
+    limits.maintenance_interval = Duration::from_secs(3600);
+    let open = || {
+        Cache::builder()
+            .dir(dir.path())
+            .clock(clock.clone())
+            .durability(Durability::Sync)
+            .limits(limits.clone())
+            .hot_capacity(16 << 10)
+            .shards(1)
+            .open()
+            .unwrap()
+    };
+    let c = open();
+    // A checkpoint with the first 50; the rest only in the log.
+    for i in 0..50u32 {
+        c.set("ns", &i.to_be_bytes(), value(i)).unwrap();
+    }
+    c.run_maintenance().unwrap();
+    for i in 50..150u32 {
+        c.set("ns", &i.to_be_bytes(), value(i)).unwrap();
+    }
+    for i in (0..150u32).step_by(5) {
+        c.delete("ns", &i.to_be_bytes()).unwrap();
+    }
+    let records = c.stats().disk_records;
+    assert_eq!(records, 120);
+
+    // ENOSPC on every write: the log's append fails first (the group then
+    // takes a durable commit), then redb's, which never wrote the pages of
+    // its commits without fsync.
+    fail::cfg("disk::write", "return").unwrap();
+    assert!(c.set("ns", b"during", b"the fault".to_vec()).is_err());
+    fail::remove("disk::write");
+    wait_recovered(&c);
+    let s = c.stats();
+    assert!(s.write_errors >= 1);
+    // 120 + the retried write, each counted once.
+    assert_eq!(s.disk_records, 121, "record count after the reopen");
+    let check = |c: &Cache| {
+        for i in 0..150u32 {
+            let want = (i % 5 != 0).then(|| value(i));
+            assert_eq!(
+                c.get("ns", &i.to_be_bytes()).unwrap().map(|b| b.to_vec()),
+                want,
+                "key {i}"
+            );
+        }
+        assert_eq!(
+            c.get("ns", b"during").unwrap().as_deref(),
+            Some(&b"the fault"[..])
+        );
+    };
+    check(&c);
+    c.close().unwrap();
+    let c = open();
+    check(&c);
+    assert_eq!(c.stats().disk_records, 121);
+    c.close().unwrap();
+    scenario.teardown();
+}

@@ -207,23 +207,36 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
     }
 }
 
-/// Opens the write-ahead log of a directory database (see `wal.rs`).
+/// Opens the write-ahead log of a directory database (see `wal.rs`),
+/// creating it unless `capacity` is 0 (the log is off; one left by an
+/// earlier run is still opened, to be replayed).
 pub(crate) fn open_wal(
     dir: &Path,
     capacity: u64,
     generation: u64,
-) -> Result<super::wal::Wal, OpenError> {
+) -> Result<Option<super::wal::Wal>, OpenError> {
     let io = |source| OpenError::Io {
         dir: dir.to_path_buf(),
         source,
     };
+    let path = dir.join(super::wal::WAL_FILE);
+    let exists = path.try_exists().map_err(io)?;
+    if capacity == 0 && !exists {
+        return Ok(None);
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(dir.join(super::wal::WAL_FILE))
+        .open(&path)
         .map_err(io)?;
+    if !exists {
+        // The new name must survive a power cut with the records in it.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
     let backend = redb::backends::FileBackend::new(f).map_err(|e| match e {
         DatabaseError::Storage(StorageError::Io(e)) => io(e),
         other => OpenError::Storage(storage(other)),
@@ -234,7 +247,9 @@ pub(crate) fn open_wal(
     } else {
         Box::new(backend)
     };
-    super::wal::Wal::open(backend, capacity, generation).map_err(io)
+    super::wal::Wal::open(backend, capacity, generation)
+        .map(Some)
+        .map_err(io)
 }
 
 /// Opens the file through redb's own file backend.

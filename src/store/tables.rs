@@ -63,8 +63,11 @@ pub(crate) fn dict_key(id: u32) -> String {
     format!("{META_DICT_PREFIX}{id:010}")
 }
 
-/// The database format this build writes.
-pub(crate) const FORMAT: u32 = 3;
+/// The database format this build writes. 4: the write-ahead log
+/// (`wal_generation` in meta, `embercache.wal` beside the file); a build
+/// that knows only format 3 would ignore the log and lose what it holds,
+/// so it must refuse the file.
+pub(crate) const FORMAT: u32 = 4;
 
 pub(crate) fn u64_from(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))

@@ -136,8 +136,8 @@ impl Wal {
         Ok(wal)
     }
 
-    /// The writes of the current generation and where they end.
-    pub(crate) fn read_back(&self) -> io::Result<(Recovered, u64)> {
+    /// The writes of `generation` and where they end. Reads only.
+    pub(crate) fn read_back(&self, generation: u64) -> io::Result<(Recovered, u64)> {
         let mut out = Recovered::default();
         let mut at = 0u64;
         let mut head = [0u8; HEADER];
@@ -145,14 +145,14 @@ impl Wal {
             self.file.read(at, &mut head)?;
             let n = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
             let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-            let generation = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+            let gen_of = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
             let end = at + HEADER as u64 + u64::from(n);
-            if n == 0 || generation != self.generation || end > self.len {
+            if n == 0 || gen_of != generation || end > self.len {
                 break;
             }
             let mut payload = vec![0u8; n as usize];
             self.file.read(at + HEADER as u64, &mut payload)?;
-            if checksum(n, generation, &payload) != crc {
+            if checksum(n, gen_of, &payload) != crc {
                 break;
             }
             // A record whose checksum holds was written whole by us: one
@@ -366,7 +366,7 @@ mod tests {
         assert!(wal.append(b.iter().map(view)).unwrap());
         // Nothing to log: no record, no I/O.
         assert!(wal.append([]).unwrap());
-        let (got, end) = wal.read_back().unwrap();
+        let (got, end) = wal.read_back(wal.generation()).unwrap();
         let want: Vec<Logged> = a.iter().chain(&b).map(logged).collect();
         assert_eq!(got.writes, want);
         assert_eq!((got.records, end), (2, wal.used()));
@@ -375,14 +375,16 @@ mod tests {
         // A checkpoint: the next generation overwrites from the start; the
         // older records behind it are never read back.
         wal.reset(8);
-        assert_eq!(wal.read_back().unwrap().0.writes, Vec::<Logged>::new());
+        assert_eq!(
+            wal.read_back(wal.generation()).unwrap().0.writes,
+            Vec::<Logged>::new()
+        );
         let c = group(9, 2);
         assert!(wal.append(c.iter().map(view)).unwrap());
-        let got = wal.read_back().unwrap().0.writes;
+        let got = wal.read_back(wal.generation()).unwrap().0.writes;
         assert_eq!(got, c.iter().map(logged).collect::<Vec<_>>());
         // Read at the old generation, the log holds nothing.
-        wal.reset(7);
-        assert!(wal.read_back().unwrap().0.writes.is_empty());
+        assert!(wal.read_back(7).unwrap().0.writes.is_empty());
     }
 
     #[test]
@@ -406,7 +408,7 @@ mod tests {
             bad[at as usize] ^= 0x40;
             let (got, stop) = Wal::open(Box::new(copy(&bad)), 1 << 20, 1)
                 .unwrap()
-                .read_back()
+                .read_back(1)
                 .unwrap();
             assert_eq!(got.writes, only_a, "{what} damaged");
             assert_eq!(stop, second, "{what} damaged");
@@ -416,7 +418,7 @@ mod tests {
         let torn = copy(&image[..(end - 3) as usize]);
         let (got, stop) = Wal::open(Box::new(torn), 1 << 20, 1)
             .unwrap()
-            .read_back()
+            .read_back(1)
             .unwrap();
         assert_eq!((got.writes, stop), (only_a, second));
     }
@@ -442,7 +444,7 @@ mod tests {
         rec.extend_from_slice(&3u64.to_le_bytes());
         rec.extend_from_slice(&payload);
         wal.file.write(at, &rec).unwrap();
-        let (got, stop) = wal.read_back().unwrap();
+        let (got, stop) = wal.read_back(wal.generation()).unwrap();
         assert_eq!(got.writes, a.iter().map(logged).collect::<Vec<_>>());
         assert_eq!(stop, at);
         assert!(got.damaged.unwrap().contains("unknown write kind"));
@@ -488,7 +490,7 @@ mod tests {
         let before = wal.used();
         assert!(!wal.append(group(i, 4).iter().map(view)).unwrap());
         assert_eq!(wal.used(), before);
-        assert_eq!(wal.read_back().unwrap().0.writes, appended);
+        assert_eq!(wal.read_back(wal.generation()).unwrap().0.writes, appended);
         // After a checkpoint there is room again.
         wal.reset(6);
         assert!(wal.append(group(i, 4).iter().map(view)).unwrap());
@@ -509,7 +511,7 @@ mod tests {
             assert!(wal.len.is_multiple_of(GROW) || wal.len == 3 * GROW + 100);
         }
         assert_eq!(n, 5);
-        assert_eq!(wal.read_back().unwrap().0.writes.len(), 5);
+        assert_eq!(wal.read_back(wal.generation()).unwrap().0.writes.len(), 5);
     }
 }
 
@@ -579,7 +581,7 @@ mod power_loss {
                 g,
             )
             .unwrap();
-            let (got, _) = wal.read_back().unwrap();
+            let (got, _) = wal.read_back(wal.generation()).unwrap();
             assert!(got.damaged.is_none());
             let k = got.records;
             assert!(

@@ -188,10 +188,20 @@ pub(crate) struct Writer {
     evict_cursor: (String, Vec<u8>),
     /// The write-ahead log, if the database has one.
     wal: Option<Wal>,
-    /// The log failed to write or fsync: what it holds after that is
-    /// unknown, so no group is logged again in this process (every commit
-    /// is durable instead). Recovery still reads what it held before.
-    wal_broken: bool,
+    /// Groups are not logged (every commit is durable): the log is off
+    /// (`wal_bytes` 0; the file is still replayed and kept in step), or it
+    /// failed to write or fsync, or a durable commit failed (it may have
+    /// reached the disk with the next generation). Recovery still reads
+    /// what the log held.
+    no_logging: bool,
+    /// The log generation a reopen could not replay yet (the replay
+    /// failed): until it is replayed, nothing commits, so neither a logged
+    /// group nor a new generation can overwrite those writes.
+    unreplayed: Option<u64>,
+    /// A database reopened after an I/O error and not yet given to
+    /// readers: the log is replayed into it first, so no reader sees it
+    /// without the writes it lost.
+    unpublished: Option<Arc<redb::Database>>,
 }
 
 impl Writer {
@@ -202,8 +212,10 @@ impl Writer {
         wal: Option<Wal>,
     ) -> Self {
         Writer {
+            no_logging: shared.limits.wal_bytes == 0,
+            unreplayed: None,
+            unpublished: None,
             wal,
-            wal_broken: false,
             shared,
             rx,
             carry: Vec::new(),
@@ -335,7 +347,7 @@ impl Writer {
         if matches!(sh.source, Source::Memory) {
             return;
         }
-        let old = sh.db.write().take();
+        let old = sh.db.write().take().or(self.unpublished.take());
         // Readers of the old database would fail (see `store::readers`).
         sh.readers.drop_all();
         if let Some(mut old) = old {
@@ -354,16 +366,53 @@ impl Writer {
         }
         match super::open::open(&sh.source, true) {
             Ok(o) => {
-                *sh.db.write() = Some(Arc::new(o.db));
+                // redb dropped the commits made without fsync, and the
+                // counters still count them: start again from what the
+                // durable database says, then replay the log (which holds
+                // those writes) before any reader sees the database.
+                let c = &sh.counters;
+                c.records.store(o.meta.records, Ordering::Relaxed);
+                c.disk_bytes.store(o.meta.bytes, Ordering::Relaxed);
+                if let Ok((rows, bytes)) = super::outbox::measure(&o.db) {
+                    c.outbox_rows.store(rows, Ordering::Relaxed);
+                    c.outbox_bytes.store(bytes, Ordering::Relaxed);
+                }
                 tracing::info!("database reopened after an I/O error");
-                // redb dropped the commits made without fsync: the log
-                // holds those writes.
-                if let Err(e) = self.recover(o.meta.wal_gen) {
+                self.unpublished = Some(Arc::new(o.db));
+                self.unreplayed = Some(o.meta.wal_gen);
+                if let Err(e) = self.replay_unreplayed() {
                     tracing::warn!(error = %e, "replaying the write-ahead log after reopening failed; will retry");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "reopening the database failed; will retry"),
         }
+    }
+
+    /// The database to write: a reopened one not yet published, else the
+    /// shared one.
+    fn db(&self) -> Result<Arc<redb::Database>, Arc<redb::Error>> {
+        match &self.unpublished {
+            Some(db) => Ok(db.clone()),
+            None => self.shared.db(),
+        }
+    }
+
+    /// Replays the log into a reopened database, then gives the database
+    /// to readers. Until it succeeds, every commit fails.
+    fn replay_unreplayed(&mut self) -> Result<(), Arc<redb::Error>> {
+        let Some(generation) = self.unreplayed.take() else {
+            return Ok(());
+        };
+        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation)))
+            .unwrap_or_else(|_| Err(injected("replaying the write-ahead log (panicked)")));
+        if let Err(e) = r {
+            self.unreplayed = Some(generation);
+            return Err(e);
+        }
+        if let Some(db) = self.unpublished.take() {
+            *self.shared.db.write() = Some(db);
+        }
+        Ok(())
     }
 
     /// Adds queued writes to `group` until it is full, or urgent and the
@@ -438,9 +487,12 @@ impl Writer {
         let Some(wal) = self.wal.as_mut() else {
             return Ok(0);
         };
-        wal.reset(generation);
-        let (found, end) = wal.read_back().map_err(|e| storage(redb::Error::Io(e)))?;
+        let (found, end) = wal
+            .read_back(generation)
+            .map_err(|e| storage(redb::Error::Io(e)))?;
         if found.writes.is_empty() {
+            // Nothing to replay: the log starts over at this generation.
+            wal.reset(generation);
             return Ok(0);
         }
         let sh = self.shared.clone();
@@ -483,6 +535,9 @@ impl Writer {
             });
         }
         let n = group.len();
+        // The replay's durable commit starts the next generation (and
+        // resets the log) only once it is on disk.
+        wal.reset(generation);
         self.commit_group(&mut group, false)?;
         tracing::info!(
             writes = n,
@@ -496,7 +551,7 @@ impl Writer {
     /// Logs `group` if it can be: data writes only (and flushes), a log
     /// that works and has room. `true`: the group is durable in the log.
     fn log(&mut self, group: &[Op]) -> bool {
-        if self.wal_broken
+        if self.no_logging
             || !group
                 .iter()
                 .all(|o| matches!(o, Op::Put { .. } | Op::Delete { .. } | Op::Flush(_)))
@@ -512,7 +567,7 @@ impl Writer {
                 // A durable commit takes this group (and every later one);
                 // it also starts a new generation, so whatever part of this
                 // record reached the file is never replayed.
-                self.wal_broken = true;
+                self.no_logging = true;
                 add(&self.shared.counters.write_errors, 1);
                 tracing::error!(error = %e, "the write-ahead log failed; committing every group with fsync from now on");
                 false
@@ -524,6 +579,10 @@ impl Writer {
     /// log held, so the same commit makes the log's next generation
     /// current, and the log starts over.
     fn commit_durable(&mut self, txn: redb::WriteTransaction) -> Result<(), Arc<redb::Error>> {
+        if self.unreplayed.is_some() {
+            // A new generation now would hide the writes still to replay.
+            return Err(not_replayed());
+        }
         let next = self.wal.as_ref().map(|w| w.generation().wrapping_add(1));
         if let Some(g) = next {
             txn.open_table(META)
@@ -537,7 +596,7 @@ impl Writer {
             // records logged under the old one would then be ignored by
             // recovery. Log no more in this process.
             if next.is_some() {
-                self.wal_broken = true;
+                self.no_logging = true;
             }
             return Err(storage(e));
         }
@@ -554,7 +613,7 @@ impl Writer {
         if self.wal.as_ref().is_none_or(|w| w.used() == 0) {
             return Ok(());
         }
-        let txn = self.shared.db()?.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         self.commit_durable(txn)
     }
 
@@ -562,9 +621,13 @@ impl Writer {
     /// committed without fsync when `may_log` and [`Self::log`] take it,
     /// else committed with fsync.
     fn commit_group(&mut self, group: &mut [Op], may_log: bool) -> Result<(), Arc<redb::Error>> {
+        if may_log {
+            // After a reopen whose replay failed: replay first (or fail).
+            self.replay_unreplayed()?;
+        }
         let sh = self.shared.clone();
         let start = Instant::now();
-        let mut txn = sh.db()?.begin_write().map_err(storage)?;
+        let mut txn = self.db()?.begin_write().map_err(storage)?;
         let logged = may_log && self.log(group);
         if logged {
             txn.set_durability(redb::Durability::None)
@@ -1251,6 +1314,12 @@ fn replace_older(
 }
 
 /// An I/O error standing for a failure that did not come from redb.
+fn not_replayed() -> Arc<redb::Error> {
+    storage(redb::Error::Io(std::io::Error::other(
+        "the write-ahead log is not replayed into the reopened database yet",
+    )))
+}
+
 fn injected(what: &str) -> Arc<redb::Error> {
     Arc::new(redb::Error::Io(std::io::Error::other(format!(
         "{what} failed"
