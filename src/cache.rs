@@ -511,7 +511,9 @@ impl CacheBuilder {
         // Writes acknowledged before a crash that only the log holds.
         // redb may panic on a damaged page: blamed on the file only if a
         // walk of the tables fails too (as a commit panic is).
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.recover(wal_gen))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.recover(wal_gen, self.strict)
+        })) {
             Ok(r) => {
                 r.map_err(OpenError::Storage)?;
             }

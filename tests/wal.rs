@@ -179,3 +179,46 @@ fn a_log_is_replayed_and_kept_in_step_while_it_is_turned_off() {
     assert_eq!(get(&on, 2), Some(value(2, 1)));
     on.close().unwrap();
 }
+
+#[test]
+fn a_log_record_that_checksums_but_does_not_decode_fails_a_strict_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, copy) = (tmp.path().join("live"), tmp.path().join("copy"));
+    let c = open(&live, 16 << 20);
+    c.set("n", &key(1), value(1, 0)).unwrap();
+    copy_dir(&live, &copy);
+    c.close().unwrap();
+    // After the first record, one of the same generation whose checksum
+    // holds around a write of an unknown kind.
+    let path = copy.join("embercache.wal");
+    let mut log = std::fs::read(&path).unwrap();
+    let first = 16 + u32::from_le_bytes(log[0..4].try_into().unwrap()) as usize;
+    let generation: [u8; 8] = log[8..16].try_into().unwrap();
+    let payload = [9u8, 0, 1, 2, 3];
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(&generation);
+    h.update(&payload);
+    let mut rec = len.to_vec();
+    rec.extend_from_slice(&h.finalize().to_le_bytes());
+    rec.extend_from_slice(&generation);
+    rec.extend_from_slice(&payload);
+    log[first..first + rec.len()].copy_from_slice(&rec);
+    std::fs::write(&path, &log).unwrap();
+
+    let strict = Cache::builder()
+        .dir(&copy)
+        .durability(Durability::Sync)
+        .strict(true)
+        .open();
+    let err = strict.err().expect("a strict open refuses the damaged log");
+    assert!(
+        err.to_string().contains("write-ahead log is damaged"),
+        "{err}"
+    );
+    // Without strict: the records before the damage are replayed.
+    let lenient = open(&copy, 16 << 20);
+    assert_eq!(get(&lenient, 1), Some(value(1, 0)));
+    lenient.close().unwrap();
+}

@@ -403,7 +403,7 @@ impl Writer {
         let Some(generation) = self.unreplayed.take() else {
             return Ok(());
         };
-        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation)))
+        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation, false)))
             .unwrap_or_else(|_| Err(injected("replaying the write-ahead log (panicked)")));
         if let Err(e) = r {
             self.unreplayed = Some(generation);
@@ -484,13 +484,28 @@ impl Writer {
     /// one durable commit: at open after a crash, and after a reopen (redb
     /// drops its commits made without fsync). `generation` is the log generation
     /// the database says is current. Returns the number of writes applied.
-    pub(crate) fn recover(&mut self, generation: u64) -> Result<usize, Arc<redb::Error>> {
+    ///
+    /// A record whose checksum holds but whose writes do not decode ends
+    /// the replay; with `strict` that is an error instead (the writes after
+    /// it would be lost for good once the replay's commit starts the next
+    /// generation).
+    pub(crate) fn recover(
+        &mut self,
+        generation: u64,
+        strict: bool,
+    ) -> Result<usize, Arc<redb::Error>> {
         let Some(wal) = self.wal.as_mut() else {
             return Ok(0);
         };
         let (found, end) = wal
             .read_back(generation)
             .map_err(|e| storage(redb::Error::Io(e)))?;
+        if let (true, Some(why)) = (strict, &found.damaged) {
+            return Err(storage(redb::Error::Corrupted(format!(
+                "the write-ahead log is damaged ({why}); open without strict mode to replay \
+                 the records before the damage and go on"
+            ))));
+        }
         if found.writes.is_empty() {
             // Nothing to replay: the log starts over at this generation.
             wal.reset(generation);
