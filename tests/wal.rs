@@ -212,7 +212,9 @@ fn a_log_record_that_checksums_but_does_not_decode_fails_a_strict_open() {
         .durability(Durability::Sync)
         .strict(true)
         .open();
-    let err = strict.err().expect("a strict open refuses the damaged log");
+    let Err(err) = strict else {
+        panic!("a strict open must refuse the damaged log");
+    };
     assert!(
         err.to_string().contains("write-ahead log is damaged"),
         "{err}"
