@@ -141,6 +141,15 @@ impl std::fmt::Debug for CacheBuilder {
     }
 }
 
+/// A storage-backend factory behind the type-erased [`open::BackendFactory`].
+fn boxed<F, B>(make: F) -> open::BackendFactory
+where
+    F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
+    B: redb::StorageBackend,
+{
+    Arc::new(move || make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>))
+}
+
 impl CacheBuilder {
     /// Data directory; created if missing. Without it (or with
     /// [`CacheBuilder::in_memory`]) the warm tier lives in memory: nothing
@@ -158,9 +167,7 @@ impl CacheBuilder {
         F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
         B: redb::StorageBackend,
     {
-        self.backend = Some(Arc::new(move || {
-            make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>)
-        }));
+        self.backend = Some(boxed(make));
         self
     }
 
@@ -168,16 +175,14 @@ impl CacheBuilder {
     /// [`CacheBuilder::storage_backend`] (a directory cache keeps its log
     /// in `embercache.wal` beside the database file). Called once at
     /// open. Without it such a cache has no log, and every group of
-    /// writes is an fsynced database commit. Ignored when
-    /// [`Limits::wal_bytes`] is 0. Default: none.
+    /// writes is an fsynced database commit. With [`Limits::wal_bytes`] 0
+    /// the log is only replayed at open, never written. Default: none.
     pub fn wal_backend<F, B>(mut self, make: F) -> Self
     where
         F: Fn() -> std::io::Result<B> + Send + Sync + 'static,
         B: redb::StorageBackend,
     {
-        self.wal_backend = Some(Arc::new(move || {
-            make().map(|b| Box::new(b) as Box<dyn redb::StorageBackend>)
-        }));
+        self.wal_backend = Some(boxed(make));
         self
     }
 

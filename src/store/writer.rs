@@ -347,7 +347,7 @@ impl Writer {
         if matches!(sh.source, Source::Memory) {
             return;
         }
-        let old = sh.db.write().take().or(self.unpublished.take());
+        let old = sh.db.write().take().or_else(|| self.unpublished.take());
         // Readers of the old database would fail (see `store::readers`).
         sh.readers.drop_all();
         if let Some(mut old) = old {
@@ -518,7 +518,8 @@ impl Writer {
                 tracing::error!(namespace = %w.ns, "write-ahead log names a namespace this process refuses; write skipped");
                 continue;
             };
-            sh.next_version.fetch_max(w.version + 1, Ordering::SeqCst);
+            sh.next_version
+                .fetch_max(w.version.saturating_add(1), Ordering::SeqCst);
             let Logged {
                 key,
                 record,
@@ -1337,13 +1338,15 @@ fn replace_older(
     Ok(true)
 }
 
-/// An I/O error standing for a failure that did not come from redb.
+/// What a commit fails with while a reopened database still waits for
+/// its replay (an I/O error, so the run loop reopens and replays again).
 fn not_replayed() -> Arc<redb::Error> {
     storage(redb::Error::Io(std::io::Error::other(
         "the write-ahead log is not replayed into the reopened database yet",
     )))
 }
 
+/// An I/O error standing for a failure that did not come from redb.
 fn injected(what: &str) -> Arc<redb::Error> {
     Arc::new(redb::Error::Io(std::io::Error::other(format!(
         "{what} failed"
