@@ -512,7 +512,7 @@ impl CacheBuilder {
             load: Default::default(),
             read_miss: Default::default(),
         });
-        let mut writer = Writer::new(shared.clone(), rx, purge, wal);
+        let mut writer = Writer::new(shared.clone(), rx, purge, wal, wal_gen, self.strict);
         // Writes acknowledged before a crash that only the log holds.
         // redb may panic on a damaged page: blamed on the file only if a
         // walk of the tables fails too (as a commit panic is).

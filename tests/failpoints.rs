@@ -494,3 +494,73 @@ fn a_reopen_after_a_write_error_replays_the_logged_writes() {
     c.close().unwrap();
     scenario.teardown();
 }
+
+/// A reopen that fails (the storage is still unavailable) leaves the warm
+/// tier closed; a cache that then only reads gets it back from its own
+/// maintenance pass, without a write to retry.
+#[test]
+fn a_failed_reopen_is_retried_by_maintenance_without_writes() {
+    use embercache::testing::PowerLossDisk;
+    use std::sync::atomic::AtomicBool;
+    let scenario = FailScenario::setup();
+    let clock = ManualClock::new(T0);
+    let disk = PowerLossDisk::new();
+    // The storage refuses to open while `gone` is set.
+    let gone = Arc::new(AtomicBool::new(false));
+    let factory = {
+        let (disk, gone) = (disk.clone(), gone.clone());
+        move || {
+            if gone.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("storage unavailable"))
+            } else {
+                Ok(disk.clone())
+            }
+        }
+    };
+    let mut limits = embercache::Limits::default();
+    limits.maintenance_interval = Duration::from_millis(20);
+    let c = Cache::builder()
+        .storage_backend(factory)
+        .clock(clock.clone())
+        .durability(Durability::Sync)
+        .limits(limits)
+        // Kept out of the hot tier: every read of "cold" is a warm read.
+        .namespace("cold", NamespacePolicy::default().hot_admission(false))
+        .open()
+        .unwrap();
+    for i in 0..20u32 {
+        c.set("cold", &i.to_be_bytes(), value(i)).unwrap();
+    }
+    // A maintenance pass's commit fails with an I/O error, and the reopen
+    // after it fails too. Control ops are not retried.
+    gone.store(true, Ordering::SeqCst);
+    fail::cfg("disk::write", "return").unwrap();
+    assert!(c.run_maintenance().is_err());
+    fail::remove("disk::write");
+    // Only the warm tier has key 0, and it is closed.
+    let mut closed = false;
+    for _ in 0..200 {
+        if c.get("cold", &0u32.to_be_bytes()).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        closed,
+        "the warm tier never closed: the reopen did not fail"
+    );
+    gone.store(false, Ordering::SeqCst);
+    let mut back = false;
+    for _ in 0..500 {
+        if let Ok(Some(v)) = c.get("cold", &0u32.to_be_bytes()) {
+            assert_eq!(v.as_ref(), &value(0)[..]);
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(back, "the warm tier never came back without a write");
+    c.close().unwrap();
+    scenario.teardown();
+}

@@ -224,3 +224,44 @@ fn a_log_record_that_checksums_but_does_not_decode_fails_a_strict_open() {
     assert_eq!(get(&lenient, 1), Some(value(1, 0)));
     lenient.close().unwrap();
 }
+
+/// A run without the log (here: a storage backend opened without
+/// `wal_backend`) still moves the log generation with each fsynced commit,
+/// so a later run with the log does not replay the older records over its
+/// writes.
+#[test]
+fn a_run_without_the_log_moves_its_generation_on() {
+    use embercache::testing::PowerLossDisk;
+    let with_log = |db: &PowerLossDisk, log: &PowerLossDisk| {
+        Cache::builder()
+            .storage_backend(db.factory())
+            .wal_backend(log.factory())
+            .durability(Durability::Sync)
+            .open()
+            .expect("open")
+    };
+    // Run A writes through the log; its crash leaves the write only there.
+    let (db, log) = (PowerLossDisk::new(), PowerLossDisk::new());
+    let a = with_log(&db, &log);
+    a.set("n", b"k", b"from a".to_vec()).unwrap();
+    let (db_image, log_image) = (db.durable_image(), log.durable_image());
+    drop(a);
+    // Run B, on that database without the log: it does not see A's write,
+    // and writes the key itself (with a lower version than A's).
+    let db_b = PowerLossDisk::from_image(db_image);
+    let b = Cache::builder()
+        .storage_backend(db_b.factory())
+        .durability(Durability::Sync)
+        .open()
+        .expect("open");
+    assert_eq!(b.get("n", b"k").unwrap(), None);
+    b.set("n", b"k", b"from b".to_vec()).unwrap();
+    b.close().unwrap();
+    // Run C, with A's log again: B's write stands.
+    let c = with_log(
+        &PowerLossDisk::from_image(db_b.durable_image()),
+        &PowerLossDisk::from_image(log_image),
+    );
+    assert_eq!(c.get("n", b"k").unwrap().as_deref(), Some(&b"from b"[..]));
+    c.close().unwrap();
+}

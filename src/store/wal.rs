@@ -232,6 +232,7 @@ impl Wal {
         self.offset = 0;
     }
 
+    #[cfg(test)]
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }

@@ -190,10 +190,20 @@ pub(crate) struct Writer {
     wal: Option<Wal>,
     /// Groups are not logged (every commit is durable): the log is off
     /// (`wal_bytes` 0; the file is still replayed and kept in step), or it
-    /// failed to write or fsync, or a durable commit failed (it may have
-    /// reached the disk with the next generation). Recovery still reads
-    /// what the log held.
+    /// failed to write or fsync (`log_failed`), or a durable commit failed
+    /// (it may have reached the disk with the next generation; a reopen's
+    /// replay puts the log back in step). Recovery still reads what the
+    /// log held.
     no_logging: bool,
+    /// The log failed to write or fsync: never logged again here.
+    log_failed: bool,
+    /// The log generation meta holds. Every durable commit moves it on,
+    /// with or without a log: a run without the log must not leave records
+    /// of a generation still current for a later run with it to replay.
+    wal_gen: u64,
+    /// Open in strict mode: a log record that checksums but does not
+    /// decode fails the replay instead of ending it.
+    strict: bool,
     /// The log generation a reopen could not replay yet (the replay
     /// failed): until it is replayed, nothing commits, so neither a logged
     /// group nor a new generation can overwrite those writes.
@@ -210,9 +220,14 @@ impl Writer {
         rx: Receiver<Op>,
         purge: Vec<(String, u64)>,
         wal: Option<Wal>,
+        wal_gen: u64,
+        strict: bool,
     ) -> Self {
         Writer {
             no_logging: shared.limits.wal_bytes == 0,
+            log_failed: false,
+            wal_gen,
+            strict,
             unreplayed: None,
             unpublished: None,
             wal,
@@ -370,13 +385,18 @@ impl Writer {
                 // counters still count them: start again from what the
                 // durable database says, then replay the log (which holds
                 // those writes) before any reader sees the database.
+                let (rows, bytes) = match super::outbox::measure(&o.db) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reopening the database failed (outbox unreadable); will retry");
+                        return;
+                    }
+                };
                 let c = &sh.counters;
                 c.records.store(o.meta.records, Ordering::Relaxed);
                 c.disk_bytes.store(o.meta.bytes, Ordering::Relaxed);
-                if let Ok((rows, bytes)) = super::outbox::measure(&o.db) {
-                    c.outbox_rows.store(rows, Ordering::Relaxed);
-                    c.outbox_bytes.store(bytes, Ordering::Relaxed);
-                }
+                c.outbox_rows.store(rows, Ordering::Relaxed);
+                c.outbox_bytes.store(bytes, Ordering::Relaxed);
                 tracing::info!("database reopened after an I/O error");
                 self.unpublished = Some(Arc::new(o.db));
                 self.unreplayed = Some(o.meta.wal_gen);
@@ -403,16 +423,46 @@ impl Writer {
         let Some(generation) = self.unreplayed.take() else {
             return Ok(());
         };
-        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation, false)))
-            .unwrap_or_else(|_| Err(injected("replaying the write-ahead log (panicked)")));
+        let strict = self.strict;
+        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation, strict))).unwrap_or_else(
+            |_| {
+                // redb meeting a damaged page, or a bug: a walk of the
+                // tables tells them apart (as for a commit panic).
+                let healthy = self.db().map_or(true, |db| reads_through(&db));
+                if healthy {
+                    Err(injected("replaying the write-ahead log (panicked)"))
+                } else {
+                    Err(self.shared.damaged("replaying the write-ahead log"))
+                }
+            },
+        );
         if let Err(e) = r {
             self.unreplayed = Some(generation);
             return Err(e);
         }
+        // The log and meta are in step again.
+        self.no_logging = self.shared.limits.wal_bytes == 0 || self.log_failed;
         if let Some(db) = self.unpublished.take() {
             *self.shared.db.write() = Some(db);
         }
         Ok(())
+    }
+
+    /// A reopen left the database closed (its open failed) or waiting for
+    /// its replay: try again. Maintenance calls this, so a cache that only
+    /// reads gets its warm tier back too.
+    fn retry_reopen(&mut self) {
+        if self.unreplayed.is_some() {
+            if let Err(e) = self.replay_unreplayed() {
+                tracing::warn!(error = %e, "replaying the write-ahead log after reopening failed; will retry");
+            }
+        } else if self.unpublished.is_none()
+            && self.shared.db.read().is_none()
+            && !matches!(self.shared.source, Source::Memory)
+            && !self.shared.closed.load(Ordering::Acquire)
+        {
+            self.reopen();
+        }
     }
 
     /// Adds queued writes to `group` until it is full, or urgent and the
@@ -494,6 +544,7 @@ impl Writer {
         generation: u64,
         strict: bool,
     ) -> Result<usize, Arc<redb::Error>> {
+        self.wal_gen = generation;
         let Some(wal) = self.wal.as_mut() else {
             return Ok(0);
         };
@@ -585,6 +636,7 @@ impl Writer {
                 // it also starts a new generation, so whatever part of this
                 // record reached the file is never replayed.
                 self.no_logging = true;
+                self.log_failed = true;
                 add(&self.shared.counters.write_errors, 1);
                 tracing::error!(error = %e, "the write-ahead log failed; committing every group with fsync from now on");
                 false
@@ -600,25 +652,23 @@ impl Writer {
             // A new generation now would hide the writes still to replay.
             return Err(not_replayed());
         }
-        let next = self.wal.as_ref().map(|w| w.generation().wrapping_add(1));
-        if let Some(g) = next {
-            txn.open_table(META)
-                .map_err(storage)?
-                .insert(META_WAL_GEN, g.to_le_bytes().as_slice())
-                .map_err(storage)?;
-        }
+        let next = self.wal_gen.wrapping_add(1);
+        txn.open_table(META)
+            .map_err(storage)?
+            .insert(META_WAL_GEN, next.to_le_bytes().as_slice())
+            .map_err(storage)?;
         if let Err(e) = txn.commit() {
             // The commit may have reached the disk anyway (a failed fsync
             // says nothing either way), and with it the new generation:
             // records logged under the old one would then be ignored by
-            // recovery. Log no more in this process.
-            if next.is_some() {
-                self.no_logging = true;
-            }
+            // recovery. Log no more until a reopen's replay puts the log
+            // back in step.
+            self.no_logging = true;
             return Err(storage(e));
         }
-        if let (Some(w), Some(g)) = (self.wal.as_mut(), next) {
-            w.reset(g);
+        self.wal_gen = next;
+        if let Some(w) = self.wal.as_mut() {
+            w.reset(next);
         }
         Ok(())
     }
@@ -880,6 +930,7 @@ impl Writer {
 
     fn maintain_inner(&mut self) {
         self.last_maintenance = Instant::now();
+        self.retry_reopen();
         let snapshot_due = self.last_snapshot.elapsed() >= self.shared.limits.snapshot_interval;
         let steps: [(&str, Result<(), Arc<redb::Error>>); 5] = [
             ("expiry sweep", self.sweep_expired()),
@@ -1338,8 +1389,9 @@ fn replace_older(
     Ok(true)
 }
 
-/// What a commit fails with while a reopened database still waits for
-/// its replay (an I/O error, so the run loop reopens and replays again).
+/// What a durable commit (a maintenance step, the snapshot) fails with
+/// while a reopened database still waits for its replay. A group commit
+/// never meets it: it replays first, and fails with the replay's error.
 fn not_replayed() -> Arc<redb::Error> {
     storage(redb::Error::Io(std::io::Error::other(
         "the write-ahead log is not replayed into the reopened database yet",
