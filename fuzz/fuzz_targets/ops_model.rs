@@ -15,6 +15,10 @@
 //! machine's clock was set right after the reboot), so the engine time
 //! after reopen is known exactly.
 //!
+//! With `log` set the cache also has a write-ahead log, on a second
+//! `PowerLossDisk` (`CacheBuilder::wal_backend`); a crash then takes an
+//! image of both disks.
+//!
 //! `cache.validate()` runs after every operation.
 #![no_main]
 
@@ -129,6 +133,7 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Input {
     sync: bool,
+    log: bool,
     ops: Vec<Op>,
 }
 
@@ -165,6 +170,8 @@ type Key = (usize, Vec<u8>);
 
 struct Harness {
     disk: PowerLossDisk,
+    /// The write-ahead log's disk, when the input has one.
+    wal: Option<PowerLossDisk>,
     clock: ManualClock,
     durability: Durability,
     cache: Option<Cache>,
@@ -174,9 +181,17 @@ struct Harness {
     wall: u64,
 }
 
-fn open(disk: &PowerLossDisk, clock: &ManualClock, durability: Durability) -> Cache {
-    let mut b = Cache::builder()
-        .storage_backend(disk.factory())
+fn open(
+    disk: &PowerLossDisk,
+    wal: Option<&PowerLossDisk>,
+    clock: &ManualClock,
+    durability: Durability,
+) -> Cache {
+    let mut b = Cache::builder().storage_backend(disk.factory());
+    if let Some(w) = wal {
+        b = b.wal_backend(w.factory());
+    }
+    b = b
         .clock(clock.clone())
         .shards(1)
         .hot_capacity(16 << 10)
@@ -240,7 +255,12 @@ impl Harness {
     }
 
     fn reopen(&mut self) {
-        self.cache = Some(open(&self.disk, &self.clock, self.durability));
+        self.cache = Some(open(
+            &self.disk,
+            self.wal.as_ref(),
+            &self.clock,
+            self.durability,
+        ));
     }
 
     fn apply(&mut self, i: u64, op: &Op) {
@@ -425,9 +445,11 @@ impl Harness {
 
     fn crash(&mut self, seed: u64) {
         let image = self.disk.crash_image(seed);
-        // What the old process does after the cut reaches the old disk only.
+        let wal_image = self.wal.as_ref().map(|w| w.crash_image(seed ^ 0x5EED));
+        // What the old process does after the cut reaches the old disks only.
         drop(self.cache.take());
         self.disk = PowerLossDisk::from_image(image.bytes);
+        self.wal = wal_image.map(|i| PowerLossDisk::from_image(i.bytes));
         if self.wall < self.now {
             self.clock.jump_wall((self.now - self.wall) as i64);
             self.wall = self.now;
@@ -483,9 +505,11 @@ fuzz_target!(|input: Input| {
         }
     };
     let disk = PowerLossDisk::new();
-    let cache = open(&disk, &clock, durability);
+    let wal = input.log.then(PowerLossDisk::new);
+    let cache = open(&disk, wal.as_ref(), &clock, durability);
     let mut h = Harness {
         disk,
+        wal,
         clock,
         durability,
         cache: Some(cache),

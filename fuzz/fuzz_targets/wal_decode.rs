@@ -127,6 +127,10 @@ fuzz_target!(|input: Input| {
         .take_while(|(_, end)| **end <= first)
         .map(|(g, _)| g.len())
         .sum();
-    assert!(back.len() >= intact, "{} writes back, {intact} intact", back.len());
+    assert!(
+        back.len() >= intact,
+        "{} writes back, {intact} intact",
+        back.len()
+    );
     assert_eq!(back[..intact], all[..intact]);
 });
