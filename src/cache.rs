@@ -1060,6 +1060,7 @@ impl Cache {
             warmup_loaded: stats::get(&c.warmup_loaded),
             warmup_total: stats::get(&c.warmup_total),
             warmup_done: stats::get(&c.warmup_done) == 1,
+            log_replayed: stats::get(&c.log_replayed),
         }
     }
 

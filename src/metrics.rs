@@ -160,6 +160,12 @@ pub(crate) fn render(s: &Stats, commit_latency: &Histogram) -> String {
     );
     counter(
         &mut reg,
+        "log_replayed",
+        "Writes replayed from the write-ahead log since open",
+        s.log_replayed,
+    );
+    counter(
+        &mut reg,
         "outbox_coalesced",
         "Outbox writes replaced by a newer write of the same key",
         s.outbox_coalesced,

@@ -103,6 +103,7 @@ pub(crate) struct EngineCounters {
     pub outbox_coalesced: AtomicU64,
     pub warmup_loaded: AtomicU64,
     pub warmup_done: AtomicU64,
+    pub log_replayed: AtomicU64,
 }
 
 #[inline]
@@ -203,6 +204,10 @@ pub struct Stats {
     pub warmup_loaded: u64,
     pub warmup_total: u64,
     pub warmup_done: bool,
+    /// Writes replayed from the write-ahead log since open: at open (what
+    /// a crash left only in the log) and after reopening the database on
+    /// an I/O error. 0 after a clean close.
+    pub log_replayed: u64,
 }
 
 impl Stats {

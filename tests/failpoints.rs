@@ -472,6 +472,9 @@ fn a_reopen_after_a_write_error_replays_the_logged_writes() {
     assert!(s.write_errors >= 1);
     // 120 + the retried write, each counted once.
     assert_eq!(s.disk_records, 121, "record count after the reopen");
+    // The 100 sets and 30 deletes after the checkpoint came back from the
+    // log (the failed write's own record never reached it).
+    assert_eq!(s.log_replayed, 130);
     let check = |c: &Cache| {
         for i in 0..150u32 {
             let want = (i % 5 != 0).then(|| value(i));

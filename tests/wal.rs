@@ -81,10 +81,14 @@ fn a_copy_taken_while_open_gets_every_sync_write_back_from_the_log() {
         assert_eq!(get(&r, i), expected(i), "key {i}");
     }
     assert_eq!(r.stats().disk_records, 200);
+    // 100 sets and 100 deletes came after the checkpoint.
+    assert_eq!(r.stats().log_replayed, 200);
+    assert_eq!(c.stats().log_replayed, 0);
     // The replay was a durable commit: a copy of the copy needs no log.
     r.close().unwrap();
     std::fs::remove_file(copy.join("embercache.wal")).unwrap();
     let r = open(&copy, 16 << 20);
+    assert_eq!(r.stats().log_replayed, 0);
     assert_eq!(get(&r, 0), expected(0));
     assert_eq!(get(&r, 1), None);
     r.close().unwrap();

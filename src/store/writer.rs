@@ -607,6 +607,7 @@ impl Writer {
         // resets the log) only once it is on disk.
         wal.reset(generation);
         self.commit_group(&mut group, false)?;
+        add(&self.shared.counters.log_replayed, n as u64);
         tracing::info!(
             writes = n,
             records = found.records,

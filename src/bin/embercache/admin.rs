@@ -74,6 +74,13 @@ pub(crate) fn stats(a: StatsArgs) -> Outcome {
     if let Some(m) = &s.moved_aside {
         writeln!(out, "  moved aside     {m}")?;
     }
+    if s.log_replayed > 0 {
+        writeln!(
+            out,
+            "  log replayed    {} writes the last run left only in the write-ahead log",
+            s.log_replayed
+        )?;
+    }
     if s.write_errors > 0 {
         writeln!(
             out,
