@@ -462,14 +462,14 @@ impl CacheBuilder {
         // `wal_bytes` 0: it may hold acknowledged writes of an earlier run.
         let cap = self.limits.wal_bytes;
         let wal = match (&source, &self.wal_backend) {
-            (open::Source::Dir(dir), _) => open::open_wal(dir, cap, wal_gen)?,
+            (open::Source::Dir(dir), _) => open::open_wal(dir, cap)?,
             (open::Source::Backend(_), Some(make)) => {
                 let io = |source| OpenError::Io {
                     dir: PathBuf::new(),
                     source,
                 };
                 let file = make().map_err(io)?;
-                Some(crate::store::wal::Wal::open(file, cap, wal_gen).map_err(io)?)
+                Some(crate::store::wal::Wal::open(file, cap).map_err(io)?)
             }
             _ => None,
         };

@@ -419,13 +419,13 @@ fn cut(durable: &[u8], unsynced: &[Unsynced], seed: u64) -> CrashImage {
 pub type WalWrite = (String, Vec<u8>, Option<Vec<u8>>, u64, u64, bool);
 
 /// The image of a write-ahead log (src/store/wal.rs) holding `groups`,
-/// one record each, at `generation`; a group the log has no room for
-/// (`capacity` bytes) is left out, as the writer would checkpoint instead.
+/// one record each, at `generation`, up to the first group the log has no
+/// room for (`capacity` bytes; the writer would checkpoint there).
 /// For the fuzzer and tests.
 pub fn wal_image(groups: &[Vec<WalWrite>], generation: u64, capacity: u64) -> Vec<u8> {
     use crate::store::wal::{Wal, Write};
     let image = PowerLossDisk::new();
-    let mut wal = Wal::open(Box::new(image.clone()), capacity, generation).expect("in memory");
+    let mut wal = Wal::open(Box::new(image.clone()), capacity).expect("in memory");
     for g in groups {
         let writes = g
             .iter()
@@ -437,7 +437,11 @@ pub fn wal_image(groups: &[Vec<WalWrite>], generation: u64, capacity: u64) -> Ve
                 expires_at: *expires_at,
                 mirror: *mirror,
             });
-        wal.append(writes).expect("in memory");
+        // No room: the writer would checkpoint and start over; the image
+        // holds what was logged until then.
+        if !wal.append(generation, writes).expect("in memory") {
+            break;
+        }
     }
     image.durable_image()
 }
@@ -451,7 +455,7 @@ pub fn wal_read_back(
 ) -> std::io::Result<(Vec<WalWrite>, Option<String>)> {
     let disk = PowerLossDisk::from_image(image);
     let len = disk.len()?;
-    let wal = crate::store::wal::Wal::open(Box::new(disk), len, generation)?;
+    let wal = crate::store::wal::Wal::open(Box::new(disk), len)?;
     let (found, _) = wal.read_back(generation)?;
     let writes = found
         .writes

@@ -210,11 +210,7 @@ pub(crate) fn open(source: &Source, strict: bool) -> Result<Opened, OpenError> {
 /// Opens the write-ahead log of a directory database (see `wal.rs`),
 /// creating it unless `capacity` is 0 (the log is off; one left by an
 /// earlier run is still opened, to be replayed).
-pub(crate) fn open_wal(
-    dir: &Path,
-    capacity: u64,
-    generation: u64,
-) -> Result<Option<super::wal::Wal>, OpenError> {
+pub(crate) fn open_wal(dir: &Path, capacity: u64) -> Result<Option<super::wal::Wal>, OpenError> {
     let io = |source| OpenError::Io {
         dir: dir.to_path_buf(),
         source,
@@ -247,7 +243,7 @@ pub(crate) fn open_wal(
     } else {
         Box::new(backend)
     };
-    super::wal::Wal::open(backend, capacity, generation)
+    super::wal::Wal::open(backend, capacity)
         .map(Some)
         .map_err(io)
 }

@@ -82,7 +82,6 @@ pub(crate) struct Wal {
     capacity: u64,
     /// Current file length (all of it written).
     len: u64,
-    generation: u64,
     /// Where the next record goes.
     offset: u64,
     buf: Vec<u8>,
@@ -91,7 +90,6 @@ pub(crate) struct Wal {
 impl std::fmt::Debug for Wal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Wal")
-            .field("generation", &self.generation)
             .field("offset", &self.offset)
             .field("len", &self.len)
             .finish()
@@ -111,20 +109,16 @@ fn checksum(len: u32, generation: u64, payload: &[u8]) -> u32 {
 }
 
 impl Wal {
-    /// Opens the log over `file`, at generation `generation`, empty: recovery
-    /// ([`Wal::read_back`]) comes next. A file shorter than one step grows
-    /// to it (zeros, fsynced).
-    pub(crate) fn open(
-        file: Box<dyn StorageBackend>,
-        capacity: u64,
-        generation: u64,
-    ) -> io::Result<Wal> {
+    /// Opens the log over `file`, empty: recovery ([`Wal::read_back`])
+    /// comes next. A file shorter than one step grows to it (zeros,
+    /// fsynced). The generation is the caller's (the writer keeps the one
+    /// meta holds) and comes with each call.
+    pub(crate) fn open(file: Box<dyn StorageBackend>, capacity: u64) -> io::Result<Wal> {
         let len = file.len()?;
         let mut wal = Wal {
             file,
             capacity: capacity.max(len),
             len,
-            generation,
             offset: 0,
             buf: Vec::new(),
         };
@@ -171,11 +165,12 @@ impl Wal {
         Ok((out, at))
     }
 
-    /// Appends `writes` as one record and fsyncs it. `Ok(false)`: no
-    /// room; nothing was written, checkpoint instead. Nothing to write is
-    /// `Ok(true)` without any I/O.
+    /// Appends `writes` as one record of `generation` and fsyncs it.
+    /// `Ok(false)`: no room; nothing was written, checkpoint instead.
+    /// Nothing to write is `Ok(true)` without any I/O.
     pub(crate) fn append<'a>(
         &mut self,
+        generation: u64,
         writes: impl IntoIterator<Item = Write<'a>>,
     ) -> io::Result<bool> {
         let mut buf = std::mem::take(&mut self.buf);
@@ -191,10 +186,10 @@ impl Wal {
             return Ok(n == 0);
         }
         let n = n as u32;
-        let crc = checksum(n, self.generation, &buf[HEADER..]);
+        let crc = checksum(n, generation, &buf[HEADER..]);
         buf[0..4].copy_from_slice(&n.to_le_bytes());
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        buf[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        buf[8..16].copy_from_slice(&generation.to_le_bytes());
         let end = self.offset + buf.len() as u64;
         let r = (|| {
             if end > self.len {
@@ -226,15 +221,10 @@ impl Wal {
         Ok(())
     }
 
-    /// A durable commit made generation `generation` current: start over.
-    pub(crate) fn reset(&mut self, generation: u64) {
-        self.generation = generation;
+    /// A durable commit took over what the log held (or there was nothing
+    /// to replay): the next record goes to the start of the file.
+    pub(crate) fn rewind(&mut self) {
         self.offset = 0;
-    }
-
-    #[cfg(test)]
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
     }
 
     /// Bytes of records in the current generation.
@@ -361,13 +351,13 @@ mod tests {
 
     #[test]
     fn groups_read_back_in_order_and_a_new_generation_hides_the_old() {
-        let mut wal = Wal::open(mem(), 1 << 20, 7).unwrap();
+        let mut wal = Wal::open(mem(), 1 << 20).unwrap();
         let (a, b) = (group(0, 5), group(5, 1));
-        assert!(wal.append(a.iter().map(view)).unwrap());
-        assert!(wal.append(b.iter().map(view)).unwrap());
+        assert!(wal.append(7, a.iter().map(view)).unwrap());
+        assert!(wal.append(7, b.iter().map(view)).unwrap());
         // Nothing to log: no record, no I/O.
-        assert!(wal.append([]).unwrap());
-        let (got, end) = wal.read_back(wal.generation()).unwrap();
+        assert!(wal.append(7, []).unwrap());
+        let (got, end) = wal.read_back(7).unwrap();
         let want: Vec<Logged> = a.iter().chain(&b).map(logged).collect();
         assert_eq!(got.writes, want);
         assert_eq!((got.records, end), (2, wal.used()));
@@ -375,14 +365,11 @@ mod tests {
 
         // A checkpoint: the next generation overwrites from the start; the
         // older records behind it are never read back.
-        wal.reset(8);
-        assert_eq!(
-            wal.read_back(wal.generation()).unwrap().0.writes,
-            Vec::<Logged>::new()
-        );
+        wal.rewind();
+        assert_eq!(wal.read_back(8).unwrap().0.writes, Vec::<Logged>::new());
         let c = group(9, 2);
-        assert!(wal.append(c.iter().map(view)).unwrap());
-        let got = wal.read_back(wal.generation()).unwrap().0.writes;
+        assert!(wal.append(8, c.iter().map(view)).unwrap());
+        let got = wal.read_back(8).unwrap().0.writes;
         assert_eq!(got, c.iter().map(logged).collect::<Vec<_>>());
         // Read at the old generation, the log holds nothing.
         assert!(wal.read_back(7).unwrap().0.writes.is_empty());
@@ -390,11 +377,11 @@ mod tests {
 
     #[test]
     fn a_damaged_or_torn_record_ends_the_replay_before_it() {
-        let mut wal = Wal::open(mem(), 1 << 20, 1).unwrap();
+        let mut wal = Wal::open(mem(), 1 << 20).unwrap();
         let (a, b) = (group(0, 3), group(3, 3));
-        wal.append(a.iter().map(view)).unwrap();
+        wal.append(1, a.iter().map(view)).unwrap();
         let second = wal.used();
-        wal.append(b.iter().map(view)).unwrap();
+        wal.append(1, b.iter().map(view)).unwrap();
         let end = wal.used();
         let mut image = vec![0u8; wal.len as usize];
         wal.file.read(0, &mut image).unwrap();
@@ -407,7 +394,7 @@ mod tests {
         ] {
             let mut bad = image.clone();
             bad[at as usize] ^= 0x40;
-            let (got, stop) = Wal::open(Box::new(copy(&bad)), 1 << 20, 1)
+            let (got, stop) = Wal::open(Box::new(copy(&bad)), 1 << 20)
                 .unwrap()
                 .read_back(1)
                 .unwrap();
@@ -417,7 +404,7 @@ mod tests {
         // Torn: the file ends inside the second record (open grows it
         // back with zeros, which the checksum refuses).
         let torn = copy(&image[..(end - 3) as usize]);
-        let (got, stop) = Wal::open(Box::new(torn), 1 << 20, 1)
+        let (got, stop) = Wal::open(Box::new(torn), 1 << 20)
             .unwrap()
             .read_back(1)
             .unwrap();
@@ -433,9 +420,9 @@ mod tests {
 
     #[test]
     fn a_checksummed_record_that_does_not_decode_is_reported_not_replayed() {
-        let mut wal = Wal::open(mem(), 1 << 20, 3).unwrap();
+        let mut wal = Wal::open(mem(), 1 << 20).unwrap();
         let a = group(0, 2);
-        wal.append(a.iter().map(view)).unwrap();
+        wal.append(3, a.iter().map(view)).unwrap();
         let at = wal.used();
         // A record whose checksum holds around a payload of an unknown kind.
         let payload = [9u8, 0, 1, 2, 3];
@@ -445,7 +432,7 @@ mod tests {
         rec.extend_from_slice(&3u64.to_le_bytes());
         rec.extend_from_slice(&payload);
         wal.file.write(at, &rec).unwrap();
-        let (got, stop) = wal.read_back(wal.generation()).unwrap();
+        let (got, stop) = wal.read_back(3).unwrap();
         assert_eq!(got.writes, a.iter().map(logged).collect::<Vec<_>>());
         assert_eq!(stop, at);
         assert!(got.damaged.unwrap().contains("unknown write kind"));
@@ -475,44 +462,44 @@ mod tests {
     #[test]
     fn a_full_log_refuses_a_group_and_writes_nothing() {
         // Room for a few groups only (the capacity is at least the file).
-        let mut wal = Wal::open(mem(), 4096, 5).unwrap();
+        let mut wal = Wal::open(mem(), 4096).unwrap();
         assert_eq!(wal.len, 4096);
         let mut appended = Vec::new();
         let mut i = 0;
         loop {
             let g = group(i, 4);
             i += 4;
-            if !wal.append(g.iter().map(view)).unwrap() {
+            if !wal.append(5, g.iter().map(view)).unwrap() {
                 break;
             }
             appended.extend(g.iter().map(logged));
         }
         assert!(!appended.is_empty());
         let before = wal.used();
-        assert!(!wal.append(group(i, 4).iter().map(view)).unwrap());
+        assert!(!wal.append(5, group(i, 4).iter().map(view)).unwrap());
         assert_eq!(wal.used(), before);
-        assert_eq!(wal.read_back(wal.generation()).unwrap().0.writes, appended);
+        assert_eq!(wal.read_back(5).unwrap().0.writes, appended);
         // After a checkpoint there is room again.
-        wal.reset(6);
-        assert!(wal.append(group(i, 4).iter().map(view)).unwrap());
+        wal.rewind();
+        assert!(wal.append(6, group(i, 4).iter().map(view)).unwrap());
     }
 
     #[test]
     fn the_file_grows_in_steps_of_zeros_up_to_the_capacity() {
-        let mut wal = Wal::open(mem(), 3 * GROW + 100, 1).unwrap();
+        let mut wal = Wal::open(mem(), 3 * GROW + 100).unwrap();
         assert_eq!(wal.len, GROW);
         let big = Logged {
             record: Some(vec![7; (GROW / 2) as usize]),
             ..put(0)
         };
         let mut n = 0;
-        while wal.append([view(&big)]).unwrap() {
+        while wal.append(1, [view(&big)]).unwrap() {
             n += 1;
             assert!(wal.len >= wal.used() && wal.len <= 3 * GROW + 100);
             assert!(wal.len.is_multiple_of(GROW) || wal.len == 3 * GROW + 100);
         }
         assert_eq!(n, 5);
-        assert_eq!(wal.read_back(wal.generation()).unwrap().0.writes.len(), 5);
+        assert_eq!(wal.read_back(1).unwrap().0.writes.len(), 5);
     }
 }
 
@@ -542,15 +529,17 @@ mod power_loss {
                 }
             });
         }
-        let mut wal = Wal::open(Box::new(disk.clone()), 64 << 10, 1).unwrap();
+        let mut wal = Wal::open(Box::new(disk.clone()), 64 << 10).unwrap();
+        let mut generation = 1u64;
         // Groups of each generation, in order.
         let mut issued: Vec<Vec<Vec<Logged>>> = vec![Vec::new()];
         let mut i = 0u64;
         for round in 0..120u64 {
             if round % 23 == 22 {
                 // A checkpoint.
-                let g = wal.generation() + 1;
-                wal.reset(g);
+                generation += 1;
+                let g = generation;
+                wal.rewind();
                 *now.lock().unwrap() = (g, 0);
                 issued.push(Vec::new());
             }
@@ -563,7 +552,7 @@ mod power_loss {
                 .collect();
             i += n;
             if wal
-                .append(g.iter().map(super::tests_support::view))
+                .append(generation, g.iter().map(super::tests_support::view))
                 .unwrap()
             {
                 issued.last_mut().unwrap().push(g);
@@ -576,13 +565,9 @@ mod power_loss {
         let mut replayed_some = 0;
         for (g, acked, image) in cuts {
             let groups = &issued[(g - 1) as usize];
-            let wal = Wal::open(
-                Box::new(PowerLossDisk::from_image(image.bytes)),
-                64 << 10,
-                g,
-            )
-            .unwrap();
-            let (got, _) = wal.read_back(wal.generation()).unwrap();
+            let wal =
+                Wal::open(Box::new(PowerLossDisk::from_image(image.bytes)), 64 << 10).unwrap();
+            let (got, _) = wal.read_back(g).unwrap();
             assert!(got.damaged.is_none());
             let k = got.records;
             assert!(

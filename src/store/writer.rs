@@ -559,7 +559,7 @@ impl Writer {
         }
         if found.writes.is_empty() {
             // Nothing to replay: the log starts over at this generation.
-            wal.reset(generation);
+            wal.rewind();
             return Ok(0);
         }
         let sh = self.shared.clone();
@@ -603,9 +603,6 @@ impl Writer {
             });
         }
         let n = group.len();
-        // The replay's durable commit starts the next generation (and
-        // resets the log) only once it is on disk.
-        wal.reset(generation);
         self.commit_group(&mut group, false)?;
         add(&self.shared.counters.log_replayed, n as u64);
         tracing::info!(
@@ -627,10 +624,11 @@ impl Writer {
         {
             return false;
         }
+        let generation = self.wal_gen;
         let Some(wal) = self.wal.as_mut() else {
             return false;
         };
-        match wal.append(group.iter().filter_map(Op::logged)) {
+        match wal.append(generation, group.iter().filter_map(Op::logged)) {
             Ok(logged) => logged,
             Err(e) => {
                 // A durable commit takes this group (and every later one);
@@ -669,7 +667,7 @@ impl Writer {
         }
         self.wal_gen = next;
         if let Some(w) = self.wal.as_mut() {
-            w.reset(next);
+            w.rewind();
         }
         Ok(())
     }
