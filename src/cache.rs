@@ -514,27 +514,7 @@ impl CacheBuilder {
         });
         let mut writer = Writer::new(shared.clone(), rx, purge, wal, wal_gen, self.strict);
         // Writes acknowledged before a crash that only the log holds.
-        // redb may panic on a damaged page: blamed on the file only if a
-        // walk of the tables fails too (as a commit panic is).
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            writer.recover(wal_gen, self.strict)
-        })) {
-            Ok(r) => {
-                r.map_err(OpenError::Storage)?;
-            }
-            Err(_) => {
-                let healthy = shared
-                    .db()
-                    .map_or(true, |db| crate::store::tables::reads_through(&db));
-                return Err(OpenError::Storage(if healthy {
-                    Arc::new(redb::Error::Io(std::io::Error::other(
-                        "replaying the write-ahead log panicked",
-                    )))
-                } else {
-                    shared.damaged("replaying the write-ahead log")
-                }));
-            }
-        }
+        writer.recover(wal_gen).map_err(OpenError::Storage)?;
         let spawn_err = |source| OpenError::Io {
             dir: self.dir.clone().unwrap_or_default(),
             source,

@@ -274,17 +274,7 @@ impl Writer {
             // A panic while applying a group (a bug, or an injected fault)
             // must not kill the only writer: treat it as a failed commit;
             // the transaction was dropped, so nothing of it was applied.
-            let result = catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut group, true)))
-                .unwrap_or_else(|_| {
-                    // A bug, an injected fault, or redb meeting a damaged
-                    // page: a walk of the tables tells the last one apart.
-                    let healthy = self.shared.db().map_or(true, |db| reads_through(&db));
-                    if healthy {
-                        Err(injected("commit (panicked)"))
-                    } else {
-                        Err(self.shared.damaged("a commit"))
-                    }
-                });
+            let result = self.guarded("a commit", |w| w.commit_group(&mut group, true));
             match result {
                 Ok(()) => {
                     self.backoff = Duration::ZERO;
@@ -301,15 +291,13 @@ impl Writer {
                         let late_result = if late.is_empty() {
                             Ok(())
                         } else {
-                            catch_unwind(AssertUnwindSafe(|| self.commit_group(&mut late, true)))
-                                .unwrap_or_else(|_| Err(injected("commit (panicked)")))
+                            self.guarded("a commit", |w| w.commit_group(&mut late, true))
                         };
                         match late_result {
                             Err(e) => reply_all(&mut late, Err(WriteError::Storage(e))),
                             Ok(()) => reply_all(&mut late, Ok(())),
                         }
-                        let snap = catch_unwind(AssertUnwindSafe(|| self.write_snapshot()))
-                            .unwrap_or_else(|_| Err(injected("hot-set snapshot (panicked)")));
+                        let snap = self.guarded("the hot-set snapshot", |w| w.write_snapshot());
                         reply_all(&mut group, snap.map_err(WriteError::Storage));
                         return;
                     }
@@ -423,20 +411,7 @@ impl Writer {
         let Some(generation) = self.unreplayed.take() else {
             return Ok(());
         };
-        let strict = self.strict;
-        let r = catch_unwind(AssertUnwindSafe(|| self.recover(generation, strict))).unwrap_or_else(
-            |_| {
-                // redb meeting a damaged page, or a bug: a walk of the
-                // tables tells them apart (as for a commit panic).
-                let healthy = self.db().map_or(true, |db| reads_through(&db));
-                if healthy {
-                    Err(injected("replaying the write-ahead log (panicked)"))
-                } else {
-                    Err(self.shared.damaged("replaying the write-ahead log"))
-                }
-            },
-        );
-        if let Err(e) = r {
+        if let Err(e) = self.recover(generation) {
             self.unreplayed = Some(generation);
             return Err(e);
         }
@@ -536,14 +511,34 @@ impl Writer {
     /// the database says is current. Returns the number of writes applied.
     ///
     /// A record whose checksum holds but whose writes do not decode ends
-    /// the replay; with `strict` that is an error instead (the writes after
+    /// the replay; in strict mode that is an error instead (the writes after
     /// it would be lost for good once the replay's commit starts the next
-    /// generation).
-    pub(crate) fn recover(
+    /// generation). A panic (redb on a damaged page) is an error too.
+    pub(crate) fn recover(&mut self, generation: u64) -> Result<usize, Arc<redb::Error>> {
+        self.guarded("replaying the write-ahead log", |w| {
+            w.recover_unguarded(generation)
+        })
+    }
+
+    /// Runs `f`, a piece of redb work, so that a panic in it fails it
+    /// instead of killing the writer: a bug, an injected fault, or redb
+    /// meeting a damaged page, which a walk of the tables tells apart (the
+    /// file is then marked damaged).
+    fn guarded<T>(
         &mut self,
-        generation: u64,
-        strict: bool,
-    ) -> Result<usize, Arc<redb::Error>> {
+        what: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, Arc<redb::Error>>,
+    ) -> Result<T, Arc<redb::Error>> {
+        catch_unwind(AssertUnwindSafe(|| f(&mut *self))).unwrap_or_else(|_| {
+            if self.db().map_or(true, |db| reads_through(&db)) {
+                Err(injected(&format!("{what} (panicked)")))
+            } else {
+                Err(self.shared.damaged(what))
+            }
+        })
+    }
+
+    fn recover_unguarded(&mut self, generation: u64) -> Result<usize, Arc<redb::Error>> {
         self.wal_gen = generation;
         let Some(wal) = self.wal.as_mut() else {
             return Ok(0);
@@ -551,7 +546,7 @@ impl Writer {
         let (found, end) = wal
             .read_back(generation)
             .map_err(|e| storage(redb::Error::Io(e)))?;
-        if let (true, Some(why)) = (strict, &found.damaged) {
+        if let (true, Some(why)) = (self.strict, &found.damaged) {
             return Err(storage(redb::Error::Corrupted(format!(
                 "the write-ahead log is damaged ({why}); open without strict mode to replay \
                  the records before the damage and go on"
