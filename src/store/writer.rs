@@ -188,15 +188,13 @@ pub(crate) struct Writer {
     evict_cursor: (String, Vec<u8>),
     /// The write-ahead log, if the database has one.
     wal: Option<Wal>,
-    /// Groups are not logged (every commit is durable): the log is off
-    /// (`wal_bytes` 0; the file is still replayed and kept in step), or it
-    /// failed to write or fsync (`log_failed`), or a durable commit failed
-    /// (it may have reached the disk with the next generation; a reopen's
-    /// replay puts the log back in step). Recovery still reads what the
-    /// log held.
-    no_logging: bool,
-    /// The log failed to write or fsync: never logged again here.
+    /// The log failed to write or fsync: never logged again here (every
+    /// group is a durable commit). Recovery still reads what it held.
     log_failed: bool,
+    /// A durable commit failed: it may have reached the disk with the next
+    /// generation, so nothing is logged until the generation is known again
+    /// (a durable commit succeeds, or a replay reads it from meta).
+    out_of_step: bool,
     /// The log generation meta holds. Every durable commit moves it on,
     /// with or without a log: a run without the log must not leave records
     /// of a generation still current for a later run with it to replay.
@@ -224,8 +222,8 @@ impl Writer {
         strict: bool,
     ) -> Self {
         Writer {
-            no_logging: shared.limits.wal_bytes == 0,
             log_failed: false,
+            out_of_step: false,
             wal_gen,
             strict,
             unreplayed: None,
@@ -415,8 +413,6 @@ impl Writer {
             self.unreplayed = Some(generation);
             return Err(e);
         }
-        // The log and meta are in step again.
-        self.no_logging = self.shared.limits.wal_bytes == 0 || self.log_failed;
         if let Some(db) = self.unpublished.take() {
             *self.shared.db.write() = Some(db);
         }
@@ -553,8 +549,10 @@ impl Writer {
             ))));
         }
         if found.writes.is_empty() {
-            // Nothing to replay: the log starts over at this generation.
+            // Nothing to replay: the log starts over at the generation
+            // meta holds.
             wal.rewind();
+            self.out_of_step = false;
             return Ok(0);
         }
         let sh = self.shared.clone();
@@ -612,7 +610,11 @@ impl Writer {
     /// Logs `group` if it can be: data writes only (and flushes), a log
     /// that works and has room. `true`: the group is durable in the log.
     fn log(&mut self, group: &[Op]) -> bool {
-        if self.no_logging
+        // `wal_bytes` 0: the log is off (an existing one is still replayed
+        // and kept in step).
+        if self.shared.limits.wal_bytes == 0
+            || self.log_failed
+            || self.out_of_step
             || !group
                 .iter()
                 .all(|o| matches!(o, Op::Put { .. } | Op::Delete { .. } | Op::Flush(_)))
@@ -629,7 +631,6 @@ impl Writer {
                 // A durable commit takes this group (and every later one);
                 // it also starts a new generation, so whatever part of this
                 // record reached the file is never replayed.
-                self.no_logging = true;
                 self.log_failed = true;
                 add(&self.shared.counters.write_errors, 1);
                 tracing::error!(error = %e, "the write-ahead log failed; committing every group with fsync from now on");
@@ -657,10 +658,11 @@ impl Writer {
             // records logged under the old one would then be ignored by
             // recovery. Log no more until a reopen's replay puts the log
             // back in step.
-            self.no_logging = true;
+            self.out_of_step = true;
             return Err(storage(e));
         }
         self.wal_gen = next;
+        self.out_of_step = false;
         if let Some(w) = self.wal.as_mut() {
             w.rewind();
         }
