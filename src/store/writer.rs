@@ -656,8 +656,7 @@ impl Writer {
             // The commit may have reached the disk anyway (a failed fsync
             // says nothing either way), and with it the new generation:
             // records logged under the old one would then be ignored by
-            // recovery. Log no more until a reopen's replay puts the log
-            // back in step.
+            // recovery. Log no more until the generation is known again.
             self.out_of_step = true;
             return Err(storage(e));
         }
