@@ -53,7 +53,8 @@ pub fn w5(scale: &Scale) -> String {
         s,
         "Values: {} JSON documents of 200–1000 bytes (markets and positions from the demo generator, mean {avg_len:.0} \
          bytes), new keys. Each cell: {} runs of {secs} s, writes/s median (min–max). embercache compresses \
-         (zstd 3, default) and writes a 40-byte header per record; raw redb stores the JSON as is, one thread, \
+         (zstd 3, default; the *compression off* rows store the values raw, to tell the codec's cost from \
+         the engine's) and writes a 40-byte header per record; raw redb stores the JSON as is, one thread, \
          one write transaction (`Durability::Immediate`) per batch, keys `w0:<n>` in one sequence (a batch \
          lands on one or two B-tree leaves); the *embercache's keys* rows insert the keys the N embercache \
          writers write (`w<t>:<n>`, one of each writer per batch, so a batch touches up to N leaves, as a \
@@ -70,13 +71,15 @@ pub fn w5(scale: &Scale) -> String {
     ]);
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     // One embercache Sync run with `w` writers: (writes/s, ops per commit).
-    let ember = |w: usize| {
+    // `compress` false: the namespace stores values raw, which separates
+    // what zstd costs from what the engine costs.
+    let ember = |w: usize, compress: bool| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = Cache::builder()
-            .dir(dir.path())
-            .durability(Durability::Sync)
-            .open()
-            .expect("open");
+        let mut b = Cache::builder().dir(dir.path()).durability(Durability::Sync);
+        if !compress {
+            b = b.namespace("w", embercache::NamespacePolicy::default().no_compression());
+        }
+        let c = b.open().expect("open");
         let s0 = c.stats();
         let rate = hammer(w, secs, |t, j| {
             c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
@@ -145,6 +148,8 @@ pub fn w5(scale: &Scale) -> String {
     // ratios are taken per run, between neighbours, then their median.
     let n = WRITERS.len();
     let mut ember_runs = vec![Runs::default(); n];
+    let mut raw_value_runs = vec![Runs::default(); n];
+    let mut vs_redb_raw_values = vec![Runs::default(); n];
     let mut group = vec![Runs::default(); n];
     let mut redb_runs = vec![Runs::default(); n];
     let mut same_runs = vec![Runs::default(); n];
@@ -158,8 +163,11 @@ pub fn w5(scale: &Scale) -> String {
     for _ in 0..scale.runs {
         let mut first = f64::NAN;
         for (i, &w) in WRITERS.iter().enumerate() {
-            let (e, g) = ember(w);
+            let (e, g) = ember(w, true);
+            let (u, _) = ember(w, false);
             let r = raw(w, false);
+            raw_value_runs[i].0.push(u);
+            vs_redb_raw_values[i].0.push(u / r);
             let rs = raw(w, true);
             same_runs[i].0.push(rs);
             vs_same[i].0.push(e / rs);
@@ -188,6 +196,14 @@ pub fn w5(scale: &Scale) -> String {
             w.to_string(),
             ember_runs[i].rate(),
             format!("{:.1}", group[i].median()),
+        ]);
+    }
+    for (i, &w) in WRITERS.iter().enumerate() {
+        t.row(vec![
+            "embercache Sync, compression off".into(),
+            w.to_string(),
+            raw_value_runs[i].rate(),
+            "–".into(),
         ]);
     }
     for &w in &[1usize, 4] {
@@ -269,6 +285,11 @@ pub fn w5(scale: &Scale) -> String {
         s,
         "| embercache Sync (N writers) / raw redb with embercache's keys (batch N) | {} | – |",
         cells(&|i| ratio(&vs_same[i]))
+    );
+    let _ = writeln!(
+        s,
+        "| embercache Sync, compression off / raw redb (batch N) | {} | – |",
+        cells(&|i| ratio(&vs_redb_raw_values[i]))
     );
     let _ = writeln!(
         s,
