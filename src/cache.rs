@@ -888,7 +888,9 @@ impl Cache {
         self.sh().invalidate_namespace(ns, true)
     }
 
-    /// Returns when every write accepted so far is fsynced.
+    /// Returns when every write accepted so far is fsynced and committed to
+    /// the database: stats, scans and [`Cache::train_dictionary`] then see
+    /// all of them.
     pub fn flush(&self) -> Result<(), WriteError> {
         self.sh().request(Op::Flush)
     }

@@ -10,8 +10,12 @@ pub enum Durability {
     /// The writer commits (with fsync) at least every `max_delay`; a crash
     /// loses at most the writes of the last window. Default, 10 ms.
     Buffered { max_delay: Duration },
-    /// `set` returns after the commit that contains it is fsynced.
-    /// Concurrent writers share one commit (group commit).
+    /// `set` returns once the write is fsynced: in the write-ahead log
+    /// (its group's record), or, with the log off or failing, in the redb
+    /// commit that contains it. Concurrent writers share one fsync (group
+    /// commit). A logged group is committed to redb right after its writes
+    /// return, so [`Stats`](crate::Stats) may count them a moment later;
+    /// [`Cache::flush`](crate::Cache::flush) waits for that commit.
     Sync,
 }
 

@@ -157,6 +157,9 @@ fn sync_mode_group_commits() {
             });
         }
     });
+    // A Sync write returns once its group is in the log; the counters
+    // follow the redb commit just after. `flush` waits for that.
+    c.flush().unwrap();
     let st = c.stats();
     assert_eq!(st.disk_records, 400);
     assert!(
