@@ -910,7 +910,9 @@ impl Cache {
 
     /// Trains a zstd dictionary from up to 4 MiB of the namespace's current
     /// values; later writes use it. Records keep naming the dictionary they
-    /// were written with, so old ones stay readable. Returns its id.
+    /// were written with, so old ones stay readable. Returns its id. The
+    /// samples come from the database: [`Cache::flush`] first to include
+    /// the latest writes.
     pub fn train_dictionary(&self, ns: &str) -> Result<u32, Error> {
         let sh = self.sh();
         let samples = sh.sample_values(ns, 4 << 20)?;

@@ -479,13 +479,17 @@ impl Writer {
         // Ops queued when the last commit finished arrive first (FIFO);
         // their waiters are callers that have not been answered yet.
         let backlog = std::mem::take(&mut self.pace.backlog);
-        let mut expect = self.pace.waiters;
+        // Callers answered after the last commit come back after it, behind
+        // the waiting ops queued meanwhile. Callers answered from the log
+        // before it may be among those queued ops already: count them once.
+        let (late, early) = (self.pace.waiters, self.pace.early);
+        let mut queued = 0usize;
         let mut waiting = 0usize;
         for (i, op) in group.iter().enumerate() {
             if op.urgent() {
                 waiting += 1;
                 if i < backlog {
-                    expect += 1;
+                    queued += 1;
                 }
             }
         }
@@ -495,7 +499,7 @@ impl Writer {
             let next = if urgent {
                 match self.rx.try_recv() {
                     Ok(op) => Some(op),
-                    Err(_) if waiting < expect.min(LINGER_MAX_WAITERS) => {
+                    Err(_) if waiting < (late + early.max(queued)).min(LINGER_MAX_WAITERS) => {
                         let until =
                             *linger.get_or_insert_with(|| Instant::now() + self.pace.linger());
                         self.rx.recv_deadline(until).ok()
@@ -509,7 +513,7 @@ impl Writer {
             if op.urgent() {
                 waiting += 1;
                 if received < backlog {
-                    expect += 1;
+                    queued += 1;
                 }
             }
             received += 1;
@@ -729,6 +733,7 @@ impl Writer {
                     && let Some(d) = done.take()
                 {
                     d.send(Ok(()));
+                    self.pace.answered_early += 1;
                 }
             }
             txn.set_durability(redb::Durability::None)
@@ -1308,17 +1313,25 @@ const LINGER_MAX_WAITERS: usize = 16;
 /// What the last commit tells `gather` about the callers in flight.
 #[derive(Default)]
 struct Pace {
-    /// Ops of the last committed group that somebody waited for.
+    /// Ops of the last committed group that somebody waited for, answered
+    /// after its commit.
     waiters: usize,
+    /// Writes of the last committed group answered before its commit (from
+    /// the log): their callers may be back in the queue already.
+    early: usize,
     /// Ops in the queue when that commit finished.
     backlog: usize,
     /// How long that commit took.
     took: Duration,
+    /// Counts the writes of the group being committed as they are answered
+    /// from the log; becomes `early`.
+    answered_early: usize,
 }
 
 impl Pace {
     fn committed(&mut self, group: &[Op], backlog: usize, took: Duration) {
         self.waiters = group.iter().filter(|o| o.urgent()).count();
+        self.early = std::mem::take(&mut self.answered_early);
         self.backlog = backlog;
         self.took = took;
     }
