@@ -889,8 +889,8 @@ impl Cache {
     }
 
     /// Returns when every write accepted so far is fsynced and committed to
-    /// the database: stats, scans and [`Cache::train_dictionary`] then see
-    /// all of them.
+    /// the database: stats and [`Cache::train_dictionary`] then count all of
+    /// them (reads and scans see a write as soon as its call returns).
     pub fn flush(&self) -> Result<(), WriteError> {
         self.sh().request(Op::Flush)
     }

@@ -721,9 +721,9 @@ impl Writer {
             // Durable now: answer the writes' callers before the redb work,
             // which then overlaps with their next writes (W5: +15 to +50 %).
             // Their writes stay in `pending` until the commit below, so
-            // reads see them. A flush is still answered after the commit:
-            // it promises that stats, scans and dictionary training see
-            // every earlier write. If this commit fails, the log still
+            // reads and scans see them. A flush is still answered after
+            // the commit: it promises that stats and dictionary training
+            // (which read the database) count every earlier write. If this commit fails, the log still
             // holds the group: no durable commit (which starts the log
             // over) runs before the group is in redb, since a failed group
             // is carried and retried before any maintenance, a reopen
