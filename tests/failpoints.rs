@@ -91,6 +91,18 @@ fn wait_recovered(c: &Cache) {
     panic!("the cache did not recover after the fault cleared");
 }
 
+/// Waits (bounded) until the writer has counted `n` failed commits.
+fn wait_for_write_errors(c: &Cache, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.stats().write_errors < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {n} failed commits"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// A write fault (`point` set to `action`): acknowledged writes survive,
 /// the failing write reports the error, hot reads go on, recovery follows.
 fn write_fault(point: &str, action: &str) {
@@ -116,11 +128,7 @@ fn write_fault(point: &str, action: &str) {
         // the database to reopen and replay first.
         Ok(()) if point == "writer::commit" => {
             // Its commit fails just after the answer.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while c.stats().write_errors == 0 {
-                assert!(std::time::Instant::now() < deadline, "no commit error");
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            wait_for_write_errors(&c, 1);
         }
         Ok(()) => panic!("{point}={action}: the write was acknowledged"),
     }
@@ -192,11 +200,7 @@ fn a_write_answered_from_the_log_survives_a_failing_commit_and_close() {
         assert_eq!(c.get("ns", b"k").unwrap().as_deref(), Some(&value(2)[..]));
         // The group is retried and keeps failing; maintenance must not run
         // its checkpoint meanwhile. Wait for a few retries.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while c.stats().write_errors < 3 {
-            assert!(std::time::Instant::now() < deadline, "no retries");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_write_errors(&c, 3);
         c.run_maintenance().unwrap_err();
         assert!(c.close().is_err(), "{action}: close cannot commit");
         fail::remove("writer::commit");

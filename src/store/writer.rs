@@ -723,11 +723,12 @@ impl Writer {
             // Their writes stay in `pending` until the commit below, so
             // reads and scans see them. A flush is still answered after
             // the commit: it promises that stats and dictionary training
-            // (which read the database) count every earlier write. If this commit fails, the log still
-            // holds the group: no durable commit (which starts the log
-            // over) runs before the group is in redb, since a failed group
-            // is carried and retried before any maintenance, a reopen
-            // replays the log, and close skips its snapshot.
+            // (which read the database) count every earlier write. If this
+            // commit fails, the log still holds the group: no durable
+            // commit (which starts the log over) runs before the group is
+            // in redb, since a failed group is carried and retried before
+            // any maintenance, a reopen replays the log, and close skips
+            // its snapshot.
             for op in group.iter_mut() {
                 if let Op::Put { done, .. } | Op::Delete { done, .. } = op
                     && let Some(d) = done.take()
