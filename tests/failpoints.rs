@@ -218,6 +218,59 @@ fn a_write_answered_from_the_log_survives_a_failing_commit_and_close() {
     }
 }
 
+/// Logged groups share one redb transaction while writes are queued
+/// (`Writer::defer`). When a later group's commit fails, the earlier
+/// groups, answered and in the log but not in redb, are retried with it:
+/// the checkpoint that follows starts the log over, so a write the retry
+/// left out is gone at the next open.
+#[test]
+fn writes_of_an_open_transaction_survive_a_failing_commit() {
+    // No I/O error: a reopen would replay the log and hide a lost retry.
+    for action in ["return(other)", "panic"] {
+        let scenario = FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let c = Arc::new(open(dir.path(), &clock));
+        // Slow commits: the other writers queue their next writes meanwhile,
+        // so each group leaves the transaction open; then one fails.
+        fail::cfg("writer::commit", &format!("12*sleep(5)->1*{action}->off")).unwrap();
+        let writers: Vec<_> = (0..8u32)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    for i in 0..40u32 {
+                        let k = format!("{t}:{i}");
+                        if c.set("ns", k.as_bytes(), value(i)).is_ok() {
+                            acked.push((k, i));
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: Vec<(String, u32)> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        assert!(c.stats().write_errors >= 1, "{action}: no commit failed");
+        wait_recovered(&c);
+        c.run_maintenance().unwrap(); // checkpoint: the log starts over
+        Arc::into_inner(c).unwrap().close().unwrap();
+        fail::remove("writer::commit");
+        let c = open(dir.path(), &clock);
+        for (k, i) in &acked {
+            assert_eq!(
+                c.get("ns", k.as_bytes()).unwrap().as_deref(),
+                Some(&value(*i)[..]),
+                "{action}: acknowledged write {k} lost"
+            );
+        }
+        c.close().unwrap();
+        scenario.teardown();
+    }
+}
+
 #[test]
 fn commit_panic() {
     write_fault("writer::commit", "panic");

@@ -1,10 +1,11 @@
-//! The background writer: one thread, one redb write transaction per group
+//! The background writer: one thread, a redb write transaction per group
 //! of writes (group commit), plus the maintenance work that needs a write
 //! transaction (expiry sweep, disk bound, epoch purge, hot-set snapshot).
 //!
 //! A group of data writes is made durable by the write-ahead log (wal.rs)
 //! when the database has one: one record appended and fsynced, then a redb
-//! commit without fsync. Everything else, and every group when there is no
+//! commit without fsync, which the next logged groups share while writes
+//! keep coming (`Writer::defer`). Everything else, and every group when there is no
 //! log, is a `Durability::Immediate` (fsynced) commit, which is also a
 //! checkpoint of the log. `Buffered` mode waits
 //! up to `max_delay` to fill a group; a write that someone waits for (Sync
@@ -210,6 +211,24 @@ pub(crate) struct Writer {
     /// readers: the log is replayed into it first, so no reader sees it
     /// without the writes it lost.
     unpublished: Option<Arc<redb::Database>>,
+    /// Logged groups applied to a redb transaction not committed yet (see
+    /// [`Writer::defer`]).
+    open: Open,
+}
+
+/// The redb transaction that logged groups share while writes keep coming:
+/// one commit for several groups. Their writes are durable in the log and
+/// answered; they stay in `pending` (so reads see them) until the commit.
+#[derive(Default)]
+struct Open {
+    txn: Option<redb::WriteTransaction>,
+    /// The data writes applied in `txn`, in queue order: removed from
+    /// `pending` after the commit, carried and retried if it fails.
+    ops: Vec<Op>,
+    /// `Op::bytes` of `ops`.
+    bytes: usize,
+    delta: Delta,
+    outbox: OutboxDelta,
 }
 
 impl Writer {
@@ -228,6 +247,7 @@ impl Writer {
             strict,
             unreplayed: None,
             unpublished: None,
+            open: Open::default(),
             wal,
             shared,
             rx,
@@ -249,7 +269,14 @@ impl Writer {
         let limits = self.shared.limits.clone();
         loop {
             let mut group = std::mem::take(&mut self.carry);
-            if group.is_empty() {
+            if group.is_empty() && self.open.txn.is_some() {
+                // The open transaction waits for writes that were queued
+                // when it was left open; without them, an empty group
+                // commits it.
+                if let Ok(op) = self.rx.try_recv() {
+                    group.push(op);
+                }
+            } else if group.is_empty() {
                 let wait = limits
                     .maintenance_interval
                     .saturating_sub(self.last_maintenance.elapsed());
@@ -265,7 +292,9 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            self.gather(&mut group);
+            if !group.is_empty() {
+                self.gather(&mut group);
+            }
             let started = Instant::now();
             let closing = group.iter().any(|o| matches!(o, Op::Close(_)));
             let maintain = group.iter().any(|o| matches!(o, Op::Maintain(_)));
@@ -307,11 +336,17 @@ impl Writer {
                     reply_all(&mut group, Ok(()));
                     // Periodic maintenance after the replies: the callers
                     // of this group do not wait for it.
-                    if !maintain && self.last_maintenance.elapsed() >= limits.maintenance_interval {
+                    if !maintain
+                        && self.open.txn.is_none()
+                        && self.last_maintenance.elapsed() >= limits.maintenance_interval
+                    {
                         self.maintain();
                     }
                 }
                 Err(e) => {
+                    // The open transaction is gone with the failed commit;
+                    // its writes are carried with the group's.
+                    let open_ops = std::mem::take(&mut self.open).ops;
                     let err = WriteError::Storage(e.clone());
                     add(&self.shared.counters.write_errors, 1);
                     *self.shared.last_error.lock() = Some(e.to_string());
@@ -351,7 +386,9 @@ impl Writer {
                     }
                     // Data ops are retried; control ops were answered.
                     group.retain(|o| !matches!(o, Op::Flush(_) | Op::Maintain(_) | Op::Close(_)));
-                    self.carry = group;
+                    let mut carry = open_ops;
+                    carry.append(&mut group);
+                    self.carry = carry;
                     self.backoff =
                         (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(2));
                     std::thread::sleep(self.backoff);
@@ -705,18 +742,30 @@ impl Writer {
         self.commit_durable(txn)
     }
 
-    /// Applies a group in one transaction and commits it: logged and
-    /// committed without fsync when `may_log` and [`Self::log`] take it,
-    /// else committed with fsync.
-    fn commit_group(&mut self, group: &mut [Op], may_log: bool) -> Result<(), Arc<redb::Error>> {
+    /// Applies a group to the open transaction (or a new one) and commits
+    /// it: logged and committed without fsync when `may_log` and
+    /// [`Self::log`] take it, else committed with fsync. A logged group may
+    /// instead leave the transaction open for the next groups to share its
+    /// commit ([`Self::defer`]); whichever group commits it commits theirs
+    /// too. An empty group commits the open transaction.
+    fn commit_group(&mut self, group: &mut Vec<Op>, may_log: bool) -> Result<(), Arc<redb::Error>> {
         if may_log {
             // After a reopen whose replay failed: replay first (or fail).
             self.replay_unreplayed()?;
         }
+        if group.is_empty() && self.open.txn.is_none() {
+            return Ok(());
+        }
         let sh = self.shared.clone();
         let start = Instant::now();
-        let mut txn = self.db()?.begin_write().map_err(storage)?;
-        let logged = may_log && self.log(group);
+        // Taken out: if anything below fails, the transaction is dropped
+        // (nothing of it applied) and `run` carries `open.ops` with `group`.
+        let mut txn = match self.open.txn.take() {
+            Some(txn) => txn,
+            None => self.db()?.begin_write().map_err(storage)?,
+        };
+        // The open transaction holds logged groups only.
+        let logged = group.is_empty() || (may_log && self.log(group));
         if logged {
             // Durable now: answer the writes' callers before the redb work,
             // which then overlaps with their next writes (W5: +15 to +50 %).
@@ -738,6 +787,10 @@ impl Writer {
                 }
             }
             txn.set_durability(redb::Durability::None)
+                .map_err(storage)?;
+        } else {
+            // It may have been opened by a logged group.
+            txn.set_durability(redb::Durability::Immediate)
                 .map_err(storage)?;
         }
         let mut delta = Delta::default();
@@ -860,7 +913,9 @@ impl Writer {
             if let Some(o) = outbox {
                 od = o.delta;
             }
-            self.write_counters(&mut meta, &delta)?;
+            // The counters move at the commit: the open groups' deltas
+            // count here too.
+            self.write_counters(&mut meta, &self.open.delta.plus(&delta))?;
         }
         // `return(other)` fails with an error that is not I/O (no reopen).
         failpoint!("writer::commit", |arg: Option<String>| Err(
@@ -869,23 +924,37 @@ impl Writer {
                 _ => injected("commit"),
             }
         ));
+        let ops = group.len();
+        self.open.delta = self.open.delta.plus(&delta);
+        self.open.outbox.rows += od.rows;
+        self.open.outbox.bytes += od.bytes;
+        self.open.outbox.coalesced += od.coalesced;
+        if logged && self.defer(group) {
+            self.open.bytes += group.iter().map(Op::bytes).sum::<usize>();
+            self.open.ops.append(group);
+            self.open.txn = Some(txn);
+            self.count_group(start, ops);
+            return Ok(());
+        }
         if logged {
             txn.commit().map_err(storage)?;
         } else {
             self.commit_durable(txn)?;
         }
-        self.after_commit(&delta, start, group.len());
+        let open = std::mem::take(&mut self.open);
+        self.count_group(start, ops);
+        self.after_commit(&open.delta);
         let c = &sh.counters;
         c.outbox_rows.store(
-            apply(c.outbox_rows.load(Ordering::Relaxed), od.rows),
+            apply(c.outbox_rows.load(Ordering::Relaxed), open.outbox.rows),
             Ordering::Relaxed,
         );
         c.outbox_bytes.store(
-            apply(c.outbox_bytes.load(Ordering::Relaxed), od.bytes),
+            apply(c.outbox_bytes.load(Ordering::Relaxed), open.outbox.bytes),
             Ordering::Relaxed,
         );
-        add(&c.outbox_coalesced, od.coalesced);
-        for op in group.iter() {
+        add(&c.outbox_coalesced, open.outbox.coalesced);
+        for op in open.ops.iter().chain(group.iter()) {
             match op {
                 Op::Put {
                     ns,
@@ -916,6 +985,26 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether a logged group leaves its transaction open for the next
+    /// groups, which then share one redb commit (its B-tree pages are
+    /// copied and checksummed once, not once per group; W5). Only while
+    /// writes are queued already, so the commit comes soon, and up to
+    /// [`OPEN_MAX_OPS`] writes or `group_max_bytes` (`pending` holds them
+    /// all until then). Never for a group with a flush (answered after a
+    /// commit), when maintenance is due (it commits on its own), or once
+    /// the cache is closing.
+    fn defer(&self, group: &[Op]) -> bool {
+        !self.rx.is_empty()
+            && group
+                .iter()
+                .all(|o| matches!(o, Op::Put { .. } | Op::Delete { .. }))
+            && self.open.ops.len() + group.len() < OPEN_MAX_OPS
+            && self.open.bytes + group.iter().map(Op::bytes).sum::<usize>()
+                < self.shared.limits.group_max_bytes
+            && self.last_maintenance.elapsed() < self.shared.limits.maintenance_interval
+            && !self.shared.closed.load(Ordering::Acquire)
+    }
+
     /// Persists the record and byte counts, the version high-water mark and
     /// the engine time, in the same transaction as the data.
     fn write_counters(
@@ -940,7 +1029,23 @@ impl Writer {
         Ok(())
     }
 
-    fn after_commit(&self, d: &Delta, start: Instant, ops: usize) {
+    /// Counts a group of `ops` started at `start` as one group commit (the
+    /// log's fsync, or the durable commit), whether or not its redb
+    /// transaction committed yet. Maintenance transactions are not counted.
+    fn count_group(&self, start: Instant, ops: usize) {
+        if ops == 0 {
+            return;
+        }
+        let c = &self.shared.counters;
+        let us = start.elapsed().as_micros() as u64;
+        add(&c.commits, 1);
+        add(&c.committed_ops, ops as u64);
+        add(&c.commit_micros_total, us);
+        c.commit_micros_max.fetch_max(us, Ordering::Relaxed);
+        self.shared.commit_latency.observe(us as f64 / 1e6);
+    }
+
+    fn after_commit(&self, d: &Delta) {
         let c = &self.shared.counters;
         c.records.store(
             apply(c.records.load(Ordering::Relaxed), d.records),
@@ -950,15 +1055,6 @@ impl Writer {
             apply(c.disk_bytes.load(Ordering::Relaxed), d.bytes),
             Ordering::Relaxed,
         );
-        if ops > 0 {
-            // Group commits only; maintenance transactions are not counted.
-            let us = start.elapsed().as_micros() as u64;
-            add(&c.commits, 1);
-            add(&c.committed_ops, ops as u64);
-            add(&c.commit_micros_total, us);
-            c.commit_micros_max.fetch_max(us, Ordering::Relaxed);
-            self.shared.commit_latency.observe(us as f64 / 1e6);
-        }
         // Bumped after the commit is visible and before pending entries go:
         // a reader that started before this commit will not fill the hot
         // tier from its older snapshot.
@@ -1203,7 +1299,7 @@ impl Writer {
             return txn.abort().map_err(storage);
         }
         self.commit_durable(txn)?;
-        self.after_commit(delta, Instant::now(), 0);
+        self.after_commit(delta);
         Ok(())
     }
 
@@ -1311,6 +1407,10 @@ impl Writer {
 /// 16 writers unchanged).
 const LINGER_MAX_WAITERS: usize = 16;
 
+/// The most writes logged groups leave in one open transaction
+/// ([`Writer::defer`]).
+const OPEN_MAX_OPS: usize = 1024;
+
 /// What the last commit tells `gather` about the callers in flight.
 #[derive(Default)]
 struct Pace {
@@ -1372,6 +1472,13 @@ struct Delta {
 }
 
 impl Delta {
+    fn plus(&self, other: &Delta) -> Delta {
+        Delta {
+            records: self.records + other.records,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
     fn add(&mut self, bytes: usize) {
         self.records += 1;
         self.bytes += bytes as i64;
