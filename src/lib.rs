@@ -50,6 +50,10 @@
 /// `$e` maps the configured argument to the value the enclosing function
 /// returns when the point is set to `return`; any point can also `panic`.
 macro_rules! failpoint {
+    ($name:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
     ($name:expr, $e:expr) => {
         #[cfg(feature = "failpoints")]
         fail::fail_point!($name, $e);
@@ -60,6 +64,7 @@ macro_rules! failpoint {
 #[cfg(feature = "failpoints")]
 pub const FAILPOINTS: &[&str] = &[
     "writer::commit",
+    "writer::defer",
     "writer::sweep",
     "disk::write",
     "disk::fsync",

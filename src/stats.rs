@@ -180,8 +180,13 @@ pub struct Stats {
     pub file_bytes: u64,
     /// Writes waiting for the writer thread.
     pub queue_depth: u64,
+    /// Group commits: groups of writes made durable (one log fsync, or
+    /// one fsynced commit) and applied to the database. Groups that share
+    /// one redb transaction count one each; maintenance is not counted.
     pub commits: u64,
     pub committed_ops: u64,
+    /// Per group commit, from its start to its redb commit (or to the
+    /// point it left a shared transaction open for the next group).
     pub commit_latency_avg: Duration,
     pub commit_latency_max: Duration,
     /// Failed commits (disk full, I/O errors); the writer retries.

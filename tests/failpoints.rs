@@ -20,6 +20,7 @@ const T0: u64 = 1_750_000_000_000;
 /// Every point this file exercises; checked against the library's list.
 const TESTED: &[&str] = &[
     "writer::commit",
+    "writer::defer",
     "writer::sweep",
     "disk::write",
     "disk::fsync",
@@ -225,12 +226,15 @@ fn a_write_answered_from_the_log_survives_a_failing_commit_and_close() {
 /// left out is gone at the next open.
 #[test]
 fn writes_of_an_open_transaction_survive_a_failing_commit() {
-    // No I/O error: a reopen would replay the log and hide a lost retry.
+    // `return(other)` is the case that guards the retry: an I/O error, and
+    // a panic (the writer turns it into one), make the writer reopen the
+    // database and replay the log, which would hide a write left out.
     for action in ["return(other)", "panic"] {
         let scenario = FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(T0);
         let c = Arc::new(open(dir.path(), &clock));
+        let deferred = count_hits("writer::defer");
         // Slow commits: the other writers queue their next writes meanwhile,
         // so each group leaves the transaction open; then one fails.
         fail::cfg("writer::commit", &format!("12*sleep(5)->1*{action}->off")).unwrap();
@@ -254,6 +258,10 @@ fn writes_of_an_open_transaction_survive_a_failing_commit() {
             .flat_map(|w| w.join().unwrap())
             .collect();
         assert!(c.stats().write_errors >= 1, "{action}: no commit failed");
+        assert!(
+            deferred.load(Ordering::SeqCst) > 0,
+            "{action}: no group left its transaction open"
+        );
         wait_recovered(&c);
         c.run_maintenance().unwrap(); // checkpoint: the log starts over
         Arc::into_inner(c).unwrap().close().unwrap();

@@ -227,6 +227,9 @@ struct Open {
     ops: Vec<Op>,
     /// `Op::bytes` of `ops`.
     bytes: usize,
+    /// Per group applied: how long it took, its ops (counted in the
+    /// stats once the transaction commits).
+    groups: Vec<(Duration, usize)>,
     delta: Delta,
     outbox: OutboxDelta,
 }
@@ -269,20 +272,17 @@ impl Writer {
         let limits = self.shared.limits.clone();
         loop {
             let mut group = std::mem::take(&mut self.carry);
-            if group.is_empty() && self.open.txn.is_some() {
-                // The open transaction waits for writes that were queued
-                // when it was left open; without them, an empty group
-                // commits it.
-                if let Ok(op) = self.rx.try_recv() {
-                    group.push(op);
-                }
-            } else if group.is_empty() {
+            if group.is_empty() {
                 let wait = limits
                     .maintenance_interval
                     .saturating_sub(self.last_maintenance.elapsed());
                 match self.rx.recv_timeout(wait) {
                     Ok(op) => group.push(op),
                     Err(RecvTimeoutError::Timeout) => {
+                        // A transaction is left open only with an op
+                        // queued, and this thread alone takes ops: the
+                        // receive above returned it at once.
+                        debug_assert!(self.open.txn.is_none());
                         // Idle for a maintenance interval: the callers of
                         // the last commit are not coming back soon.
                         self.pace = Pace::default();
@@ -292,9 +292,7 @@ impl Writer {
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            if !group.is_empty() {
-                self.gather(&mut group);
-            }
+            self.gather(&mut group);
             let started = Instant::now();
             let closing = group.iter().any(|o| matches!(o, Op::Close(_)));
             let maintain = group.iter().any(|o| matches!(o, Op::Maintain(_)));
@@ -350,7 +348,11 @@ impl Writer {
                     let err = WriteError::Storage(e.clone());
                     add(&self.shared.counters.write_errors, 1);
                     *self.shared.last_error.lock() = Some(e.to_string());
-                    tracing::error!(error = %e, ops = group.len(), "commit failed; will retry");
+                    tracing::error!(
+                        error = %e,
+                        ops = group.len() + open_ops.len(),
+                        "commit failed; will retry"
+                    );
                     reply_all(&mut group, Err(err.clone()));
                     self.failures += 1;
                     if closing || (self.shared.closed.load(Ordering::Acquire) && self.failures >= 3)
@@ -360,7 +362,7 @@ impl Writer {
                         // (nothing started it over), and the next open
                         // replays them; the others' callers got the error.
                         tracing::error!(
-                            ops = group.len(),
+                            ops = group.len() + open_ops.len(),
                             "closing with writes that could not be committed"
                         );
                         if !closing {
@@ -747,14 +749,11 @@ impl Writer {
     /// [`Self::log`] take it, else committed with fsync. A logged group may
     /// instead leave the transaction open for the next groups to share its
     /// commit ([`Self::defer`]); whichever group commits it commits theirs
-    /// too. An empty group commits the open transaction.
+    /// too.
     fn commit_group(&mut self, group: &mut Vec<Op>, may_log: bool) -> Result<(), Arc<redb::Error>> {
         if may_log {
             // After a reopen whose replay failed: replay first (or fail).
             self.replay_unreplayed()?;
-        }
-        if group.is_empty() && self.open.txn.is_none() {
-            return Ok(());
         }
         let sh = self.shared.clone();
         let start = Instant::now();
@@ -764,8 +763,7 @@ impl Writer {
             Some(txn) => txn,
             None => self.db()?.begin_write().map_err(storage)?,
         };
-        // The open transaction holds logged groups only.
-        let logged = group.is_empty() || (may_log && self.log(group));
+        let logged = may_log && self.log(group);
         if logged {
             // Durable now: answer the writes' callers before the redb work,
             // which then overlaps with their next writes (W5: +15 to +50 %).
@@ -930,10 +928,11 @@ impl Writer {
         self.open.outbox.bytes += od.bytes;
         self.open.outbox.coalesced += od.coalesced;
         if logged && self.defer(group) {
+            failpoint!("writer::defer");
             self.open.bytes += group.iter().map(Op::bytes).sum::<usize>();
             self.open.ops.append(group);
             self.open.txn = Some(txn);
-            self.count_group(start, ops);
+            self.open.groups.push((start.elapsed(), ops));
             return Ok(());
         }
         if logged {
@@ -942,7 +941,9 @@ impl Writer {
             self.commit_durable(txn)?;
         }
         let open = std::mem::take(&mut self.open);
-        self.count_group(start, ops);
+        for (took, n) in open.groups.iter().copied().chain([(start.elapsed(), ops)]) {
+            self.count_group(took, n);
+        }
         self.after_commit(&open.delta);
         let c = &sh.counters;
         c.outbox_rows.store(
@@ -988,9 +989,10 @@ impl Writer {
     /// Whether a logged group leaves its transaction open for the next
     /// groups, which then share one redb commit (its B-tree pages are
     /// copied and checksummed once, not once per group; W5). Only while
-    /// writes are queued already, so the commit comes soon, and up to
-    /// [`OPEN_MAX_OPS`] writes or `group_max_bytes` (`pending` holds them
-    /// all until then). Never for a group with a flush (answered after a
+    /// writes are queued already, so the commit comes soon, and while the
+    /// transaction holds fewer than [`OPEN_MAX_OPS`] writes and
+    /// `group_max_bytes` (`pending` holds them all until the commit; the
+    /// group that commits adds its own). Never for a group with a flush (answered after a
     /// commit), when maintenance is due (it commits on its own), or once
     /// the cache is closing.
     fn defer(&self, group: &[Op]) -> bool {
@@ -1029,15 +1031,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Counts a group of `ops` started at `start` as one group commit (the
-    /// log's fsync, or the durable commit), whether or not its redb
-    /// transaction committed yet. Maintenance transactions are not counted.
-    fn count_group(&self, start: Instant, ops: usize) {
+    /// Counts a committed group of `ops` that took `took` as one group
+    /// commit (groups that shared a transaction count one each, a deferred
+    /// one with the time up to its deferral). Maintenance transactions are
+    /// not counted.
+    fn count_group(&self, took: Duration, ops: usize) {
         if ops == 0 {
             return;
         }
         let c = &self.shared.counters;
-        let us = start.elapsed().as_micros() as u64;
+        let us = took.as_micros() as u64;
         add(&c.commits, 1);
         add(&c.committed_ops, ops as u64);
         add(&c.commit_micros_total, us);
