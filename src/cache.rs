@@ -362,6 +362,17 @@ impl CacheBuilder {
                     format!("{level} for namespace {name} is not in 1..=22"),
                 );
             }
+            if let Some(n) = p.auto_dictionary
+                && n < 8
+            {
+                return bad(
+                    "auto_dictionary",
+                    format!(
+                        "{n} for namespace {name}: training needs at least 8 values \
+                         (default 4096; `no_auto_dictionary()` turns it off)"
+                    ),
+                );
+            }
             if p.default_ttl == Some(Duration::ZERO) || p.max_ttl == Some(Duration::ZERO) {
                 return bad(
                     "ttl",
@@ -474,7 +485,9 @@ impl CacheBuilder {
             _ => None,
         };
         let (tx, rx) = crossbeam_channel::bounded(self.limits.queue_capacity);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            trainers: Default::default(),
             db: RwLock::new(Some(Arc::new(opened.db))),
             source,
             hot: HotTier::new(self.hot_capacity as usize, shards),
@@ -620,6 +633,12 @@ impl Inner {
             Err(_) => Err(WriteError::Closed),
         };
         for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        // A dictionary being trained finds the writer gone and ends; its
+        // read of the samples must not keep the file open.
+        let trainers = std::mem::take(&mut *self.shared.trainers.lock());
+        for t in trainers {
             let _ = t.join();
         }
         // Release the file (and its lock) now, not when the last clone goes:
@@ -914,38 +933,7 @@ impl Cache {
     /// samples come from the database: [`Cache::flush`] first to include
     /// the latest writes.
     pub fn train_dictionary(&self, ns: &str) -> Result<u32, Error> {
-        let sh = self.sh();
-        let samples = sh.sample_values(ns, 4 << 20)?;
-        if samples.len() < 8 {
-            return Err(Error::Maintenance(format!(
-                "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",
-                samples.len()
-            )));
-        }
-        let dict = zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| {
-            Error::Maintenance(format!(
-                "dictionary training failed: {e}; store more varied values first"
-            ))
-        })?;
-        let decoder = crate::store::record::Dictionary::new(&dict).ok_or_else(|| {
-            Error::Maintenance("zstd could not load the trained dictionary; train again".into())
-        })?;
-        let n = sh.ns.get(ns)?;
-        let id = sh.next_dict_id.fetch_add(1, Ordering::SeqCst);
-        sh.decoders.write().insert(id, Arc::new(decoder));
-        // Persist first: no record may name a dictionary that is not durable.
-        sh.request(|done| Op::Dict {
-            ns: n.clone(),
-            id,
-            bytes: dict.clone(),
-            done: Some(done),
-        })?;
-        let level = n.policy.compression_level.unwrap_or(3);
-        *n.dict.write() = Some((
-            id,
-            Arc::new(zstd::dict::EncoderDictionary::copy(&dict, level)),
-        ));
-        Ok(id)
+        self.sh().train_dictionary(ns)
     }
 
     // ----- typed layer ----------------------------------------------------
@@ -1008,6 +996,7 @@ impl Cache {
                     invalidations: stats::get(&k.invalidations),
                     raw_bytes_written: stats::get(&k.raw_bytes),
                     stored_bytes_written: stats::get(&k.stored_bytes),
+                    dictionary: n.dict.read().as_ref().map(|(id, _)| *id),
                 }
             })
             .collect();

@@ -67,6 +67,15 @@ pub struct NamespacePolicy {
     /// open bumps the namespace epoch: old values are never served again.
     /// Default: none.
     pub schema_version: Option<String>,
+    /// Train the namespace's first zstd dictionary on its own, in a
+    /// background thread, once this many values were written compressed
+    /// without one (as [`Cache::train_dictionary`](crate::Cache::train_dictionary)
+    /// does, from up to 4 MiB of the stored values). Small JSON values then
+    /// compress about 2× better and faster (docs/BENCHMARKS.md W5, W9).
+    /// `None` (or compression off) never trains on its own, nor does a
+    /// cache with a Redis mirror: records go to Redis as stored, and other
+    /// hosts would lack the dictionary. Default: `Some(4096)`.
+    pub auto_dictionary: Option<u32>,
 }
 
 impl Default for NamespacePolicy {
@@ -80,6 +89,7 @@ impl Default for NamespacePolicy {
             max_stale: None,
             negative_ttl: None,
             schema_version: None,
+            auto_dictionary: Some(4096),
         }
     }
 }
@@ -98,6 +108,17 @@ impl NamespacePolicy {
     /// zstd level (1..=22); see [`NamespacePolicy::compression_level`].
     pub fn compression_level(mut self, level: i32) -> Self {
         self.compression_level = Some(level);
+        self
+    }
+    /// Train the first dictionary after `writes` compressed writes (at
+    /// least 8); see [`NamespacePolicy::auto_dictionary`].
+    pub fn auto_dictionary(mut self, writes: u32) -> Self {
+        self.auto_dictionary = Some(writes);
+        self
+    }
+    /// Never train a dictionary on its own.
+    pub fn no_auto_dictionary(mut self) -> Self {
+        self.auto_dictionary = None;
         self
     }
     /// Store values raw.

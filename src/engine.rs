@@ -112,6 +112,11 @@ enum Fast {
 }
 
 pub(crate) struct Shared {
+    /// This engine, for the threads it starts itself (dictionary training).
+    pub me: std::sync::Weak<Shared>,
+    /// Dictionary-training threads (see [`Shared::dictionary_for`]),
+    /// joined by close.
+    pub trainers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// The open database; `None` while the writer reopens it after an I/O
     /// error (redb refuses every operation after one until reopened).
     pub db: RwLock<Option<Arc<Database>>>,
@@ -483,7 +488,7 @@ impl Shared {
         let now = self.time.now_ms();
         let expires_at = self.expiry_for(&ns, ttl, now)?;
         let hash = self.hot.hash(ns.id, key);
-        let dict = ns.dict.read().clone();
+        let dict = self.dictionary_for(&ns, value.len());
         let prepared = Prepared::new(
             &value,
             &Encoding {
@@ -981,6 +986,104 @@ impl Shared {
         Ok(())
     }
 
+    /// The dictionary a write of `len` bytes to `ns` compresses with. A
+    /// namespace without one counts its compressed writes and, at
+    /// `NamespacePolicy::auto_dictionary`, trains its first dictionary in a
+    /// background thread (never on the caller's: training takes ~100 ms).
+    pub(crate) fn dictionary_for(
+        &self,
+        ns: &Arc<Namespace>,
+        len: usize,
+    ) -> Option<(u32, Arc<zstd::dict::EncoderDictionary<'static>>)> {
+        let dict = ns.dict.read().clone();
+        if dict.is_none()
+            // Records go to Redis as stored, and another host could not
+            // read one compressed with a dictionary only this host has.
+            && !self.outbox
+            && let (Some(_), Some(after)) = (ns.policy.compression_level, ns.policy.auto_dictionary)
+            && len >= self.limits.compression_threshold
+            // Exactly once per namespace and process: the count goes on.
+            && ns.undictionaried.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(after)
+        {
+            self.spawn_trainer(ns);
+        }
+        dict
+    }
+
+    fn spawn_trainer(&self, ns: &Namespace) {
+        let Some(sh) = self.me.upgrade() else {
+            return;
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let name = ns.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("embercache-dict".into())
+            .spawn(move || {
+                // The samples are read from the database: commit the writes
+                // that made the count first.
+                let trained = sh
+                    .request(Op::Flush)
+                    .map_err(crate::Error::from)
+                    .and_then(|()| sh.train_dictionary(&name));
+                match trained {
+                    Ok(id) => {
+                        tracing::info!(namespace = %name, id, "trained the namespace's first dictionary")
+                    }
+                    Err(e) if sh.closed.load(Ordering::Acquire) => {
+                        tracing::debug!(namespace = %name, error = %e, "closed while training a dictionary")
+                    }
+                    Err(e) => tracing::warn!(
+                        namespace = %name,
+                        error = %e,
+                        "training the namespace's first dictionary failed; values stay compressed \
+                         without one (Cache::train_dictionary trains one on demand)"
+                    ),
+                }
+            });
+        match spawned {
+            Ok(t) => self.trainers.lock().push(t),
+            Err(e) => tracing::warn!(error = %e, "could not start a dictionary-training thread"),
+        }
+    }
+
+    /// See [`crate::Cache::train_dictionary`].
+    pub(crate) fn train_dictionary(&self, ns: &str) -> Result<u32, crate::Error> {
+        use crate::Error;
+        let samples = self.sample_values(ns, 4 << 20)?;
+        if samples.len() < 8 {
+            return Err(Error::Maintenance(format!(
+                "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",
+                samples.len()
+            )));
+        }
+        let dict = zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| {
+            Error::Maintenance(format!(
+                "dictionary training failed: {e}; store more varied values first"
+            ))
+        })?;
+        let decoder = Dictionary::new(&dict).ok_or_else(|| {
+            Error::Maintenance("zstd could not load the trained dictionary; train again".into())
+        })?;
+        let n = self.ns.get(ns)?;
+        let id = self.next_dict_id.fetch_add(1, Ordering::SeqCst);
+        self.decoders.write().insert(id, Arc::new(decoder));
+        // Persist first: no record may name a dictionary that is not durable.
+        self.request(|done| Op::Dict {
+            ns: n.clone(),
+            id,
+            bytes: dict.clone(),
+            done: Some(done),
+        })?;
+        let level = n.policy.compression_level.unwrap_or(3);
+        *n.dict.write() = Some((
+            id,
+            Arc::new(zstd::dict::EncoderDictionary::copy(&dict, level)),
+        ));
+        Ok(id)
+    }
+
     /// Live values of `ns` read straight from redb until `max_bytes`: the
     /// samples a dictionary is trained on. Reads no more than it keeps.
     pub(crate) fn sample_values(
@@ -1234,7 +1337,7 @@ impl Shared {
             expires_at: h.expires_at,
         };
         let hash = self.hot.hash(ns.id, key);
-        let dict = ns.dict.read().clone();
+        let dict = self.dictionary_for(ns, value.len());
         let prepared = Prepared::new(
             &value,
             &Encoding {

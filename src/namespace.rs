@@ -30,6 +30,9 @@ pub(crate) struct Namespace {
     /// The dictionary new writes compress with: (id, prepared at the
     /// namespace's level).
     pub dict: RwLock<Option<(u32, Arc<EncoderDictionary<'static>>)>>,
+    /// Values written compressed without a dictionary, towards
+    /// `NamespacePolicy::auto_dictionary`.
+    pub undictionaried: AtomicU64,
 }
 
 impl Namespace {
@@ -191,6 +194,7 @@ impl Namespaces {
             epoch: AtomicU64::new(0),
             counters: NsCounters::default(),
             dict: RwLock::new(None),
+            undictionaried: AtomicU64::new(0),
         });
         by_id.push(ns.clone());
         by_name.insert(ns.name.clone(), ns.clone());

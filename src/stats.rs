@@ -141,6 +141,9 @@ pub struct NamespaceStats {
     pub raw_bytes_written: u64,
     /// Payload bytes written after compression.
     pub stored_bytes_written: u64,
+    /// The id of the dictionary new writes compress with, if any (trained
+    /// by `Cache::train_dictionary` or `NamespacePolicy::auto_dictionary`).
+    pub dictionary: Option<u32>,
 }
 
 impl NamespaceStats {

@@ -320,6 +320,111 @@ fn dictionary_training_keeps_old_records_readable() {
     }
 }
 
+/// A namespace trains its first dictionary on its own after
+/// `auto_dictionary` compressed writes; later writes use it, and it is
+/// durable like one trained on demand. A namespace with it turned off
+/// never trains.
+#[test]
+fn a_namespace_trains_its_first_dictionary_after_enough_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Cache::builder()
+            .dir(dir.path())
+            .namespace("m", NamespacePolicy::default().auto_dictionary(100))
+            .namespace(
+                "off",
+                NamespacePolicy::default()
+                    .auto_dictionary(100)
+                    .no_auto_dictionary(),
+            )
+            .open()
+            .unwrap()
+    };
+    let val = |i: u32| {
+        format!(
+            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+        )
+    };
+    let c = open();
+    let dictionary = |c: &Cache, ns: &str| {
+        c.stats()
+            .namespaces
+            .iter()
+            .find(|n| n.name == ns)
+            .and_then(|n| n.dictionary)
+    };
+    for i in 0..99u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+        c.set("off", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    c.flush().unwrap();
+    assert_eq!(dictionary(&c, "m"), None, "trained before the 100th write");
+    for i in 99..300u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+        c.set("off", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    // Trained in the background (bounded wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dictionary(&c, "m").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dictionary trained"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let id = dictionary(&c, "m");
+    // Writes after it compress better than the same writes without one.
+    let stored = |c: &Cache, ns: &str| {
+        let n = c
+            .stats()
+            .namespaces
+            .into_iter()
+            .find(|n| n.name == ns)
+            .unwrap();
+        n.stored_bytes_written
+    };
+    let (m0, off0) = (stored(&c, "m"), stored(&c, "off"));
+    for i in 300..400u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+        c.set("off", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    let (m, off) = (stored(&c, "m") - m0, stored(&c, "off") - off0);
+    assert!(
+        m * 3 < off * 2,
+        "with the dictionary {m} B, without {off} B"
+    );
+    assert_eq!(dictionary(&c, "off"), None, "trained although turned off");
+    c.close().unwrap();
+    let c = open();
+    assert_eq!(
+        dictionary(&c, "m"),
+        id,
+        "the dictionary did not survive a reopen"
+    );
+    for i in 0..400u32 {
+        for ns in ["m", "off"] {
+            assert_eq!(
+                c.get(ns, &i.to_be_bytes()).unwrap().as_deref(),
+                Some(val(i).as_bytes()),
+                "{ns} key {i}"
+            );
+        }
+    }
+    c.close().unwrap();
+}
+
+#[test]
+fn auto_dictionary_needs_enough_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Cache::builder()
+        .dir(dir.path())
+        .namespace("m", NamespacePolicy::default().auto_dictionary(3))
+        .open()
+        .map(drop)
+        .unwrap_err();
+    assert!(e.to_string().contains("auto_dictionary"), "{e}");
+}
+
 /// After 3 MiB of writes into a 1 MiB warm tier, a maintenance pass
 /// brings it under the bound by evicting at least two thirds.
 fn maintain_within_1_mib(c: &Cache) {
