@@ -363,13 +363,13 @@ impl CacheBuilder {
                 );
             }
             if let Some(n) = p.auto_dictionary
-                && n < 8
+                && n < 64
             {
                 return bad(
                     "auto_dictionary",
                     format!(
-                        "{n} for namespace {name}: training needs at least 8 values \
-                         (default 4096; `no_auto_dictionary()` turns it off)"
+                        "{n} for namespace {name} is below 64: too few values to train a \
+                         dictionary from (default 4096; `no_auto_dictionary()` turns it off)"
                     ),
                 );
             }
@@ -636,9 +636,10 @@ impl Inner {
             let _ = t.join();
         }
         // A dictionary being trained finds the writer gone and ends; its
-        // read of the samples must not keep the file open.
-        let trainers = std::mem::take(&mut *self.shared.trainers.lock());
-        for t in trainers {
+        // read of the samples must not keep the file open. (`closed` is
+        // set: no thread starts after this.)
+        let trainer = self.shared.trainers.lock().thread.take();
+        if let Some(t) = trainer {
             let _ = t.join();
         }
         // Release the file (and its lock) now, not when the last clone goes:
@@ -931,9 +932,13 @@ impl Cache {
     /// values; later writes use it. Records keep naming the dictionary they
     /// were written with, so old ones stay readable. Returns its id. The
     /// samples come from the database: [`Cache::flush`] first to include
-    /// the latest writes.
+    /// the latest writes. A namespace also trains its first one on its own
+    /// ([`NamespacePolicy::auto_dictionary`](crate::NamespacePolicy::auto_dictionary)).
+    /// Refused with the outbox on (a Redis mirror): records go to Redis as
+    /// stored, and other hosts could not read them; such a cache writes
+    /// every record without a dictionary.
     pub fn train_dictionary(&self, ns: &str) -> Result<u32, Error> {
-        self.sh().train_dictionary(ns)
+        self.sh().train_dictionary(ns, false)
     }
 
     // ----- typed layer ----------------------------------------------------
@@ -996,7 +1001,11 @@ impl Cache {
                     invalidations: stats::get(&k.invalidations),
                     raw_bytes_written: stats::get(&k.raw_bytes),
                     stored_bytes_written: stats::get(&k.stored_bytes),
-                    dictionary: n.dict.read().as_ref().map(|(id, _)| *id),
+                    // The one new writes use: none with the outbox.
+                    dictionary: match sh.outbox {
+                        true => None,
+                        false => n.dict.read().as_ref().map(|(id, _)| *id),
+                    },
                 }
             })
             .collect();

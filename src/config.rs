@@ -68,13 +68,17 @@ pub struct NamespacePolicy {
     /// Default: none.
     pub schema_version: Option<String>,
     /// Train the namespace's first zstd dictionary on its own, in a
-    /// background thread, once this many values were written compressed
-    /// without one (as [`Cache::train_dictionary`](crate::Cache::train_dictionary)
-    /// does, from up to 4 MiB of the stored values). Small JSON values then
-    /// compress about 2× better and faster (docs/BENCHMARKS.md W5, W9).
-    /// `None` (or compression off) never trains on its own, nor does a
-    /// cache with a Redis mirror: records go to Redis as stored, and other
-    /// hosts would lack the dictionary. Default: `Some(4096)`.
+    /// background thread, once this many values at or above
+    /// `Limits::compression_threshold` were written without one (as
+    /// [`Cache::train_dictionary`](crate::Cache::train_dictionary) does,
+    /// from up to 4 MiB of the stored values; at least 64). Small JSON
+    /// values then compress about 2× better and faster (docs/BENCHMARKS.md
+    /// W5, W9). Once per namespace and process: a failed training (too few
+    /// distinct values, say) is logged and tried again at the next open.
+    /// One namespace trains at a time; training holds ~15 MiB while it runs,
+    /// and the dictionary ~0.3 MiB afterwards. `None` (or compression off)
+    /// never trains on its own, nor does a cache with the outbox (a Redis
+    /// mirror), which writes without dictionaries. Default: `Some(4096)`.
     pub auto_dictionary: Option<u32>,
 }
 
@@ -110,8 +114,8 @@ impl NamespacePolicy {
         self.compression_level = Some(level);
         self
     }
-    /// Train the first dictionary after `writes` compressed writes (at
-    /// least 8); see [`NamespacePolicy::auto_dictionary`].
+    /// Train the first dictionary after `writes` writes (at least 64); see
+    /// [`NamespacePolicy::auto_dictionary`].
     pub fn auto_dictionary(mut self, writes: u32) -> Self {
         self.auto_dictionary = Some(writes);
         self

@@ -114,9 +114,9 @@ enum Fast {
 pub(crate) struct Shared {
     /// This engine, for the threads it starts itself (dictionary training).
     pub me: std::sync::Weak<Shared>,
-    /// Dictionary-training threads (see [`Shared::dictionary_for`]),
-    /// joined by close.
-    pub trainers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Namespaces waiting for their first dictionary and the one thread
+    /// that trains them (see [`Shared::dictionary_for`]), joined by close.
+    pub trainers: Mutex<Trainers>,
     /// The open database; `None` while the writer reopens it after an I/O
     /// error (redb refuses every operation after one until reopened).
     pub db: RwLock<Option<Arc<Database>>>,
@@ -160,6 +160,15 @@ pub(crate) struct Shared {
     /// Consulted after a hot and warm miss (the Redis mirror's read path);
     /// set once when the mirror starts. See "mirror hooks" below.
     pub read_miss: std::sync::OnceLock<Arc<dyn ReadMiss>>,
+}
+
+/// See [`Shared::trainers`].
+#[derive(Default)]
+pub(crate) struct Trainers {
+    queue: std::collections::VecDeque<Arc<str>>,
+    /// A thread works through `queue`; it clears this as it ends.
+    running: bool,
+    pub thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// A second-level lookup after a local miss (the Redis mirror). It fills
@@ -986,71 +995,120 @@ impl Shared {
         Ok(())
     }
 
-    /// The dictionary a write of `len` bytes to `ns` compresses with. A
-    /// namespace without one counts its compressed writes and, at
-    /// `NamespacePolicy::auto_dictionary`, trains its first dictionary in a
-    /// background thread (never on the caller's: training takes ~100 ms).
+    /// The dictionary a write of `len` bytes to `ns` compresses with:
+    /// none with the outbox on (records go to Redis as stored, and other
+    /// hosts would lack it). A namespace without one counts the writes at
+    /// or above the compression threshold and, at
+    /// `NamespacePolicy::auto_dictionary`, queues the training of its first
+    /// dictionary for a background thread (never the caller's: training
+    /// takes ~100 ms).
     pub(crate) fn dictionary_for(
         &self,
         ns: &Arc<Namespace>,
         len: usize,
     ) -> Option<(u32, Arc<zstd::dict::EncoderDictionary<'static>>)> {
+        if self.outbox {
+            return None;
+        }
         let dict = ns.dict.read().clone();
         if dict.is_none()
-            // Records go to Redis as stored, and another host could not
-            // read one compressed with a dictionary only this host has.
-            && !self.outbox
             && let (Some(_), Some(after)) = (ns.policy.compression_level, ns.policy.auto_dictionary)
             && len >= self.limits.compression_threshold
-            // Exactly once per namespace and process: the count goes on.
+            // Past the count (a training that failed), only a load.
+            && ns.undictionaried.load(Ordering::Relaxed) < u64::from(after)
+            // Exactly once per namespace and process.
             && ns.undictionaried.fetch_add(1, Ordering::Relaxed) + 1 == u64::from(after)
         {
-            self.spawn_trainer(ns);
+            self.queue_training(ns);
         }
         dict
     }
 
-    fn spawn_trainer(&self, ns: &Namespace) {
-        let Some(sh) = self.me.upgrade() else {
-            return;
-        };
+    /// Queues `ns` for its first dictionary; starts the training thread
+    /// unless it runs. One thread at a time, whatever the number of
+    /// namespaces (training holds ~15 MiB and a core while it runs).
+    fn queue_training(&self, ns: &Namespace) {
+        let mut t = self.trainers.lock();
+        // Under the lock: close sets `closed` before it takes the thread,
+        // so no thread starts after close joined the last one.
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let name = ns.name.clone();
+        t.queue.push_back(ns.name.clone());
+        if t.running {
+            return;
+        }
+        let Some(sh) = self.me.upgrade() else {
+            return;
+        };
+        // A previous thread cleared `running` as its last step under this
+        // lock: it has ended or is ending.
+        if let Some(old) = t.thread.take() {
+            let _ = old.join();
+        }
         let spawned = std::thread::Builder::new()
             .name("embercache-dict".into())
             .spawn(move || {
-                // The samples are read from the database: commit the writes
-                // that made the count first.
-                let trained = sh
-                    .request(Op::Flush)
-                    .map_err(crate::Error::from)
-                    .and_then(|()| sh.train_dictionary(&name));
-                match trained {
-                    Ok(id) => {
-                        tracing::info!(namespace = %name, id, "trained the namespace's first dictionary")
-                    }
-                    Err(e) if sh.closed.load(Ordering::Acquire) => {
-                        tracing::debug!(namespace = %name, error = %e, "closed while training a dictionary")
-                    }
-                    Err(e) => tracing::warn!(
-                        namespace = %name,
-                        error = %e,
-                        "training the namespace's first dictionary failed; values stay compressed \
-                         without one (Cache::train_dictionary trains one on demand)"
-                    ),
+                loop {
+                    let name = {
+                        let mut t = sh.trainers.lock();
+                        match t.queue.pop_front() {
+                            Some(name) => name,
+                            None => {
+                                t.running = false;
+                                return;
+                            }
+                        }
+                    };
+                    sh.train_first_dictionary(&name);
                 }
             });
         match spawned {
-            Ok(t) => self.trainers.lock().push(t),
+            Ok(thread) => {
+                t.running = true;
+                t.thread = Some(thread);
+            }
             Err(e) => tracing::warn!(error = %e, "could not start a dictionary-training thread"),
         }
     }
 
-    /// See [`crate::Cache::train_dictionary`].
-    pub(crate) fn train_dictionary(&self, ns: &str) -> Result<u32, crate::Error> {
+    fn train_first_dictionary(&self, name: &str) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        // The samples are read from the database: commit the writes that
+        // made the count first.
+        let trained = self
+            .request(Op::Flush)
+            .map_err(crate::Error::from)
+            .and_then(|()| self.train_dictionary(name, true));
+        match trained {
+            Ok(id) => {
+                tracing::info!(namespace = %name, id, "trained the namespace's first dictionary")
+            }
+            Err(e) if self.closed.load(Ordering::Acquire) => {
+                tracing::debug!(namespace = %name, error = %e, "closed while training a dictionary")
+            }
+            Err(e) => tracing::warn!(
+                namespace = %name,
+                error = %e,
+                "training the namespace's first dictionary failed; values stay compressed \
+                 without one until the next open (Cache::train_dictionary trains one on demand)"
+            ),
+        }
+    }
+
+    /// See [`crate::Cache::train_dictionary`]. `first`: only if the
+    /// namespace has none yet (else its id is returned).
+    pub(crate) fn train_dictionary(&self, ns: &str, first: bool) -> Result<u32, crate::Error> {
         use crate::Error;
+        if self.outbox {
+            return Err(Error::Maintenance(
+                "a cache with the outbox (a Redis mirror) writes records without a dictionary: \
+                 other hosts could not read them"
+                    .into(),
+            ));
+        }
         let samples = self.sample_values(ns, 4 << 20)?;
         if samples.len() < 8 {
             return Err(Error::Maintenance(format!(
@@ -1067,6 +1125,10 @@ impl Shared {
             Error::Maintenance("zstd could not load the trained dictionary; train again".into())
         })?;
         let n = self.ns.get(ns)?;
+        let _one = n.training.lock();
+        if first && let Some((id, _)) = &*n.dict.read() {
+            return Ok(*id);
+        }
         let id = self.next_dict_id.fetch_add(1, Ordering::SeqCst);
         self.decoders.write().insert(id, Arc::new(decoder));
         // Persist first: no record may name a dictionary that is not durable.

@@ -33,6 +33,9 @@ pub(crate) struct Namespace {
     /// Values written compressed without a dictionary, towards
     /// `NamespacePolicy::auto_dictionary`.
     pub undictionaried: AtomicU64,
+    /// Held from persisting a trained dictionary to installing it: the
+    /// one in memory is the one `dict_current` names.
+    pub training: parking_lot::Mutex<()>,
 }
 
 impl Namespace {
@@ -195,6 +198,7 @@ impl Namespaces {
             counters: NsCounters::default(),
             dict: RwLock::new(None),
             undictionaried: AtomicU64::new(0),
+            training: parking_lot::Mutex::new(()),
         });
         by_id.push(ns.clone());
         by_name.insert(ns.name.clone(), ns.clone());

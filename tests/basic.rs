@@ -414,15 +414,63 @@ fn a_namespace_trains_its_first_dictionary_after_enough_writes() {
 }
 
 #[test]
-fn auto_dictionary_needs_enough_samples() {
+fn an_auto_dictionary_count_below_64_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let e = Cache::builder()
         .dir(dir.path())
-        .namespace("m", NamespacePolicy::default().auto_dictionary(3))
+        .namespace("m", NamespacePolicy::default().auto_dictionary(10))
         .open()
         .map(drop)
         .unwrap_err();
     assert!(e.to_string().contains("auto_dictionary"), "{e}");
+}
+
+/// With the outbox on (what a Redis mirror reads), records leave this host
+/// as stored: none may need a dictionary only this host has, not even one
+/// trained before the outbox was turned on, and none is trained.
+#[test]
+fn the_outbox_gets_records_without_a_dictionary() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = |i: u32| {
+        format!(
+            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+        )
+    };
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    for i in 0..200u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    c.flush().unwrap();
+    c.train_dictionary("m").unwrap();
+    c.close().unwrap();
+    let c = Cache::builder()
+        .dir(dir.path())
+        .outbox(true)
+        .namespace("m", NamespacePolicy::default().auto_dictionary(64))
+        .open()
+        .unwrap();
+    for i in 200..400u32 {
+        c.set("m", &i.to_be_bytes(), val(i)).unwrap();
+    }
+    c.flush().unwrap();
+    let rows = c.outbox_peek(1000).unwrap();
+    assert_eq!(rows.len(), 200);
+    for r in &rows {
+        let (_, value) = embercache::record::decode(&r.record, 1 << 20, &|_| None)
+            .expect("a record in the outbox needs no dictionary");
+        let i = u32::from_be_bytes(r.key[..].try_into().unwrap());
+        assert_eq!(value, val(i).as_bytes());
+    }
+    let e = c.train_dictionary("m").unwrap_err();
+    assert!(e.to_string().contains("outbox"), "{e}");
+    let ns = c
+        .stats()
+        .namespaces
+        .into_iter()
+        .find(|n| n.name == "m")
+        .unwrap();
+    assert_eq!(ns.dictionary, None);
+    c.close().unwrap();
 }
 
 /// After 3 MiB of writes into a 1 MiB warm tier, a maintenance pass

@@ -391,7 +391,8 @@ fn ember(memory: u64, sample: &[Id], dict: bool) -> Ember {
         .dir(dir.path())
         .hot_capacity(memory)
         .warm_capacity(u64::MAX / 4)
-        .namespace(NS, NamespacePolicy::default())
+        // No dictionary of its own: `dict` says whether it gets one.
+        .namespace(NS, NamespacePolicy::default().no_auto_dictionary())
         .open()
         .expect("open embercache");
     if dict {
