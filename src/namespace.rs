@@ -30,8 +30,8 @@ pub(crate) struct Namespace {
     /// The dictionary new writes compress with: (id, prepared at the
     /// namespace's level).
     pub dict: RwLock<Option<(u32, Arc<EncoderDictionary<'static>>)>>,
-    /// Values written compressed without a dictionary, towards
-    /// `NamespacePolicy::auto_dictionary`.
+    /// Writes at or above the compression threshold without a dictionary,
+    /// towards `NamespacePolicy::auto_dictionary`.
     pub undictionaried: AtomicU64,
     /// Held from persisting a trained dictionary to installing it: the
     /// one in memory is the one `dict_current` names.

@@ -5,9 +5,9 @@
 //! A group of data writes is made durable by the write-ahead log (wal.rs)
 //! when the database has one: one record appended and fsynced, then a redb
 //! commit without fsync, which the next logged groups share while writes
-//! keep coming (`Writer::defer`). Everything else, and every group when there is no
-//! log, is a `Durability::Immediate` (fsynced) commit, which is also a
-//! checkpoint of the log. `Buffered` mode waits
+//! keep coming (`Writer::defer`). Everything else, and every group when
+//! there is no log, is a `Durability::Immediate` (fsynced) commit, which is
+//! also a checkpoint of the log. `Buffered` mode waits
 //! up to `max_delay` to fill a group; a write that someone waits for (Sync
 //! mode, a durable write, `flush`, `close`) ends the gathering at once.
 //! While one commit is being fsynced, new writes pile up in the channel and
@@ -992,9 +992,9 @@ impl Writer {
     /// writes are queued already, so the commit comes soon, and while the
     /// transaction holds fewer than [`OPEN_MAX_OPS`] writes and
     /// `group_max_bytes` (`pending` holds them all until the commit; the
-    /// group that commits adds its own). Never for a group with a flush (answered after a
-    /// commit), when maintenance is due (it commits on its own), or once
-    /// the cache is closing.
+    /// group that commits adds its own). Never for a group with a flush
+    /// (answered after a commit), when maintenance is due (it commits on its
+    /// own), or once the cache is closing.
     fn defer(&self, group: &[Op]) -> bool {
         !self.rx.is_empty()
             && group
