@@ -329,6 +329,40 @@ impl Shared {
         Some(d)
     }
 
+    /// `rec` as another host can read it, for the mirror: a record
+    /// compressed with one of this host's dictionaries (written before the
+    /// outbox was on, or replayed from the log) is decoded and encoded
+    /// again without one, with the same header fields; any other record is
+    /// sent as it is. An error if it does not decode.
+    pub(crate) fn portable<'a>(&self, ns: &str, rec: &'a [u8]) -> Result<Cow<'a, [u8]>, ReadError> {
+        let h = record::decode_header_verified(rec).map_err(|source| ReadError::Corrupt {
+            namespace: ns.to_string(),
+            source,
+        })?;
+        if h.compression != record::Compression::ZstdDict {
+            return Ok(Cow::Borrowed(rec));
+        }
+        let (h, value) = self.decode(ns, rec)?;
+        let level = self
+            .ns
+            .get_ref(ns)
+            .ok()
+            .and_then(|n| n.policy.compression_level)
+            .or(Some(3));
+        let enc = Encoding {
+            level,
+            threshold: self.limits.compression_threshold,
+            dict: None,
+        };
+        Ok(Cow::Owned(record::encode(
+            &value,
+            h.expires_at,
+            h.version,
+            h.epoch,
+            &enc,
+        )))
+    }
+
     pub(crate) fn decode(&self, ns: &str, rec: &[u8]) -> Result<(Header, Vec<u8>), ReadError> {
         record::decode(rec, self.limits.max_value_len, &|id| self.decoder(id)).map_err(|source| {
             add(&self.counters.corrupt_reads, 1);
@@ -1060,7 +1094,13 @@ impl Shared {
                             }
                         }
                     };
-                    sh.train_first_dictionary(&name);
+                    // A panic must not leave `running` set: no namespace
+                    // would train again in this process.
+                    let trained =
+                        catch_unwind(AssertUnwindSafe(|| sh.train_first_dictionary(&name)));
+                    if trained.is_err() {
+                        tracing::error!(namespace = %name, "training a dictionary panicked");
+                    }
                 }
             });
         match spawned {
@@ -1074,6 +1114,12 @@ impl Shared {
 
     fn train_first_dictionary(&self, name: &str) {
         if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(n) = self.ns.get_ref(name)
+            && n.dict.read().is_some()
+        {
+            // `train_dictionary` was called meanwhile.
             return;
         }
         // The samples are read from the database: commit the writes that

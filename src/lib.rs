@@ -48,7 +48,9 @@
 
 /// A fault-injection point, compiled only with the `failpoints` feature.
 /// `$e` maps the configured argument to the value the enclosing function
-/// returns when the point is set to `return`; any point can also `panic`.
+/// returns when the point is set to `return`; any point can also `panic`,
+/// `sleep` or call a callback. A point without `$e` has no `return` (the
+/// fail crate panics if one is configured).
 macro_rules! failpoint {
     ($name:expr) => {
         #[cfg(feature = "failpoints")]

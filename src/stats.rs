@@ -185,7 +185,8 @@ pub struct Stats {
     pub queue_depth: u64,
     /// Group commits: groups of writes made durable (one log fsync, or
     /// one fsynced commit) and applied to the database. Groups that share
-    /// one redb transaction count one each; maintenance is not counted.
+    /// one redb transaction count one each (after a failed commit, its
+    /// groups are retried as one); maintenance is not counted.
     pub commits: u64,
     pub committed_ops: u64,
     /// Per group commit, from its start to its redb commit (or to the

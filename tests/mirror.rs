@@ -541,6 +541,37 @@ fn two_instances_see_each_others_deletes_and_epoch_bumps() {
     b.close().unwrap();
 }
 
+/// A cache that trained a dictionary before it had a mirror: its first
+/// resync sends every record, and the log replays writes into the outbox;
+/// none may reach Redis compressed with that dictionary, which another
+/// host lacks (`remote` decodes with no dictionary and panics otherwise).
+#[test]
+fn records_reach_redis_without_a_dictionary_only_this_host_has() {
+    let redis = start_redis(false);
+    let dir = tempfile::tempdir().unwrap();
+    let val = |i: u32| {
+        format!(
+            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+        )
+        .into_bytes()
+    };
+    let keys: Vec<Vec<u8>> = (0..400u32).map(|i| format!("k{i}").into_bytes()).collect();
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    for (i, k) in keys.iter().enumerate().take(200) {
+        c.set(NS, k, val(i as u32)).unwrap();
+    }
+    c.flush().unwrap();
+    c.train_dictionary(NS).unwrap();
+    for (i, k) in keys.iter().enumerate().skip(200) {
+        c.set(NS, k, val(i as u32)).unwrap();
+    }
+    c.close().unwrap();
+    let c = open(dir.path(), mirror_config(&redis.url()));
+    converge(&c, &redis, &keys, Duration::from_secs(30));
+    assert_eq!(c.mirror_stats().unwrap().errors, 0);
+    c.close().unwrap();
+}
+
 #[test]
 fn garbage_in_redis_is_a_counted_miss() {
     let redis = start_redis(false);

@@ -545,6 +545,13 @@ impl Link {
             } else {
                 (h.expires_at - now, h.expires_at)
             };
+            let rec = match sh.portable(ns_name, rec) {
+                Ok(rec) => rec,
+                Err(e) => {
+                    count_error(inner, "resync record", &e);
+                    continue;
+                }
+            };
             push_write(
                 inner,
                 &mut pipe,
@@ -553,7 +560,7 @@ impl Link {
                 h.version,
                 px,
                 until,
-                rec,
+                &rec,
                 b"",
             );
             n += 1;
@@ -618,9 +625,18 @@ impl Link {
                         None
                     };
                     let key = inner.keys.data(&it.namespace, &it.key);
+                    // Never one another host lacks the dictionary of.
+                    let rec = match store.map(|_| sh.portable(&it.namespace, &it.record)) {
+                        Some(Err(e)) => {
+                            count_error(inner, "outbox record", &e);
+                            continue;
+                        }
+                        Some(Ok(rec)) => rec,
+                        None => std::borrow::Cow::Borrowed(&b""[..]),
+                    };
                     match store {
                         Some((px, until)) => push_write(
-                            inner, &mut pipe, &key, "p", it.version, px, until, &it.record, b"",
+                            inner, &mut pipe, &key, "p", it.version, px, until, &rec, b"",
                         ),
                         None => {
                             let msg = Message {
