@@ -288,15 +288,18 @@ fn second_open_of_a_directory_is_a_clear_error() {
     );
 }
 
+/// A JSON value like the bot's market documents, distinct per `i`.
+fn market_json(i: u32) -> String {
+    format!(
+        r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+    )
+}
+
 #[test]
 fn dictionary_training_keeps_old_records_readable() {
     let dir = tempfile::tempdir().unwrap();
     let c = Cache::builder().dir(dir.path()).open().unwrap();
-    let val = |i: u32| {
-        format!(
-            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
-        )
-    };
+    let val = market_json;
     for i in 0..200u32 {
         c.set("m", &i.to_be_bytes(), val(i)).unwrap();
     }
@@ -340,11 +343,7 @@ fn a_namespace_trains_its_first_dictionary_after_enough_writes() {
             .open()
             .unwrap()
     };
-    let val = |i: u32| {
-        format!(
-            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
-        )
-    };
+    let val = market_json;
     let c = open();
     let dictionary = |c: &Cache, ns: &str| {
         c.stats()
@@ -431,11 +430,7 @@ fn an_auto_dictionary_count_below_64_is_refused_at_open() {
 #[test]
 fn the_outbox_gets_records_without_a_dictionary() {
     let dir = tempfile::tempdir().unwrap();
-    let val = |i: u32| {
-        format!(
-            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
-        )
-    };
+    let val = market_json;
     let c = Cache::builder().dir(dir.path()).open().unwrap();
     for i in 0..200u32 {
         c.set("m", &i.to_be_bytes(), val(i)).unwrap();
