@@ -343,12 +343,11 @@ impl Shared {
             return Ok(Cow::Borrowed(rec));
         }
         let (h, value) = self.decode(ns, rec)?;
-        let level = self
-            .ns
-            .get_ref(ns)
-            .ok()
-            .and_then(|n| n.policy.compression_level)
-            .or(Some(3));
+        // The namespace's level (raw if it compresses no more).
+        let level = match self.ns.get_ref(ns) {
+            Ok(n) => n.policy.compression_level,
+            Err(_) => Some(3),
+        };
         let enc = Encoding {
             level,
             threshold: self.limits.compression_threshold,

@@ -625,19 +625,17 @@ impl Link {
                         None
                     };
                     let key = inner.keys.data(&it.namespace, &it.key);
-                    // Never one another host lacks the dictionary of.
-                    let rec = match store.map(|_| sh.portable(&it.namespace, &it.record)) {
-                        Some(Err(e)) => {
-                            count_error(inner, "outbox record", &e);
-                            continue;
-                        }
-                        Some(Ok(rec)) => rec,
-                        None => std::borrow::Cow::Borrowed(&b""[..]),
-                    };
                     match store {
-                        Some((px, until)) => push_write(
-                            inner, &mut pipe, &key, "p", it.version, px, until, &rec, b"",
-                        ),
+                        // Never a record another host lacks the dictionary of.
+                        Some((px, until)) => match sh.portable(&it.namespace, &it.record) {
+                            Ok(rec) => push_write(
+                                inner, &mut pipe, &key, "p", it.version, px, until, &rec, b"",
+                            ),
+                            Err(e) => {
+                                count_error(inner, "outbox record", &e);
+                                continue;
+                            }
+                        },
                         None => {
                             let msg = Message {
                                 kind: MSG_DELETE,
