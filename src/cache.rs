@@ -909,8 +909,9 @@ impl Cache {
     }
 
     /// Returns when every write accepted so far is fsynced and committed to
-    /// the database: stats and [`Cache::train_dictionary`] then count all of
-    /// them (reads and scans see a write as soon as its call returns).
+    /// the database: stats and `outbox_peek` then count all of
+    /// them (reads and scans see a write as soon as its call returns;
+    /// [`Cache::train_dictionary`] flushes by itself).
     pub fn flush(&self) -> Result<(), WriteError> {
         self.sh().request(Op::Flush)
     }
@@ -930,9 +931,9 @@ impl Cache {
 
     /// Trains a zstd dictionary from up to 4 MiB of the namespace's current
     /// values; later writes use it. Records keep naming the dictionary they
-    /// were written with, so old ones stay readable. Returns its id. The
-    /// samples come from the database: [`Cache::flush`] first to include
-    /// the latest writes. A namespace also trains its first one on its own
+    /// were written with, so old ones stay readable. Returns its id. It
+    /// flushes first: the samples include every earlier write. A namespace
+    /// also trains its first one on its own
     /// ([`NamespacePolicy::auto_dictionary`](crate::NamespacePolicy::auto_dictionary)).
     /// Refused with the outbox on (a Redis mirror): records go to Redis as
     /// stored, and other hosts could not read them; such a cache writes

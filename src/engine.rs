@@ -1121,12 +1121,7 @@ impl Shared {
             // `train_dictionary` was called meanwhile.
             return;
         }
-        // The samples are read from the database: commit the writes that
-        // made the count first.
-        let trained = self
-            .request(Op::Flush)
-            .map_err(crate::Error::from)
-            .and_then(|()| self.train_dictionary(name, true));
+        let trained = self.train_dictionary(name, true);
         match trained {
             Ok(id) => {
                 tracing::info!(namespace = %name, id, "trained the namespace's first dictionary")
@@ -1154,6 +1149,10 @@ impl Shared {
                     .into(),
             ));
         }
+        // The samples are read from the database: every earlier write
+        // is committed first (a `Sync` write is answered before its redb
+        // commit, which logged groups may share for a while).
+        self.request(Op::Flush)?;
         let samples = self.sample_values(ns, 4 << 20)?;
         if samples.len() < 8 {
             return Err(Error::Maintenance(format!(
