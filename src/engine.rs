@@ -1600,6 +1600,54 @@ mod tests {
     use crate::store::record::{Compression, Header};
     use bytes::Bytes;
 
+    /// What the mirror sends (`Shared::portable`): a record compressed with
+    /// a local dictionary comes out encoded without one, same header
+    /// fields and value; any other record comes out as it is.
+    #[test]
+    fn portable_records_need_no_local_dictionary() {
+        use crate::store::record;
+        use crate::store::tables::ENTRIES;
+        use redb::ReadableDatabase;
+        use std::borrow::Cow;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::builder().dir(dir.path()).open().unwrap();
+        let val = |i: u32| {
+            format!(
+                r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","volume":{i}123.5}}"#
+            )
+        };
+        for i in 0..200u32 {
+            cache.set("ns", &i.to_be_bytes(), val(i)).unwrap();
+        }
+        cache.train_dictionary("ns").unwrap();
+        cache.set("ns", b"with", val(7)).unwrap();
+        cache.flush().unwrap();
+        let sh = cache.sh();
+        let stored = |key: &[u8]| {
+            let r = sh.db().unwrap().begin_read().unwrap();
+            let t = r.open_table(ENTRIES).unwrap();
+            t.get(("ns", key)).unwrap().unwrap().value().to_vec()
+        };
+        let with = stored(b"with");
+        let h = record::decode_header_verified(&with).unwrap();
+        assert_eq!(h.compression, Compression::ZstdDict);
+        let sent = sh.portable("ns", &with).unwrap();
+        assert!(matches!(sent, Cow::Owned(_)));
+        let (h2, value) = record::decode(&sent, 1 << 20, &|_| None).unwrap();
+        assert_eq!(value, val(7).as_bytes());
+        // zstd alone may not shrink a value this short: then it is raw.
+        assert_ne!(h2.compression, Compression::ZstdDict);
+        assert_eq!(
+            (h2.version, h2.expires_at, h2.epoch),
+            (h.version, h.expires_at, h.epoch)
+        );
+        let without = stored(&3u32.to_be_bytes());
+        assert!(
+            matches!(sh.portable("ns", &without).unwrap(), Cow::Borrowed(b) if b == &without[..])
+        );
+        cache.close().unwrap();
+    }
+
     /// A fill or delete from Redis older than a committed local write that
     /// is no longer hot must not win: the race of a Redis read overtaken by
     /// a local write that was committed and evicted before the fill.
