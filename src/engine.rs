@@ -333,12 +333,14 @@ impl Shared {
     /// compressed with one of this host's dictionaries (written before the
     /// outbox was on, or replayed from the log) is decoded and encoded
     /// again without one, with the same header fields; any other record is
-    /// sent as it is. An error if it does not decode.
-    pub(crate) fn portable<'a>(&self, ns: &str, rec: &'a [u8]) -> Result<Cow<'a, [u8]>, ReadError> {
-        let h = record::decode_header_verified(rec).map_err(|source| ReadError::Corrupt {
-            namespace: ns.to_string(),
-            source,
-        })?;
+    /// sent as it is. `h` is its header, verified by the caller. An error
+    /// if it does not decode.
+    pub(crate) fn portable<'a>(
+        &self,
+        ns: &str,
+        rec: &'a [u8],
+        h: &Header,
+    ) -> Result<Cow<'a, [u8]>, ReadError> {
         if h.compression != record::Compression::ZstdDict {
             return Ok(Cow::Borrowed(rec));
         }
@@ -1631,7 +1633,7 @@ mod tests {
         let with = stored(b"with");
         let h = record::decode_header_verified(&with).unwrap();
         assert_eq!(h.compression, Compression::ZstdDict);
-        let sent = sh.portable("ns", &with).unwrap();
+        let sent = sh.portable("ns", &with, &h).unwrap();
         assert!(matches!(sent, Cow::Owned(_)));
         let (h2, value) = record::decode(&sent, 1 << 20, &|_| None).unwrap();
         assert_eq!(value, val(7).as_bytes());
@@ -1642,8 +1644,9 @@ mod tests {
             (h.version, h.expires_at, h.epoch)
         );
         let without = stored(&3u32.to_be_bytes());
+        let h3 = record::decode_header_verified(&without).unwrap();
         assert!(
-            matches!(sh.portable("ns", &without).unwrap(), Cow::Borrowed(b) if b == &without[..])
+            matches!(sh.portable("ns", &without, &h3).unwrap(), Cow::Borrowed(b) if b == &without[..])
         );
         cache.close().unwrap();
     }

@@ -545,7 +545,7 @@ impl Link {
             } else {
                 (h.expires_at - now, h.expires_at)
             };
-            let rec = match sh.portable(ns_name, rec) {
+            let rec = match sh.portable(ns_name, rec, &h) {
                 Ok(rec) => rec,
                 Err(e) => {
                     count_error(inner, "resync record", &e);
@@ -603,7 +603,8 @@ impl Link {
         for it in &items {
             match it.kind {
                 OutboxKind::Put | OutboxKind::Delete => {
-                    // `Some((px, until))` to store the record, `None` for a tombstone.
+                    // `Some((px, until, header))` to store the record, `None`
+                    // for a tombstone.
                     let store = if it.kind == OutboxKind::Put {
                         let Ok(h) = decode_header_verified(&it.record) else {
                             // Cannot happen for a row we wrote; never send garbage.
@@ -617,9 +618,9 @@ impl Link {
                             add(&inner.counters.expired_skipped, 1);
                             None
                         } else if h.expires_at == u64::MAX {
-                            Some((0, 0))
+                            Some((0, 0, h))
                         } else {
-                            Some((h.expires_at - now, h.expires_at))
+                            Some((h.expires_at - now, h.expires_at, h))
                         }
                     } else {
                         None
@@ -627,7 +628,7 @@ impl Link {
                     let key = inner.keys.data(&it.namespace, &it.key);
                     match store {
                         // Never a record another host lacks the dictionary of.
-                        Some((px, until)) => match sh.portable(&it.namespace, &it.record) {
+                        Some((px, until, h)) => match sh.portable(&it.namespace, &it.record, &h) {
                             Ok(rec) => push_write(
                                 inner, &mut pipe, &key, "p", it.version, px, until, &rec, b"",
                             ),

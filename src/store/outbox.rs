@@ -101,6 +101,15 @@ pub(crate) struct OutboxDelta {
     pub coalesced: u64,
 }
 
+impl OutboxDelta {
+    /// Adds `other`'s changes (transactions that share one commit).
+    pub(crate) fn merge(&mut self, other: &OutboxDelta) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        self.coalesced += other.coalesced;
+    }
+}
+
 impl<'t> Outbox<'t> {
     pub(crate) fn open(txn: &'t redb::WriteTransaction) -> Result<Self, Arc<redb::Error>> {
         let order = txn.open_table(OUTBOX_ORDER).map_err(storage)?;

@@ -924,12 +924,11 @@ impl Writer {
         ));
         let ops = group.len();
         self.open.delta = self.open.delta.plus(&delta);
-        self.open.outbox.rows += od.rows;
-        self.open.outbox.bytes += od.bytes;
-        self.open.outbox.coalesced += od.coalesced;
-        if logged && self.defer(group) {
+        self.open.outbox.merge(&od);
+        let bytes: usize = group.iter().map(Op::bytes).sum();
+        if logged && self.defer(group, bytes) {
             failpoint!("writer::defer");
-            self.open.bytes += group.iter().map(Op::bytes).sum::<usize>();
+            self.open.bytes += bytes;
             self.open.ops.append(group);
             self.open.txn = Some(txn);
             self.open.groups.push((start.elapsed(), ops));
@@ -995,14 +994,13 @@ impl Writer {
     /// group that commits adds its own). Never for a group with a flush
     /// (answered after a commit), when maintenance is due (it commits on its
     /// own), or once the cache is closing.
-    fn defer(&self, group: &[Op]) -> bool {
+    fn defer(&self, group: &[Op], bytes: usize) -> bool {
         !self.rx.is_empty()
             && group
                 .iter()
                 .all(|o| matches!(o, Op::Put { .. } | Op::Delete { .. }))
             && self.open.ops.len() + group.len() < OPEN_MAX_OPS
-            && self.open.bytes + group.iter().map(Op::bytes).sum::<usize>()
-                < self.shared.limits.group_max_bytes
+            && self.open.bytes + bytes < self.shared.limits.group_max_bytes
             && self.last_maintenance.elapsed() < self.shared.limits.maintenance_interval
             && !self.shared.closed.load(Ordering::Acquire)
     }
