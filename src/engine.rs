@@ -1703,6 +1703,32 @@ mod tests {
         Cache::builder().dir(dir).limits(limits).open().unwrap()
     }
 
+    /// The hot-set snapshot is for the next start: a directory cache writes
+    /// one at each due maintenance pass, an in-memory cache (which has no
+    /// next start) never ranks its keys for one.
+    #[test]
+    fn only_a_cache_that_survives_writes_the_hot_set_snapshot() {
+        let limits = crate::config::Limits {
+            maintenance_interval: std::time::Duration::from_secs(3600),
+            snapshot_interval: std::time::Duration::from_millis(1),
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk = Cache::builder()
+            .dir(dir.path())
+            .limits(limits.clone())
+            .open()
+            .unwrap();
+        let in_memory = Cache::builder().in_memory().limits(limits).open().unwrap();
+        for (cache, kept) in [(&on_disk, 1), (&in_memory, 0)] {
+            cache.set("ns", b"k", b"v".to_vec()).unwrap();
+            cache.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            cache.run_maintenance().unwrap();
+            assert_eq!(cache.sh().read_snapshot().len(), kept);
+        }
+    }
+
     /// Drops the hot copy of `key`: only pending or the warm tier answers
     /// for it afterwards.
     fn evict_hot(sh: &super::Shared, ns: &super::Namespace, key: &[u8]) {

@@ -1367,6 +1367,12 @@ impl Writer {
     fn write_snapshot(&mut self) -> Result<(), Arc<redb::Error>> {
         self.last_snapshot = Instant::now();
         let sh = &self.shared;
+        if matches!(sh.source, Source::Memory) {
+            // Nothing survives an in-memory cache: ranking and sorting
+            // every hot key (a second of CPU at a million keys, with the
+            // shards' read locks taken) would serve no restart.
+            return Ok(());
+        }
         let keys = sh.hot.hottest(usize::MAX);
         let mut named: Vec<(String, Vec<u8>)> = keys
             .into_iter()

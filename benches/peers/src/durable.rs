@@ -75,7 +75,9 @@ pub fn w5(scale: &Scale) -> String {
     // what zstd costs from what the engine costs.
     let ember = |w: usize, compress: bool| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = Cache::builder().dir(dir.path()).durability(Durability::Sync);
+        let mut b = Cache::builder()
+            .dir(dir.path())
+            .durability(Durability::Sync);
         if !compress {
             b = b.namespace("w", embercache::NamespacePolicy::default().no_compression());
         }

@@ -412,6 +412,12 @@ fn main() {
             let c = embercache::Cache::builder()
                 .in_memory()
                 .hot_capacity(cap)
+                // Under valgrind the writer thread runs rarely.
+                .limits({
+                    let mut l = embercache::Limits::default();
+                    l.queue_wait = std::time::Duration::from_secs(3600);
+                    l
+                })
                 .open()
                 .expect("open");
             // `embercache-ttl`: every key with a 1-hour TTL (W8's get cost).
