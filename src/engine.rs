@@ -335,6 +335,7 @@ impl Shared {
     /// again without one, with the same header fields; any other record is
     /// sent as it is. `h` is its header, verified by the caller. An error
     /// if it does not decode.
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn portable<'a>(
         &self,
         ns: &str,
