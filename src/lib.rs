@@ -67,6 +67,7 @@ macro_rules! failpoint {
 pub const FAILPOINTS: &[&str] = &[
     "writer::commit",
     "writer::defer",
+    "writer::durable_commit",
     "writer::sweep",
     "disk::write",
     "disk::fsync",

@@ -1,5 +1,6 @@
 //! Fault injection with the `fail` crate (`--features failpoints`): errors
-//! and panics at commit, disk write (ENOSPC), fsync (EIO), zstd compression
+//! and panics at commit, a durable commit that lands and then reports an
+//! error, disk write (ENOSPC), fsync (EIO), zstd compression
 //! and decompression, dictionary load and the expiry sweep. For each: the
 //! point is hit, reads keep working (hot tier and queued writes; the warm
 //! tier where the fault allows), the error reaches the callers waiting for
@@ -21,6 +22,7 @@ const T0: u64 = 1_750_000_000_000;
 const TESTED: &[&str] = &[
     "writer::commit",
     "writer::defer",
+    "writer::durable_commit",
     "writer::sweep",
     "disk::write",
     "disk::fsync",
@@ -692,4 +694,68 @@ fn a_failed_reopen_is_retried_by_maintenance_without_writes() {
     assert!(back, "the warm tier never came back without a write");
     c.close().unwrap();
     scenario.teardown();
+}
+
+/// A durable commit that fails may have reached the disk anyway (an fsync
+/// that fails after the pages landed), and with it the log's next
+/// generation. The writer then logs nothing until a durable commit
+/// succeeds: a write it logged under the old generation would be
+/// acknowledged, and then skipped by recovery, which reads the new one.
+#[test]
+fn a_durable_commit_that_failed_but_landed_stops_the_log_until_one_succeeds() {
+    use embercache::testing::PowerLossDisk;
+    // `return`: an I/O error, after which the writer reopens the database
+    // and reads the generation back; `return(other)`: another error, with
+    // no reopen: only the stop keeps the next write out of the log.
+    for action in ["return", "return(other)"] {
+        let scenario = FailScenario::setup();
+        let clock = ManualClock::new(T0);
+        let (db, log) = (PowerLossDisk::new(), PowerLossDisk::new());
+        let mut limits = embercache::Limits::default();
+        limits.maintenance_interval = Duration::from_secs(3600);
+        let c = Cache::builder()
+            .storage_backend(db.factory())
+            .wal_backend(log.factory())
+            .clock(clock.clone())
+            .durability(Durability::Sync)
+            .limits(limits)
+            .open()
+            .unwrap();
+        c.set("ns", b"a", value(1)).unwrap(); // in the log
+        // The maintenance op's commit lands (the new generation is
+        // durable), then reports the fault.
+        fail::cfg("writer::durable_commit", &format!("1*{action}->off")).unwrap();
+        let e = c.run_maintenance().unwrap_err().to_string();
+        assert!(
+            e.contains("injected") || e.contains("durable commit failed"),
+            "{action}: {e}"
+        );
+        // Acknowledged after a durable commit (`return(other)`), or from
+        // the log after the reopen read the generation back (`return`).
+        c.set("ns", b"b", value(2)).unwrap();
+        // That commit succeeded: the log is in step and takes writes again.
+        c.set("ns", b"c", value(3)).unwrap();
+        // Power goes: only what was synced is left, on both disks.
+        let (db_image, log_image) = (db.durable_image(), log.durable_image());
+        drop(c);
+        fail::remove("writer::durable_commit");
+        let after = Cache::builder()
+            .storage_backend(PowerLossDisk::from_image(db_image).factory())
+            .wal_backend(PowerLossDisk::from_image(log_image).factory())
+            .clock(clock.clone())
+            .open()
+            .unwrap();
+        for (k, i) in [(&b"a"[..], 1), (b"b", 2), (b"c", 3)] {
+            assert_eq!(
+                after.get("ns", k).unwrap().as_deref(),
+                Some(&value(i)[..]),
+                "{action}: acknowledged write {:?} lost",
+                String::from_utf8_lossy(k)
+            );
+        }
+        // Logging resumed: "c" came back from the log.
+        assert!(after.stats().log_replayed >= 1, "{action}");
+        after.close().unwrap();
+        scenario.teardown();
+    }
 }

@@ -717,13 +717,17 @@ impl Writer {
             .map_err(storage)?
             .insert(META_WAL_GEN, next.to_le_bytes().as_slice())
             .map_err(storage)?;
-        if let Err(e) = txn.commit() {
+        if let Err(e) = txn
+            .commit()
+            .map_err(storage)
+            .and_then(|()| landed_but_failed())
+        {
             // The commit may have reached the disk anyway (a failed fsync
             // says nothing either way), and with it the new generation:
             // records logged under the old one would then be ignored by
             // recovery. Log no more until the generation is known again.
             self.out_of_step = true;
-            return Err(storage(e));
+            return Err(e);
         }
         self.wal_gen = next;
         self.out_of_step = false;
@@ -1564,6 +1568,19 @@ fn not_replayed() -> Arc<redb::Error> {
     storage(redb::Error::Io(std::io::Error::other(
         "the write-ahead log is not replayed into the reopened database yet",
     )))
+}
+
+/// `writer::durable_commit`: a durable commit that reached the disk
+/// reports an error anyway, as one whose fsync failed after its pages
+/// landed can (`return`: an I/O error; `return(other)`: another error).
+fn landed_but_failed() -> Result<(), Arc<redb::Error>> {
+    failpoint!("writer::durable_commit", |arg: Option<String>| Err(
+        match arg.as_deref() {
+            Some("other") => Arc::new(redb::Error::Corrupted("injected".into())),
+            _ => injected("durable commit"),
+        }
+    ));
+    Ok(())
 }
 
 /// An I/O error standing for a failure that did not come from redb.
