@@ -920,12 +920,9 @@ impl Writer {
             self.write_counters(&mut meta, &self.open.delta.plus(&delta))?;
         }
         // `return(other)` fails with an error that is not I/O (no reopen).
-        failpoint!("writer::commit", |arg: Option<String>| Err(
-            match arg.as_deref() {
-                Some("other") => Arc::new(redb::Error::Corrupted("injected".into())),
-                _ => injected("commit"),
-            }
-        ));
+        failpoint!("writer::commit", |arg: Option<String>| Err(fault(
+            arg, "commit"
+        )));
         let ops = group.len();
         self.open.delta = self.open.delta.plus(&delta);
         self.open.outbox.merge(&od);
@@ -1574,13 +1571,22 @@ fn not_replayed() -> Arc<redb::Error> {
 /// reports an error anyway, as one whose fsync failed after its pages
 /// landed can (`return`: an I/O error; `return(other)`: another error).
 fn landed_but_failed() -> Result<(), Arc<redb::Error>> {
-    failpoint!("writer::durable_commit", |arg: Option<String>| Err(
-        match arg.as_deref() {
-            Some("other") => Arc::new(redb::Error::Corrupted("injected".into())),
-            _ => injected("durable commit"),
-        }
-    ));
+    failpoint!("writer::durable_commit", |arg: Option<String>| Err(fault(
+        arg,
+        "durable commit"
+    )));
     Ok(())
+}
+
+/// The error a commit fault injects: an I/O error, or with the argument
+/// `other` (`return(other)`) one that is not I/O, which makes the writer
+/// retry without reopening the database.
+#[cfg(feature = "failpoints")]
+fn fault(arg: Option<String>, what: &str) -> Arc<redb::Error> {
+    match arg.as_deref() {
+        Some("other") => Arc::new(redb::Error::Corrupted("injected".into())),
+        _ => injected(what),
+    }
 }
 
 /// An I/O error standing for a failure that did not come from redb.
