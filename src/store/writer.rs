@@ -310,8 +310,12 @@ impl Writer {
                         self.maintain();
                     }
                     if closing {
-                        // Writes that raced with close() and got in after
-                        // the Close op are committed too, not dropped.
+                        // Nothing should follow the Close op: every enqueue
+                        // holds `close_gate` across its closed-check and
+                        // send, and close() sets `closed` under the gate's
+                        // write lock before it queues Close. Should an op
+                        // get in after it all the same (a future path that
+                        // bypasses the gate), it is committed, not dropped.
                         let mut late: Vec<Op> = self.rx.try_iter().collect();
                         let late_result = if late.is_empty() {
                             Ok(())
