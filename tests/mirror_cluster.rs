@@ -464,6 +464,14 @@ fn cluster_master_killed_and_restarted_empty_is_resynced() {
     write_for(Duration::from_millis(500), &mut rng, &cache, &keys);
     let mut reader = || Ok(Reader::Cluster(Box::new(cluster.client())));
     let took = converge(&cache, &mut reader, &keys, Duration::from_secs(30));
+    // The writes after the restart can put every lost key back before the
+    // periodic check sees the new run_id: wait for the check (bounded),
+    // then assert it resynced exactly once.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cache.mirror_stats().unwrap().resyncs == before.resyncs && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500)); // a second resync would show by now
     let s = cache.mirror_stats().unwrap();
     eprintln!(
         "cluster master SIGKILLed ({lost_before} keys lost) and restarted empty after {downtime:?}: {during} writes meanwhile; converged {:?} after it was back ({took:?} after the writes stopped); resyncs {} -> {}; 0 keys differ",
