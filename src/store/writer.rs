@@ -923,7 +923,7 @@ impl Writer {
             // count here too.
             self.write_counters(&mut meta, &self.open.delta.plus(&delta))?;
         }
-        // `return(other)` fails with an error that is not I/O (no reopen).
+        // The error: see `fault`.
         failpoint!("writer::commit", |arg: Option<String>| Err(fault(
             arg, "commit"
         )));
