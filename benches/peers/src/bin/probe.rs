@@ -25,6 +25,8 @@
 //! `probe ttlrace KEYS GETS ROUNDS TTL_FIRST` is W8's get cost in one
 //! process: a cache without TTLs and one with, runs alternating
 //! (`PROBE_NO_TTL=1`: the second cache gets no TTLs either, an A/A run).
+//! `probe ttl3 KEYS GETS ROUNDS ROTATE` splits that cost: the system clock's
+//! read against a clock that is one load (see `ttl3`).
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -229,6 +231,100 @@ fn ttlrace(n: usize, ops: usize, rounds: usize, ttl_first: bool) {
     }
 }
 
+/// A clock that never moves, whose hot-path read is one load from a page
+/// of its own: what a TTL check would cost with a time word kept fresh by
+/// someone else (see `ttl3`).
+#[derive(Debug)]
+struct WordClock {
+    now: u64,
+    /// 128 KiB; the word read is in the middle, on a page nothing else uses.
+    words: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl WordClock {
+    fn new(now: u64) -> Self {
+        let words = (0..16384)
+            .map(|_| std::sync::atomic::AtomicU64::new(now))
+            .collect();
+        WordClock { now, words }
+    }
+}
+
+impl embercache::Clock for WordClock {
+    fn wall_ms(&self) -> u64 {
+        self.now
+    }
+    fn monotonic_ms(&self) -> u64 {
+        self.now
+    }
+    fn wall_check_interval_ms(&self) -> u64 {
+        1
+    }
+    fn monotonic_coarse_ms(&self) -> (u64, u64) {
+        (
+            self.words[8192].load(std::sync::atomic::Ordering::Relaxed),
+            1,
+        )
+    }
+}
+
+/// `probe ttl3 KEYS GETS ROUNDS ROTATE`: three caches in one process, one
+/// without TTLs (`plain`), two with: one on the system clock (`sys`, the
+/// vDSO's coarse clock) and one on [`WordClock`] (`word`). Each round
+/// times a pass of each, in an order that rotates from round to round;
+/// `ROTATE` (0–2) rotates the order in which they are built. Prints each
+/// round's TTL cost on both clocks, then their medians.
+fn ttl3(n: usize, ops: usize, rounds: usize, rotate: usize) {
+    let (keys, values) = data(n);
+    let trace = vec![zipf(n, 0.99, ops, 100)];
+    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+    const NAMES: [&str; 3] = ["plain", "sys", "word"];
+    let mut built: Vec<Option<embercache::Cache>> = vec![None, None, None];
+    for j in 0..3 {
+        let k = (j + rotate) % 3;
+        let mut b = embercache::Cache::builder().in_memory().hot_capacity(cap);
+        if k == 2 {
+            b = b.clock(WordClock::new(1_700_000_000_000));
+        }
+        let c = b.open().expect("open");
+        for (key, v) in keys.iter().zip(&values) {
+            if k == 0 {
+                c.set("w", key, v.clone()).expect("set");
+            } else {
+                c.set_with_ttl("w", key, v.clone(), std::time::Duration::from_secs(3600))
+                    .expect("set");
+            }
+        }
+        c.flush().expect("flush");
+        built[k] = Some(c);
+    }
+    let caches: Vec<embercache::Cache> = built.into_iter().map(|c| c.expect("built")).collect();
+    let (mut sys, mut word) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let mut x = [0.0; 3];
+        for j in 0..3 {
+            let k = (j + r) % 3;
+            let c = &caches[k];
+            x[k] = rate(&|key: &[u8]| c.get("w", key).expect("get"), &keys, &trace);
+        }
+        sys.push(100.0 * (x[0] / x[1] - 1.0));
+        word.push(100.0 * (x[0] / x[2] - 1.0));
+        println!(
+            "round {r}: {} {:.0}/s {} {:.0}/s {} {:.0}/s; TTL cost: sys {:+.1} %, word {:+.1} %",
+            NAMES[0], x[0], NAMES[1], x[1], NAMES[2], x[2], sys[r], word[r]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median TTL cost: sys {:+.1} %, word {:+.1} %",
+        median(&mut sys),
+        median(&mut word)
+    );
+}
+
 /// The same byte weight as benches/peers (embercache's charge).
 mod peers_charge {
     #[derive(Clone)]
@@ -375,6 +471,12 @@ fn main() {
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops, rounds, ttl_first) = (num(1_000_000), num(2_000_000), num(5), num(0));
         ttlrace(n, ops, rounds, ttl_first == 1);
+        return;
+    }
+    if which == "ttl3" {
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, rounds, rotate) = (num(1_000_000), num(2_000_000), num(9), num(0));
+        ttl3(n, ops, rounds, rotate);
         return;
     }
     if which == "w7" {
