@@ -1,6 +1,6 @@
 //! The public handle: [`Cache`] and its [`CacheBuilder`].
 
-use crate::clock::{Clock, EngineTime, SystemClock};
+use crate::clock::{Clock, EngineTime};
 use crate::config::{Durability, Limits, NamespacePolicy};
 use crate::engine::Shared;
 use crate::error::{Error, OpenError, ReadError, WriteError};
@@ -405,10 +405,6 @@ impl CacheBuilder {
             (None, None) => open::Source::Memory,
         };
         let opened = open::open(&source, self.strict)?;
-        let clock = self
-            .clock
-            .clone()
-            .unwrap_or_else(|| Arc::new(SystemClock::default()));
         let mut meta = opened.meta;
         let schemas: Vec<(String, String)> = self
             .namespaces
@@ -494,7 +490,10 @@ impl CacheBuilder {
             hot_capacity: self.hot_capacity as usize,
             pending: Pending::new(shards),
             ns,
-            time: EngineTime::new(clock, meta.engine_time),
+            time: match &self.clock {
+                Some(clock) => EngineTime::new(clock.clone(), meta.engine_time),
+                None => EngineTime::system(meta.engine_time),
+            },
             limits: self.limits.clone(),
             durability: self.durability,
             next_version: AtomicU64::new(meta.version_hw.max(1)),

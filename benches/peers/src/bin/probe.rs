@@ -268,23 +268,46 @@ impl embercache::Clock for WordClock {
     }
 }
 
-/// `probe ttl3 KEYS GETS ROUNDS ROTATE`: three caches in one process, one
-/// without TTLs (`plain`), two with: one on the system clock (`sys`, the
-/// vDSO's coarse clock) and one on [`WordClock`] (`word`). Each round
-/// times a pass of each, in an order that rotates from round to round;
-/// `ROTATE` (0–2) rotates the order in which they are built. Prints each
-/// round's TTL cost on both clocks, then their medians.
+/// The system clock behind the `Clock` trait object, as a custom clock is
+/// read (the engine reads its own system clock without the trait object).
+#[derive(Debug, Default)]
+struct DynSystem(embercache::SystemClock);
+
+impl embercache::Clock for DynSystem {
+    fn wall_ms(&self) -> u64 {
+        self.0.wall_ms()
+    }
+    fn monotonic_ms(&self) -> u64 {
+        self.0.monotonic_ms()
+    }
+    fn wall_check_interval_ms(&self) -> u64 {
+        self.0.wall_check_interval_ms()
+    }
+    fn monotonic_coarse_ms(&self) -> (u64, u64) {
+        self.0.monotonic_coarse_ms()
+    }
+}
+
+/// `probe ttl3 KEYS GETS ROUNDS ROTATE`: four caches in one process, one
+/// without TTLs (`plain`), three with: one on the system clock (`sys`, the
+/// vDSO's coarse clock), one on [`WordClock`] (`word`) and one on
+/// [`DynSystem`] (`dyn`). Each round times a pass of each, in an order
+/// that rotates from round to round; `ROTATE` (0–3) rotates the order in
+/// which they are built. Prints each round's TTL cost on the three
+/// clocks, then their medians.
 fn ttl3(n: usize, ops: usize, rounds: usize, rotate: usize) {
     let (keys, values) = data(n);
     let trace = vec![zipf(n, 0.99, ops, 100)];
     let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
-    const NAMES: [&str; 3] = ["plain", "sys", "word"];
-    let mut built: Vec<Option<embercache::Cache>> = vec![None, None, None];
-    for j in 0..3 {
-        let k = (j + rotate) % 3;
+    const NAMES: [&str; 4] = ["plain", "sys", "word", "dyn"];
+    let mut built: Vec<Option<embercache::Cache>> = vec![None, None, None, None];
+    for j in 0..4 {
+        let k = (j + rotate) % 4;
         let mut b = embercache::Cache::builder().in_memory().hot_capacity(cap);
         if k == 2 {
             b = b.clock(WordClock::new(1_700_000_000_000));
+        } else if k == 3 {
+            b = b.clock(DynSystem::default());
         }
         let c = b.open().expect("open");
         for (key, v) in keys.iter().zip(&values) {
@@ -299,30 +322,32 @@ fn ttl3(n: usize, ops: usize, rounds: usize, rotate: usize) {
         built[k] = Some(c);
     }
     let caches: Vec<embercache::Cache> = built.into_iter().map(|c| c.expect("built")).collect();
-    let (mut sys, mut word) = (Vec::new(), Vec::new());
+    let mut cost: [Vec<f64>; 3] = Default::default();
     for r in 0..rounds {
-        let mut x = [0.0; 3];
-        for j in 0..3 {
-            let k = (j + r) % 3;
+        let mut x = [0.0; 4];
+        for j in 0..4 {
+            let k = (j + r) % 4;
             let c = &caches[k];
             x[k] = rate(&|key: &[u8]| c.get("w", key).expect("get"), &keys, &trace);
         }
-        sys.push(100.0 * (x[0] / x[1] - 1.0));
-        word.push(100.0 * (x[0] / x[2] - 1.0));
-        println!(
-            "round {r}: {} {:.0}/s {} {:.0}/s {} {:.0}/s; TTL cost: sys {:+.1} %, word {:+.1} %",
-            NAMES[0], x[0], NAMES[1], x[1], NAMES[2], x[2], sys[r], word[r]
-        );
+        let mut line = format!("round {r}:");
+        for k in 0..4 {
+            line += &format!(" {} {:.0}/s", NAMES[k], x[k]);
+        }
+        line += "; TTL cost:";
+        for k in 1..4 {
+            cost[k - 1].push(100.0 * (x[0] / x[k] - 1.0));
+            line += &format!(" {} {:+.1} %", NAMES[k], cost[k - 1][r]);
+        }
+        println!("{line}");
     }
-    let median = |v: &mut Vec<f64>| {
+    let mut line = "median TTL cost:".to_string();
+    for k in 1..4 {
+        let v = &mut cost[k - 1];
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    println!(
-        "median TTL cost: sys {:+.1} %, word {:+.1} %",
-        median(&mut sys),
-        median(&mut word)
-    );
+        line += &format!(" {} {:+.1} %", NAMES[k], v[v.len() / 2]);
+    }
+    println!("{line}");
 }
 
 /// The same byte weight as benches/peers (embercache's charge).
