@@ -14,6 +14,14 @@ use std::time::Instant;
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 
+/// Flushes every dirty page of the machine (`sync`), so that a timed run
+/// does not pay for what the run before it left in the page cache: Redis
+/// `everysec` fsyncs its AOF in the background up to a second after its
+/// run, and the next store's run would share the disk with it.
+fn settle() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// fsync latency of the disk under the temp dir: 4 KiB write + fdatasync.
 fn fsync_latency() -> Histogram<u64> {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -52,7 +60,9 @@ pub fn w5(scale: &Scale) -> String {
     let _ = writeln!(
         s,
         "Values: {} JSON documents of 200–1000 bytes (markets and positions from the demo generator, mean {avg_len:.0} \
-         bytes), new keys. Each cell: {} runs of {secs} s, writes/s median (min–max). embercache compresses \
+         bytes), new keys. Each cell: {} runs of {secs} s, writes/s median (min–max); before each timed run \
+         `sync` flushes what the store before it left dirty (Redis `everysec` fsyncs its AOF up to a second \
+         after its run), so no store shares the disk with another's writes. embercache compresses \
          (zstd 3, default; the *compression off* rows store the values raw, to tell the codec's cost from \
          the engine's) and writes a 40-byte header per record. Each embercache run opens a new cache, whose \
          namespace trains its first dictionary after 4096 writes, inside the timed run; the *steady state* \
@@ -105,6 +115,7 @@ pub fn w5(scale: &Scale) -> String {
             });
             c.train_dictionary("w").expect("dictionary");
         }
+        settle();
         let s0 = c.stats();
         let rate = hammer(w, secs, |t, j| {
             c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
@@ -124,6 +135,7 @@ pub fn w5(scale: &Scale) -> String {
     let raw = |b: usize, same_keys: bool| {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = redb::Database::create(dir.path().join("raw.redb")).expect("redb");
+        settle();
         let mut j = 0u64;
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < secs {
@@ -158,6 +170,7 @@ pub fn w5(scale: &Scale) -> String {
         let cons: Vec<_> = (0..w)
             .map(|_| std::sync::Mutex::new(srv.connection()))
             .collect();
+        settle();
         hammer(w, secs, |t, j| {
             let mut c = cons[t].lock().expect("connection");
             let _: () = redis::cmd("SET")
