@@ -21,7 +21,9 @@
 //! embercache writers use (one sequence per writer, so a batch of N lands
 //! on up to N leaves) instead of one sequence; `W5_NOCOMP=1` stores
 //! embercache's values raw (what compression costs); `W5_BUFFERED=1` runs
-//! `ember` in the default `Buffered` mode (rate including a final flush).
+//! `ember` in the default `Buffered` mode (rate including a final flush);
+//! `W5_RATIO=1` prints, for `ember` runs, the compression ratio of each
+//! 100 ms and from when the namespace's first dictionary is in use.
 #[allow(dead_code)]
 #[path = "../workload.rs"]
 mod workload;
@@ -69,6 +71,29 @@ fn cpu_s() -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
+/// Prints the compression ratio of the values `c`'s namespace `w` took in
+/// each 100 ms until `stop`, marked `d` once its dictionary is in use.
+fn ratio_trace(c: &Cache, start: Instant, stop: &std::sync::atomic::AtomicBool) {
+    let mut last = (0u64, 0u64);
+    let mut out = String::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let st = c.stats();
+        if let Some(n) = st.namespaces.iter().find(|n| n.name == "w") {
+            let raw = n.raw_bytes_written - last.0;
+            let stored = n.stored_bytes_written - last.1;
+            last = (n.raw_bytes_written, n.stored_bytes_written);
+            out += &format!(
+                " {:.0} ms {:.2}{}",
+                start.elapsed().as_secs_f64() * 1e3,
+                raw as f64 / stored.max(1) as f64,
+                if n.dictionary.is_some() { " d" } else { "" }
+            );
+        }
+    }
+    println!("  ratio per 100 ms:{out}");
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let which = a[1].clone();
@@ -103,9 +128,20 @@ fn main() {
         let c0 = cpu_s();
         let s0 = c.stats();
         let start = Instant::now();
-        let mut r = hammer(w, secs, |t, j| {
-            c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
-                .unwrap()
+        // W5_RATIO=1: the compression ratio of each 100 ms of the run
+        // (`d` once the namespace's dictionary is in use).
+        let trace = std::env::var_os("W5_RATIO").is_some();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut r = std::thread::scope(|sc| {
+            if trace {
+                sc.spawn(|| ratio_trace(&c, start, &stop));
+            }
+            let r = hammer(w, secs, |t, j| {
+                c.set("w", format!("w{t}:{j}").as_bytes(), value(t, j))
+                    .unwrap()
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            r
         });
         if buffered {
             c.flush().unwrap();
