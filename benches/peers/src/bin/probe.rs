@@ -25,8 +25,9 @@
 //! `probe ttlrace KEYS GETS ROUNDS TTL_FIRST` is W8's get cost in one
 //! process: a cache without TTLs and one with, runs alternating
 //! (`PROBE_NO_TTL=1`: the second cache gets no TTLs either, an A/A run).
-//! `probe ttl3 KEYS GETS ROUNDS ROTATE` splits that cost: the system clock's
-//! read against a clock that is one load (see `ttl3`).
+//! `probe ttl3 KEYS GETS ROUNDS ROTATE` splits that cost: the system clock
+//! as the engine reads it, the same behind a `dyn Clock`, and a clock
+//! read in one load (see `ttl3`).
 
 use bytes::Bytes;
 use rand::SeedableRng;
