@@ -572,6 +572,59 @@ fn records_reach_redis_without_a_dictionary_only_this_host_has() {
     c.close().unwrap();
 }
 
+/// `Sync` writes compressed with a dictionary, that only the write-ahead
+/// log holds when the process dies (no checkpoint since), are replayed at
+/// an open with the mirror on, and reach Redis without the dictionary:
+/// `remote` decodes every record with no dictionary at all.
+#[test]
+fn writes_replayed_from_the_log_reach_redis_without_the_dictionary() {
+    let redis = start_redis(false);
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, copy) = (tmp.path().join("live"), tmp.path().join("copy"));
+    let val = |i: u32| {
+        format!(
+            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
+        )
+        .into_bytes()
+    };
+    let keys: Vec<Vec<u8>> = (0..400u32).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut limits = embercache::Limits::default();
+    // No maintenance pass, hence no checkpoint, while the copy is taken.
+    limits.maintenance_interval = Duration::from_secs(3600);
+    let c = Cache::builder()
+        .dir(&live)
+        .durability(embercache::Durability::Sync)
+        .limits(limits)
+        .open()
+        .unwrap();
+    for (i, k) in keys.iter().enumerate().take(200) {
+        c.set(NS, k, val(i as u32)).unwrap();
+    }
+    c.flush().unwrap();
+    c.train_dictionary(NS).unwrap();
+    for (i, k) in keys.iter().enumerate().skip(200) {
+        c.set(NS, k, val(i as u32)).unwrap();
+    }
+    // What a kill leaves: redb keeps its commits made without fsync in
+    // memory, so the last writes are in the log alone.
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&live).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    c.close().unwrap();
+    let m = open(&copy, mirror_config(&redis.url()));
+    let s = m.stats();
+    assert!(
+        s.log_replayed >= 200,
+        "the dictionary-compressed writes came back from the log: {}",
+        s.log_replayed
+    );
+    converge(&m, &redis, &keys, Duration::from_secs(30));
+    assert_eq!(m.mirror_stats().unwrap().errors, 0);
+    m.close().unwrap();
+}
+
 #[test]
 fn garbage_in_redis_is_a_counted_miss() {
     let redis = start_redis(false);
