@@ -24,6 +24,9 @@
 //! `T0 + 30 min` (every TTL entry must still be there) and one at
 //! `T0 + 2 h` (the 1 h entries must be gone: expired ⇒ absent).
 
+mod dirs;
+
+use dirs::copy_dir;
 use embercache::{Cache, Durability, ManualClock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -278,14 +281,6 @@ fn read_all(cache: &Cache) -> BTreeMap<(usize, usize), Vec<u8>> {
         }
     }
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 #[derive(Default, Debug)]

@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+mod dirs;
 
 use common::Server;
 
@@ -545,10 +546,9 @@ fn two_instances_see_each_others_deletes_and_epoch_bumps() {
 /// resync sends every record, and the log replays writes into the outbox;
 /// none may reach Redis compressed with that dictionary, which another
 /// host lacks (`remote` decodes with no dictionary and panics otherwise).
-#[test]
-fn records_reach_redis_without_a_dictionary_only_this_host_has() {
-    let redis = start_redis(false);
-    let dir = tempfile::tempdir().unwrap();
+/// Writes 400 JSON values to `NS`: 200, then a dictionary trained on them
+/// (`train_dictionary`), then 200 compressed with it. Returns the keys.
+fn write_around_a_dictionary(c: &Cache) -> Vec<Vec<u8>> {
     let val = |i: u32| {
         format!(
             r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
@@ -556,7 +556,6 @@ fn records_reach_redis_without_a_dictionary_only_this_host_has() {
         .into_bytes()
     };
     let keys: Vec<Vec<u8>> = (0..400u32).map(|i| format!("k{i}").into_bytes()).collect();
-    let c = Cache::builder().dir(dir.path()).open().unwrap();
     for (i, k) in keys.iter().enumerate().take(200) {
         c.set(NS, k, val(i as u32)).unwrap();
     }
@@ -565,6 +564,15 @@ fn records_reach_redis_without_a_dictionary_only_this_host_has() {
     for (i, k) in keys.iter().enumerate().skip(200) {
         c.set(NS, k, val(i as u32)).unwrap();
     }
+    keys
+}
+
+#[test]
+fn records_reach_redis_without_a_dictionary_only_this_host_has() {
+    let redis = start_redis(false);
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cache::builder().dir(dir.path()).open().unwrap();
+    let keys = write_around_a_dictionary(&c);
     c.close().unwrap();
     let c = open(dir.path(), mirror_config(&redis.url()));
     converge(&c, &redis, &keys, Duration::from_secs(30));
@@ -581,13 +589,6 @@ fn writes_replayed_from_the_log_reach_redis_without_the_dictionary() {
     let redis = start_redis(false);
     let tmp = tempfile::tempdir().unwrap();
     let (live, copy) = (tmp.path().join("live"), tmp.path().join("copy"));
-    let val = |i: u32| {
-        format!(
-            r#"{{"market_id":"0x{i:08x}","question":"Will team {i} win?","outcome_prices":[0.{i},0.5],"volume":{i}123.5,"active":true}}"#
-        )
-        .into_bytes()
-    };
-    let keys: Vec<Vec<u8>> = (0..400u32).map(|i| format!("k{i}").into_bytes()).collect();
     let mut limits = embercache::Limits::default();
     // No maintenance pass, hence no checkpoint, while the copy is taken.
     limits.maintenance_interval = Duration::from_secs(3600);
@@ -597,21 +598,9 @@ fn writes_replayed_from_the_log_reach_redis_without_the_dictionary() {
         .limits(limits)
         .open()
         .unwrap();
-    for (i, k) in keys.iter().enumerate().take(200) {
-        c.set(NS, k, val(i as u32)).unwrap();
-    }
-    c.flush().unwrap();
-    c.train_dictionary(NS).unwrap();
-    for (i, k) in keys.iter().enumerate().skip(200) {
-        c.set(NS, k, val(i as u32)).unwrap();
-    }
-    // What a kill leaves: redb keeps its commits made without fsync in
-    // memory, so the last writes are in the log alone.
-    std::fs::create_dir_all(&copy).unwrap();
-    for e in std::fs::read_dir(&live).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
-    }
+    let keys = write_around_a_dictionary(&c);
+    // What a kill leaves: the writes after the dictionary in the log alone.
+    dirs::copy_dir(&live, &copy);
     c.close().unwrap();
     let m = open(&copy, mirror_config(&redis.url()));
     let s = m.stats();

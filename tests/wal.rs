@@ -7,6 +7,9 @@
 //! wal.rs; kill -9 of a writing process is tests/crash.rs and
 //! tests/torture.rs, which both fail if the log is not replayed.
 
+mod dirs;
+
+use dirs::copy_dir;
 use embercache::{Cache, Durability, Limits};
 use std::path::Path;
 use std::time::Duration;
@@ -22,14 +25,6 @@ fn open(dir: &Path, wal_bytes: u64) -> Cache {
         .limits(limits)
         .open()
         .expect("open")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 fn key(i: usize) -> Vec<u8> {
