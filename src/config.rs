@@ -71,11 +71,14 @@ pub struct NamespacePolicy {
     /// background thread, once this many values at or above
     /// `Limits::compression_threshold` were written without one (as
     /// [`Cache::train_dictionary`](crate::Cache::train_dictionary) does,
-    /// from up to 4 MiB of the stored values; at least 64). Small JSON
+    /// but from up to 1 MiB of the stored values and without its search
+    /// for the best segment size: it runs while the writers do, on their
+    /// CPU, and takes 8–50× less time, for a ratio within 0.03 on the
+    /// bench's JSON values; at least 64). Small JSON
     /// values then compress about 2× better and faster (docs/BENCHMARKS.md
     /// W5, W9). Once per namespace and process: a failed training (too few
     /// distinct values, say) is logged and tried again at the next open.
-    /// One namespace trains at a time; training holds ~15 MiB while it runs,
+    /// One namespace trains at a time; training holds ~5 MiB while it runs,
     /// and the dictionary ~0.3 MiB afterwards. `None` (or compression off)
     /// never trains on its own, nor does a cache with the outbox (a Redis
     /// mirror), which writes without dictionaries. Default: `Some(4096)`.

@@ -1156,14 +1156,29 @@ impl Shared {
         // is committed first (a `Sync` write is answered before its redb
         // commit, which logged groups may share for a while).
         self.request(Op::Flush)?;
-        let samples = self.sample_values(ns, 4 << 20)?;
+        // The first dictionary trains on less (`store::train`).
+        let sample_bytes = if first {
+            crate::store::train::FIRST_SAMPLE_BYTES
+        } else {
+            4 << 20
+        };
+        let samples = self.sample_values(ns, sample_bytes)?;
         if samples.len() < 8 {
             return Err(Error::Maintenance(format!(
                 "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",
                 samples.len()
             )));
         }
-        let dict = zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| {
+        let n = self.ns.get(ns)?;
+        let level = n.policy.compression_level.unwrap_or(3);
+        // The first one trains while the writers run: once, without the
+        // search for the best segment size (`store::train`).
+        let dict = if first {
+            crate::store::train::train_fast(&samples, 64 << 10, level)
+        } else {
+            zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| e.to_string())
+        }
+        .map_err(|e| {
             Error::Maintenance(format!(
                 "dictionary training failed: {e}; store more varied values first"
             ))
@@ -1171,7 +1186,6 @@ impl Shared {
         let decoder = Dictionary::new(&dict).ok_or_else(|| {
             Error::Maintenance("zstd could not load the trained dictionary; train again".into())
         })?;
-        let n = self.ns.get(ns)?;
         let _one = n.training.lock();
         if first && let Some((id, _)) = &*n.dict.read() {
             return Ok(*id);
@@ -1185,7 +1199,6 @@ impl Shared {
             bytes: dict.clone(),
             done: Some(done),
         })?;
-        let level = n.policy.compression_level.unwrap_or(3);
         *n.dict.write() = Some((
             id,
             Arc::new(zstd::dict::EncoderDictionary::copy(&dict, level)),

@@ -122,9 +122,11 @@ pub use store::open::{DAMAGED_MARKER, DB_FILE};
 pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};
 
 /// The record codec, public for `embercache verify`, the fuzzers and tools
-/// that read the database file directly.
+/// that read the database file directly; and the training of a
+/// namespace's first dictionary, for the benches.
 pub mod record {
     pub use crate::store::record::{
         Compression, Dictionary, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
     };
+    pub use crate::store::train::{FIRST_SAMPLE_BYTES, train_fast};
 }

@@ -8,6 +8,7 @@ pub(crate) mod readers;
 pub mod record;
 pub(crate) mod reply;
 pub(crate) mod tables;
+pub(crate) mod train;
 pub(crate) mod wal;
 pub(crate) mod walk;
 pub(crate) mod writer;

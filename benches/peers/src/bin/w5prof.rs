@@ -23,7 +23,9 @@
 //! embercache's values raw (what compression costs); `W5_BUFFERED=1` runs
 //! `ember` in the default `Buffered` mode (rate including a final flush);
 //! `W5_RATIO=1` prints, for `ember` runs, the compression ratio of each
-//! 100 ms and from when the namespace's first dictionary is in use.
+//! 100 ms and from when the namespace's first dictionary is in use;
+//! `W5_STEADY=1` writes 4000 other values and trains the dictionary before
+//! an `ember` run (W5's steady-state rows).
 #[allow(dead_code)]
 #[path = "../workload.rs"]
 mod workload;
@@ -125,6 +127,22 @@ fn main() {
             b = b.namespace("w", embercache::NamespacePolicy::default().no_compression());
         }
         let c = b.open().unwrap();
+        // W5_STEADY=1: W5's steady state: 4000 other values and the
+        // namespace's dictionary before the timed run.
+        if std::env::var_os("W5_STEADY").is_some() {
+            std::thread::scope(|sc| {
+                for t in 0..16u64 {
+                    let c = &c;
+                    sc.spawn(move || {
+                        for j in (t..4000).step_by(16) {
+                            c.set("w", format!("p:{j}").as_bytes(), value(0, j))
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            c.train_dictionary("w").unwrap();
+        }
         let c0 = cpu_s();
         let s0 = c.stats();
         let start = Instant::now();
