@@ -39,6 +39,9 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
+    /// Read on every get: inlined, or each get pays a call through the
+    /// GOT and the spills around it (another codegen unit).
+    #[inline]
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
     }

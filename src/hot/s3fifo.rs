@@ -223,7 +223,9 @@ pub fn charge_of(key_len: usize, value_len: usize) -> usize {
 /// holds a vacant entry (`Queue::Free`) that keeps its generation.
 #[derive(Default)]
 struct Slab {
-    pages: Vec<Box<[Entry]>>,
+    /// Arrays, not slices: indexing a page needs no bounds check (no load
+    /// of its length on a get).
+    pages: Vec<Box<[Entry; PAGE]>>,
     /// Slots handed out so far (used or on the free list).
     len: u32,
 }
@@ -249,8 +251,9 @@ impl Slab {
     fn put(&mut self, i: u32, mut entry: Entry) {
         if i == self.len {
             if i as usize == self.pages.len() * PAGE {
+                let page: Box<[Entry]> = (0..PAGE).map(|_| Entry::vacant(0)).collect();
                 self.pages
-                    .push((0..PAGE).map(|_| Entry::vacant(0)).collect());
+                    .push(page.try_into().expect("a page of PAGE slots"));
             }
             self.len += 1;
         }
