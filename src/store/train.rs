@@ -10,7 +10,7 @@
 //! [`train_fast`] trains once (fastCover, the algorithm that search runs),
 //! with the middle `k` of the search's range, on [`FIRST_SAMPLE_BYTES`] of
 //! values, counting every second d-mer in a smaller table. On the bench's
-//! JSON values: 8–50× less CPU than the search on 4000 values, for a ratio
+//! JSON values: 8–54× less CPU than the search on 4000 values, for a ratio
 //! within 0.03 (docs/BENCHMARKS.md, W9's training table).
 //! `Cache::train_dictionary`, which a user calls when the time is theirs,
 //! still searches.
@@ -35,8 +35,9 @@ const F: u32 = 18;
 const ACCEL: u32 = 2;
 
 /// A dictionary of at most `capacity` bytes from `samples`, with entropy
-/// tables for compression `level`. An error, with zstd's reason, when the
-/// samples cannot make one (too few, too small, or all alike).
+/// tables for compression `level`. An error, with zstd's reason, when zstd
+/// cannot make one (no samples or a single one, or a capacity under its
+/// minimum of 256 bytes).
 pub fn train_fast(samples: &[Bytes], capacity: usize, level: i32) -> Result<Vec<u8>, String> {
     let nb = u32::try_from(samples.len()).map_err(|_| "too many samples".to_string())?;
     if nb == 0 {
