@@ -179,7 +179,10 @@ fn training_table(kinds: &[(&str, Make)], scale: &Scale) -> String {
     let ratio = |dict: &[u8], test: &[Vec<u8>]| {
         let mut c = zstd::bulk::Compressor::with_dictionary(3, dict).expect("compressor");
         let raw: usize = test.iter().map(|v| v.len()).sum();
-        let stored: usize = test.iter().map(|v| c.compress(v).expect("compress").len()).sum();
+        let stored: usize = test
+            .iter()
+            .map(|v| c.compress(v).expect("compress").len())
+            .sum();
         raw as f64 / stored as f64
     };
     let ms = |r: &Runs| format!("{:.0} ({:.0}–{:.0})", r.median(), r.min(), r.max());

@@ -85,12 +85,10 @@ pub fn w5(scale: &Scale) -> String {
     let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     // One embercache Sync run with `w` writers: (writes/s, ops per commit).
     // `compress` false: the namespace stores values raw, which separates
-    // what zstd costs from what the engine costs. `steady`: before the
-    // timed run, 4000 other values and the namespace's first dictionary
-    // (`train_dictionary`; fewer values than `auto_dictionary`'s 4096, so
-    // no second training starts on its own), which a namespace does once
-    // in its life: the run then measures a namespace in its steady state
-    // instead of one that trains its dictionary during the run.
+    // what zstd costs from what the engine costs. `steady`: 4000 other
+    // values and the namespace's dictionary before the timed run
+    // (`workload::steady_fill`): the run then measures a namespace in its
+    // steady state instead of one that trains its dictionary during it.
     let ember = |w: usize, compress: bool, steady: bool| {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Cache::builder()
@@ -101,19 +99,7 @@ pub fn w5(scale: &Scale) -> String {
         }
         let c = b.open().expect("open");
         if steady {
-            // 16 threads, so the fill shares its commits.
-            std::thread::scope(|sc| {
-                for t in 0..16u64 {
-                    let c = &c;
-                    sc.spawn(move || {
-                        for j in (t..4000).step_by(16) {
-                            c.set("w", format!("p:{j}").as_bytes(), value(0, j))
-                                .expect("fill");
-                        }
-                    });
-                }
-            });
-            c.train_dictionary("w").expect("dictionary");
+            workload::steady_fill(&c, "w", &value);
         }
         settle();
         let s0 = c.stats();

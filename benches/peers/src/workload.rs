@@ -269,3 +269,27 @@ pub fn hammer(writers: usize, secs: f64, op: impl Fn(usize, u64) + Sync) -> f64 
     });
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
+
+/// W5's steady state: 4000 values other than the timed run's (keys `p:<n>`,
+/// values `value(0, n)`) written from 16 threads, so the fill shares its
+/// commits, then the namespace's dictionary (`train_dictionary`; fewer
+/// values than `auto_dictionary`'s 4096, so no second training starts on
+/// its own). A namespace does this once in its life.
+#[allow(dead_code)] // not every binary that includes this module uses it
+pub fn steady_fill(
+    c: &embercache::Cache,
+    ns: &str,
+    value: &(dyn Fn(usize, u64) -> bytes::Bytes + Sync),
+) {
+    std::thread::scope(|sc| {
+        for t in 0..16u64 {
+            sc.spawn(move || {
+                for j in (t..4000).step_by(16) {
+                    c.set(ns, format!("p:{j}").as_bytes(), value(0, j))
+                        .expect("fill");
+                }
+            });
+        }
+    });
+    c.train_dictionary(ns).expect("dictionary");
+}

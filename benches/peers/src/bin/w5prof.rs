@@ -130,18 +130,7 @@ fn main() {
         // W5_STEADY=1: W5's steady state: 4000 other values and the
         // namespace's dictionary before the timed run.
         if std::env::var_os("W5_STEADY").is_some() {
-            std::thread::scope(|sc| {
-                for t in 0..16u64 {
-                    let c = &c;
-                    sc.spawn(move || {
-                        for j in (t..4000).step_by(16) {
-                            c.set("w", format!("p:{j}").as_bytes(), value(0, j))
-                                .unwrap();
-                        }
-                    });
-                }
-            });
-            c.train_dictionary("w").unwrap();
+            workload::steady_fill(&c, "w", &value);
         }
         let c0 = cpu_s();
         let s0 = c.stats();
