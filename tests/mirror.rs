@@ -542,10 +542,6 @@ fn two_instances_see_each_others_deletes_and_epoch_bumps() {
     b.close().unwrap();
 }
 
-/// A cache that trained a dictionary before it had a mirror: its first
-/// resync sends every record, and the log replays writes into the outbox;
-/// none may reach Redis compressed with that dictionary, which another
-/// host lacks (`remote` decodes with no dictionary and panics otherwise).
 /// Writes 400 JSON values to `NS`: 200, then a dictionary trained on them
 /// (`train_dictionary`), then 200 compressed with it. Returns the keys.
 fn write_around_a_dictionary(c: &Cache) -> Vec<Vec<u8>> {
@@ -567,6 +563,11 @@ fn write_around_a_dictionary(c: &Cache) -> Vec<Vec<u8>> {
     keys
 }
 
+/// A cache that trained a dictionary before it had a mirror: its first
+/// resync sends every record; none may reach Redis compressed with that
+/// dictionary, which another host lacks (`remote` decodes with no
+/// dictionary and panics otherwise). The log's replay into the outbox is
+/// the next test.
 #[test]
 fn records_reach_redis_without_a_dictionary_only_this_host_has() {
     let redis = start_redis(false);
