@@ -25,6 +25,7 @@ use crate::store::pending::{Pending, PendingKind, PendingOp};
 use crate::store::readers::{EntriesTable, Readers};
 use crate::store::record::{self, Dictionary, Encoding, Header, Prepared};
 use crate::store::tables::{ENTRIES, LOADER_META, META, META_HOT_SNAPSHOT, dict_key};
+use crate::store::train;
 use crate::store::walk::KeyWalk;
 use crate::store::writer::Op;
 use bytes::Bytes;
@@ -1156,13 +1157,9 @@ impl Shared {
         // is committed first (a `Sync` write is answered before its redb
         // commit, which logged groups may share for a while).
         self.request(Op::Flush)?;
-        // The first dictionary trains on less (`store::train`).
-        let sample_bytes = if first {
-            crate::store::train::FIRST_SAMPLE_BYTES
-        } else {
-            4 << 20
-        };
-        let samples = self.sample_values(ns, sample_bytes)?;
+        // The first dictionary trains on less, once, without zstd's search
+        // (`store::train`): it trains while the writers run.
+        let samples = self.sample_values(ns, train::sample_bytes(first))?;
         if samples.len() < 8 {
             return Err(Error::Maintenance(format!(
                 "namespace {ns:?} has {} values; at least 8 are needed to train a dictionary",
@@ -1171,14 +1168,7 @@ impl Shared {
         }
         let n = self.ns.get(ns)?;
         let level = n.policy.compression_level.unwrap_or(3);
-        // The first one trains while the writers run: once, without the
-        // search for the best segment size (`store::train`).
-        let dict = if first {
-            crate::store::train::train_fast(&samples, 64 << 10, level)
-        } else {
-            zstd::dict::from_samples(&samples, 64 << 10).map_err(|e| e.to_string())
-        }
-        .map_err(|e| {
+        let dict = train::train(&samples, level, first).map_err(|e| {
             Error::Maintenance(format!(
                 "dictionary training failed: {e}; store more varied values first"
             ))

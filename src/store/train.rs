@@ -18,9 +18,33 @@
 use bytes::Bytes;
 use zstd::zstd_safe::zstd_sys;
 
-/// Bytes of stored values the first dictionary trains on (the searched
-/// training takes up to 4 MiB).
+/// Bytes of stored values the first dictionary trains on.
 pub const FIRST_SAMPLE_BYTES: usize = 1 << 20;
+/// Bytes of stored values `Cache::train_dictionary` trains on.
+pub(crate) const SEARCHED_SAMPLE_BYTES: usize = 4 << 20;
+/// The size of a trained dictionary.
+pub(crate) const DICT_BYTES: usize = 64 << 10;
+
+/// How many bytes of a namespace's values its dictionary trains on: less
+/// for the `first` (automatic) one, which competes with the writers.
+pub(crate) fn sample_bytes(first: bool) -> usize {
+    if first {
+        FIRST_SAMPLE_BYTES
+    } else {
+        SEARCHED_SAMPLE_BYTES
+    }
+}
+
+/// A namespace's dictionary from `samples` (read up to [`sample_bytes`]):
+/// the `first` one once, with [`train_fast`]; any other with zstd's
+/// search over segment sizes.
+pub(crate) fn train(samples: &[Bytes], level: i32, first: bool) -> Result<Vec<u8>, String> {
+    if first {
+        train_fast(samples, DICT_BYTES, level)
+    } else {
+        zstd::dict::from_samples(samples, DICT_BYTES).map_err(|e| e.to_string())
+    }
+}
 
 /// The segment size: the middle of the range `ZDICT_trainFromBuffer`
 /// searches (50–2000).
