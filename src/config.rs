@@ -73,7 +73,7 @@ pub struct NamespacePolicy {
     /// [`Cache::train_dictionary`](crate::Cache::train_dictionary) does,
     /// but from up to 1 MiB of the stored values and without its search
     /// for the best segment size: it runs while the writers do, on their
-    /// CPU, and takes 8–54× less time, for a ratio within 0.03 on the
+    /// CPU, and takes 10–28× less time, for a ratio within 0.03 on the
     /// bench's JSON values; at least 64). Small JSON
     /// values then compress about 2× better and faster (docs/BENCHMARKS.md
     /// W5, W9). Once per namespace and process: a failed training (too few

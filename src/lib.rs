@@ -128,5 +128,5 @@ pub mod record {
     pub use crate::store::record::{
         Compression, Dictionary, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
     };
-    pub use crate::store::train::{FIRST_SAMPLE_BYTES, train_fast};
+    pub use crate::store::train::{FIRST_SAMPLE_BYTES, SEARCHED_SAMPLE_BYTES, train_fast};
 }

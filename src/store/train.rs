@@ -10,8 +10,9 @@
 //! [`train_fast`] trains once (fastCover, the algorithm that search runs),
 //! with the middle `k` of the search's range, on [`FIRST_SAMPLE_BYTES`] of
 //! values, counting every second d-mer in a smaller table. On the bench's
-//! JSON values: 8–54× less CPU than the search on 4000 values, for a ratio
-//! within 0.03 (docs/BENCHMARKS.md, W9's training table).
+//! JSON values: 10–28× less CPU than the search over the 4 MiB
+//! ([`SEARCHED_SAMPLE_BYTES`]) that `Cache::train_dictionary` reads, for a
+//! ratio within 0.03 (docs/BENCHMARKS.md, W9's training table).
 //! `Cache::train_dictionary`, which a user calls when the time is theirs,
 //! still searches.
 
@@ -21,7 +22,7 @@ use zstd::zstd_safe::zstd_sys;
 /// Bytes of stored values the first dictionary trains on.
 pub const FIRST_SAMPLE_BYTES: usize = 1 << 20;
 /// Bytes of stored values `Cache::train_dictionary` trains on.
-pub(crate) const SEARCHED_SAMPLE_BYTES: usize = 4 << 20;
+pub const SEARCHED_SAMPLE_BYTES: usize = 4 << 20;
 /// The size of a trained dictionary.
 pub(crate) const DICT_BYTES: usize = 64 << 10;
 
