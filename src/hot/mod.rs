@@ -2,12 +2,12 @@
 //!
 //! [`s3fifo`] is the single-threaded eviction algorithm; [`sharded`] spreads
 //! keys over power-of-two shards, each behind a `parking_lot::RwLock`, with a
-//! randomly seeded hasher. Read hits take the shared lock only. [`index`]
-//! is a shard's table from key fingerprints to slab slots.
+//! randomly seeded hasher. Read hits take the shared lock only. [`table`]
+//! holds a shard's entries.
 
-mod index;
 pub(crate) mod s3fifo;
 pub(crate) mod sharded;
+mod table;
 
 pub use s3fifo::{ENTRY_OVERHEAD, charge_of};
 pub(crate) use s3fifo::{Entry, Evicted, Insert};

@@ -1,0 +1,324 @@
+//! A shard's entries, in one open-addressed table: a lookup's first load
+//! is the entry itself.
+//!
+//! A table of fingerprints pointing into a separate slab (what this
+//! replaced, after Folly's F14) costs a lookup two dependent cache misses
+//! before the value's reference count: the index chunk, then the entry. Here the entry sits
+//! at (or just after) the slot its fingerprint hashes to, so the CPU loads
+//! it straight from the hash. `benches/peers/src/bin/layout.rs` compares
+//! the two shapes at W1's size.
+//!
+//! Linear probing with the entries of a run kept in fingerprint order
+//! (Amble and Knuth's ordered hash table): the home slot is
+//! `fingerprint × home slots / 2^32`, which grows with the fingerprint, so the
+//! whole table is sorted by fingerprint and a lookup stops at the first
+//! entry with a larger one (or at an empty slot, whose fingerprint is
+//! larger than any key's). Each probe step is one load and one compare,
+//! and a miss costs about what a hit does, at the high load a memory-bound
+//! cache wants ([`MAX_LOAD`]). An insert shifts the rest of its run on by
+//! one slot; a removal shifts the entries after it that are not at home
+//! back by one (no tombstones). Entries therefore move: the eviction
+//! queues name an entry by its fingerprint and a per-entry id ([`Token`]),
+//! not by its slot.
+//!
+//! Probes never wrap: [`TAIL`] or more slots after the last home slot take
+//! the run that spills past it, and the last slot is always empty, which
+//! ends every probe. The table has any number of home slots: it grows by
+//! an eighth at a time and shrinks when a shard empties, so 7/10 to 9/10
+//! of them are in use.
+
+use super::s3fifo::Entry;
+
+/// The highest share of home slots in use before the table grows.
+const MAX_LOAD: (usize, usize) = (9, 10);
+
+/// Fewest home slots a table has.
+const MIN_SLOTS: usize = 8;
+
+/// Slots after the last home slot, for runs that spill past it.
+const TAIL: usize = 32;
+
+/// An entry's name in the eviction queues: its fingerprint and its id
+/// (unique among a shard's live entries). Stays valid while the entry
+/// moves; a token whose entry is gone finds nothing.
+pub(crate) type Token = (u32, u32);
+
+pub(crate) struct Table {
+    /// `homes` home slots and [`TAIL`] more. Empty slots hold a vacant
+    /// entry, whose fingerprint ([`Entry::VACANT`]) is above every key's.
+    slots: Box<[Entry]>,
+    homes: usize,
+    len: usize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            slots: vacant(MIN_SLOTS + TAIL),
+            homes: MIN_SLOTS,
+            len: 0,
+        }
+    }
+}
+
+fn vacant(slots: usize) -> Box<[Entry]> {
+    (0..slots).map(|_| Entry::vacant()).collect()
+}
+
+/// The home slot of fingerprint `h` among `homes` home slots.
+#[inline]
+fn home(h: u32, homes: usize) -> usize {
+    ((u64::from(h) * homes as u64) >> 32) as usize
+}
+
+impl Table {
+    /// Live entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Home slots (for the tests' accounting).
+    #[cfg(test)]
+    pub(crate) fn homes(&self) -> usize {
+        self.homes
+    }
+
+    /// The slot of the first live entry with fingerprint `h` that `is`
+    /// accepts.
+    #[inline]
+    pub(crate) fn find(&self, h: u32, mut is: impl FnMut(&Entry) -> bool) -> Option<usize> {
+        debug_assert!(h < Entry::VACANT);
+        let mut i = home(h, self.homes);
+        loop {
+            // Stops in bounds: the last slot is empty.
+            let e = &self.slots[i];
+            let f = e.fingerprint();
+            if f > h {
+                return None;
+            }
+            if f == h && is(e) {
+                return Some(i);
+            }
+            i += 1;
+        }
+    }
+
+    /// The live entry a queue token names, if it is still there.
+    pub(crate) fn find_token(&self, (h, id): Token) -> Option<usize> {
+        self.find(h, |e| e.id() == id)
+    }
+
+    pub(crate) fn get(&self, i: usize) -> &Entry {
+        &self.slots[i]
+    }
+
+    pub(crate) fn get_mut(&mut self, i: usize) -> &mut Entry {
+        &mut self.slots[i]
+    }
+
+    /// Files `entry`, whose key the caller knows is not in the table.
+    pub(crate) fn insert(&mut self, entry: Entry) {
+        debug_assert!(!entry.is_free());
+        if (self.len + 1) * MAX_LOAD.1 > self.homes * MAX_LOAD.0 {
+            self.rebuild(self.homes + self.homes / 8, Some(entry));
+        } else if let Err(entry) = self.place(entry) {
+            // Its run would fill the last slot: a longer tail.
+            self.rebuild(self.homes, Some(entry));
+        }
+        self.len += 1;
+    }
+
+    /// Puts a live entry in fingerprint order, shifting the rest of its
+    /// run on by one; gives it back when that would fill the last slot.
+    fn place(&mut self, entry: Entry) -> Result<(), Entry> {
+        let h = entry.fingerprint();
+        let mut i = home(h, self.homes);
+        // Past the entries with no larger fingerprint; an empty slot's is
+        // larger than any, and the last slot is empty.
+        while self.slots[i].fingerprint() <= h {
+            i += 1;
+        }
+        let last = self.slots.len() - 1;
+        let Some(end) = (i..last).find(|&j| self.slots[j].is_free()) else {
+            return Err(entry);
+        };
+        // The empty slot at `end` comes round to `i`.
+        self.slots[i..=end].rotate_right(1);
+        self.slots[i] = entry;
+        Ok(())
+    }
+
+    /// Empties slot `i` and returns its entry; the entries after it that
+    /// are not at home move back one slot each.
+    pub(crate) fn remove(&mut self, i: usize) -> Entry {
+        let out = std::mem::replace(&mut self.slots[i], Entry::vacant());
+        debug_assert!(!out.is_free(), "a live slot");
+        self.len -= 1;
+        let mut end = i + 1;
+        while !self.slots[end].is_free() && home(self.slots[end].fingerprint(), self.homes) < end {
+            end += 1;
+        }
+        // Slots i+1..end move back one; the empty slot goes to end-1.
+        self.slots[i..end].rotate_left(1);
+        if self.homes > MIN_SLOTS && self.len * 10 < self.homes * 3 {
+            // Under 3/10 full: back to 7/10, so a shard that empties
+            // gives its memory back.
+            self.rebuild(self.len * 10 / 7, None);
+        }
+        out
+    }
+
+    /// Refiles every entry, and `extra`, among `homes` home slots (at
+    /// least [`MIN_SLOTS`] and more than the entries), with a tail long
+    /// enough for the last run and an empty last slot.
+    fn rebuild(&mut self, homes: usize, extra: Option<Entry>) {
+        // The table is in fingerprint order already; `extra` goes in after
+        // the entries with no larger fingerprint, as `place` puts it.
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.slots)
+            .into_vec()
+            .into_iter()
+            .filter(|e| !e.is_free())
+            .collect();
+        if let Some(e) = extra {
+            let at = entries.partition_point(|x| x.fingerprint() <= e.fingerprint());
+            entries.insert(at, e);
+        }
+        debug_assert!(entries.is_sorted_by_key(Entry::fingerprint));
+        let homes = homes.max(MIN_SLOTS).max(entries.len() + 1);
+        // Each entry goes to its home or just after the one before it.
+        let slot = |next: usize, e: &Entry| next.max(home(e.fingerprint(), homes));
+        let end = entries.iter().fold(0, |next, e| slot(next, e) + 1);
+        self.slots = vacant((homes + TAIL).max(end + 1));
+        self.homes = homes;
+        let mut next = 0;
+        for e in entries {
+            let at = slot(next, &e);
+            self.slots[at] = e;
+            next = at + 1;
+        }
+    }
+
+    /// Live entries with their slots, in slot order.
+    #[cfg(any(test, feature = "validate"))]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> {
+        self.slots.iter().enumerate().filter(|(_, e)| !e.is_free())
+    }
+
+    /// Checks the table's invariants; panics on the first violation.
+    #[cfg(any(test, feature = "validate"))]
+    pub(crate) fn validate(&self) {
+        assert!(self.homes >= MIN_SLOTS, "at least {MIN_SLOTS} home slots");
+        assert!(
+            self.slots.len() >= self.homes + TAIL,
+            "the tail follows the homes"
+        );
+        assert_eq!(self.iter().count(), self.len, "live slots counted");
+        assert!(
+            self.slots.last().is_some_and(Entry::is_free),
+            "an empty slot ends the last run"
+        );
+        let mut prev = 0;
+        for (i, e) in self.iter() {
+            let f = e.fingerprint();
+            assert!(
+                f < Entry::VACANT,
+                "a key's fingerprint is below an empty slot's"
+            );
+            assert!(f >= prev, "fingerprint order at slot {i}");
+            prev = f;
+            let h = home(f, self.homes);
+            assert!(h <= i, "slot {i} is at or after its home {h}");
+            assert!(
+                (h..i).all(|j| !self.slots[j].is_free()),
+                "no empty slot between slot {i} and its home {h}"
+            );
+            assert_eq!(
+                self.find(f, |x| std::ptr::eq(x, e)),
+                Some(i),
+                "entry in slot {i} is found"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(h: u32, id: u32) -> Entry {
+        let mut e = Entry::new(
+            u64::from(h),
+            0,
+            &id.to_le_bytes(),
+            Bytes::new(),
+            u64::MAX,
+            0,
+            0,
+        );
+        e.set_id(id);
+        e
+    }
+
+    #[test]
+    fn grows_finds_removes_and_shrinks() {
+        let mut t = Table::default();
+        // Fingerprints that crowd the same homes, and spread ones.
+        let fp = |k: u32| {
+            if k.is_multiple_of(3) {
+                7
+            } else {
+                k.wrapping_mul(0x9E37_79B9)
+            }
+        };
+        for k in 0..5000 {
+            t.insert(entry(fp(k), k));
+            if k.is_multiple_of(97) {
+                t.validate();
+            }
+        }
+        t.validate();
+        assert!(t.homes() * 9 >= t.len() * 10, "at most 9/10 full");
+        for k in 0..5000 {
+            assert!(t.find_token((fp(k), k)).is_some(), "key {k}");
+        }
+        assert!(t.find_token((fp(1), 99_999)).is_none());
+        for k in (0..5000).filter(|k: &u32| k.is_multiple_of(2)) {
+            let i = t.find_token((fp(k), k)).expect("live");
+            assert_eq!(t.remove(i).id(), k);
+        }
+        t.validate();
+        for k in 0..5000 {
+            assert_eq!(t.find_token((fp(k), k)).is_some(), k % 2 == 1, "key {k}");
+        }
+        let before = t.homes();
+        for k in (0..5000).filter(|k| k % 2 == 1) {
+            let i = t.find_token((fp(k), k)).expect("live");
+            t.remove(i);
+        }
+        t.validate();
+        assert_eq!(t.len(), 0);
+        assert!(t.homes() < before / 10, "shrank: {} home slots", t.homes());
+    }
+
+    #[test]
+    fn a_run_past_the_last_home_slot_lengthens_the_tail() {
+        let mut t = Table::default();
+        // Every entry homes in the last home slot, however many there are:
+        // the run outgrows the tail.
+        let top = Entry::VACANT - 1;
+        for k in 0..200 {
+            t.insert(entry(top, k));
+            t.validate();
+        }
+        for k in 0..200 {
+            assert!(t.find_token((top, k)).is_some());
+        }
+        let i = t.find_token((top, 0)).expect("live");
+        t.remove(i);
+        t.validate();
+        assert!(t.find_token((top, 0)).is_none());
+        assert!(t.find_token((top, 199)).is_some());
+        assert!(t.find_token((top - 1, 199)).is_none());
+    }
+}
