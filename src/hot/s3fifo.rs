@@ -124,9 +124,9 @@ pub(crate) struct Entry {
     pub version: u64,
     freq: AtomicU8,
     queue: Queue,
-    /// Names the entry in the queues with its fingerprint ([`Token`]):
-    /// unique among the shard's live entries, so a token of an entry that
-    /// is gone finds nothing (in the entry's padding).
+    /// With the fingerprint, the entry's name in the queues ([`Token`]):
+    /// unique among the shard's live entries, so the token of an entry
+    /// that is gone finds nothing. (It fills what would be padding.)
     id: u32,
 }
 

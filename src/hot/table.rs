@@ -44,8 +44,9 @@ const TAIL: usize = 32;
 pub(crate) type Token = (u32, u32);
 
 pub(crate) struct Table {
-    /// `homes` home slots and [`TAIL`] more. Empty slots hold a vacant
-    /// entry, whose fingerprint ([`Entry::VACANT`]) is above every key's.
+    /// `homes` home slots and at least [`TAIL`] more, the last one empty.
+    /// Empty slots hold a vacant entry, whose fingerprint
+    /// ([`Entry::VACANT`]) is above every key's.
     slots: Box<[Entry]>,
     homes: usize,
     len: usize,
