@@ -48,6 +48,23 @@ struct Entry {
     _version: u64,
 }
 
+impl Entry {
+    /// A fresh entry for `key` (at most 23 bytes) with hash `h`.
+    fn new(h: u64, key: &[u8], value: &Bytes) -> Self {
+        let mut k = [0u8; 23];
+        k[..key.len()].copy_from_slice(key);
+        Entry {
+            hash: h as u32,
+            klen: key.len() as u8,
+            key: k,
+            value: value.clone(),
+            expires: u64::MAX,
+            epoch: 0,
+            _version: 1,
+        }
+    }
+}
+
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
 struct Chunk {
@@ -84,17 +101,7 @@ impl ChunkSlab {
                 s.pages.push(Box::new([const { None }; 64]));
             }
             let h = h64(&keys[i]);
-            let mut key = [0u8; 23];
-            key[..keys[i].len()].copy_from_slice(&keys[i]);
-            s.pages[slot / 64][slot % 64] = Some(Entry {
-                hash: h as u32,
-                klen: keys[i].len() as u8,
-                key,
-                value: values[i].clone(),
-                expires: u64::MAX,
-                epoch: 0,
-                _version: 1,
-            });
+            s.pages[slot / 64][slot % 64] = Some(Entry::new(h, &keys[i], &values[i]));
             let t = (h as u32) | 1;
             let mut c = (t as usize) & (nchunks - 1);
             loop {
@@ -161,21 +168,11 @@ impl Open {
         let mut o = Open { slots };
         for i in 0..keys.len() {
             let h = h64(&keys[i]);
-            let mut key = [0u8; 23];
-            key[..keys[i].len()].copy_from_slice(&keys[i]);
             let mut p = (h >> 20) as usize & (n - 1);
             while o.slots[p].0.is_some() {
                 p = (p + 1) & (n - 1);
             }
-            o.slots[p].0 = Some(Entry {
-                hash: h as u32,
-                klen: keys[i].len() as u8,
-                key,
-                value: values[i].clone(),
-                expires: u64::MAX,
-                epoch: 0,
-                _version: 1,
-            });
+            o.slots[p].0 = Some(Entry::new(h, &keys[i], &values[i]));
         }
         o
     }
