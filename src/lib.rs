@@ -122,11 +122,11 @@ pub use store::open::{DAMAGED_MARKER, DB_FILE};
 pub use store::outbox::{EPOCH_NAMESPACE, OutboxItem, OutboxKind};
 
 /// The record codec, public for `embercache verify`, the fuzzers and tools
-/// that read the database file directly; and the training of a
-/// namespace's first dictionary, for the benches.
+/// that read the database file directly; and a namespace's dictionary
+/// training (`train`, as the engine runs it), for the benches.
 pub mod record {
     pub use crate::store::record::{
         Compression, Dictionary, Encoding, HEADER_LEN, Header, decode, decode_header, encode,
     };
-    pub use crate::store::train::{FIRST_SAMPLE_BYTES, SEARCHED_SAMPLE_BYTES, train_fast};
+    pub use crate::store::train::{DICT_BYTES, FIRST_SAMPLE_BYTES, SEARCHED_SAMPLE_BYTES, train};
 }

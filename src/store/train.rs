@@ -24,7 +24,7 @@ pub const FIRST_SAMPLE_BYTES: usize = 1 << 20;
 /// Bytes of stored values `Cache::train_dictionary` trains on.
 pub const SEARCHED_SAMPLE_BYTES: usize = 4 << 20;
 /// The size of a trained dictionary.
-pub(crate) const DICT_BYTES: usize = 64 << 10;
+pub const DICT_BYTES: usize = 64 << 10;
 
 /// How many bytes of a namespace's values its dictionary trains on: less
 /// for the `first` (automatic) one, which competes with the writers.
@@ -39,7 +39,7 @@ pub(crate) fn sample_bytes(first: bool) -> usize {
 /// A namespace's dictionary from `samples` (read up to [`sample_bytes`]):
 /// the `first` one once, with [`train_fast`]; any other with zstd's
 /// search over segment sizes.
-pub(crate) fn train(samples: &[Bytes], level: i32, first: bool) -> Result<Vec<u8>, String> {
+pub fn train(samples: &[Bytes], level: i32, first: bool) -> Result<Vec<u8>, String> {
     if first {
         train_fast(samples, DICT_BYTES, level)
     } else {
@@ -63,7 +63,11 @@ const ACCEL: u32 = 2;
 /// tables for compression `level`. An error, with zstd's reason, when zstd
 /// cannot make one (no samples or a single one, or a capacity under its
 /// minimum of 256 bytes).
-pub fn train_fast(samples: &[Bytes], capacity: usize, level: i32) -> Result<Vec<u8>, String> {
+pub(crate) fn train_fast(
+    samples: &[Bytes],
+    capacity: usize,
+    level: i32,
+) -> Result<Vec<u8>, String> {
     let nb = u32::try_from(samples.len()).map_err(|_| "too many samples".to_string())?;
     if nb == 0 {
         return Err("no samples".into());

@@ -45,7 +45,7 @@ pub fn w9(scale: &Scale) -> String {
         let raw: usize = test.iter().map(|v| v.len()).sum();
         // What `Cache::train_dictionary` trains on: the first 4 MiB.
         let (sampled, _) = samples(&train, embercache::record::SEARCHED_SAMPLE_BYTES);
-        let dict = zstd::dict::from_samples(&sampled, 64 << 10).expect("train dictionary");
+        let dict = embercache::record::train(&sampled, 3, false).expect("train dictionary");
         for level in [1, 3] {
             for use_dict in [false, true] {
                 let mut comp = if use_dict {
@@ -181,10 +181,10 @@ fn samples(train: &[Vec<u8>], max_bytes: usize) -> (Vec<bytes::Bytes>, usize) {
 /// Training time and level-3 ratio of the two dictionaries a namespace can
 /// get: `train_dictionary`'s (`from_samples`, which searches five segment
 /// sizes, over the values' first `SEARCHED_SAMPLE_BYTES`) and the
-/// automatic first one (`record::train_fast` over their first
+/// automatic first one (fastCover once, over their first
 /// `FIRST_SAMPLE_BYTES`), each on the samples the engine would read.
 fn training_table(kinds: &[(&str, Make)], scale: &Scale) -> String {
-    use embercache::record::{FIRST_SAMPLE_BYTES, SEARCHED_SAMPLE_BYTES, train_fast};
+    use embercache::record::{self, FIRST_SAMPLE_BYTES, SEARCHED_SAMPLE_BYTES};
     let mut t = Table::new(&[
         "values",
         "searched: samples",
@@ -215,10 +215,10 @@ fn training_table(kinds: &[(&str, Make)], scale: &Scale) -> String {
         let (mut searched, mut fast) = (Vec::new(), Vec::new());
         for _ in 0..scale.runs {
             let start = Instant::now();
-            searched = zstd::dict::from_samples(&all, 64 << 10).expect("train dictionary");
+            searched = record::train(&all, 3, false).expect("train dictionary");
             searched_ms.0.push(start.elapsed().as_secs_f64() * 1e3);
             let start = Instant::now();
-            fast = train_fast(&first, 64 << 10, 3).expect("train first dictionary");
+            fast = record::train(&first, 3, true).expect("train first dictionary");
             fast_ms.0.push(start.elapsed().as_secs_f64() * 1e3);
         }
         all_searched += searched_ms.median();
@@ -239,7 +239,7 @@ fn training_table(kinds: &[(&str, Make)], scale: &Scale) -> String {
         s,
         "### Training the dictionary\n\nA namespace's first dictionary trains on its own, while its writers \
          run (`NamespacePolicy::auto_dictionary`): once, with fixed fastCover parameters, on its first \
-         {} KiB of values (`record::train_fast`). `Cache::train_dictionary` searches five segment sizes over \
+         {} KiB of values (`record::train` with `first`). `Cache::train_dictionary` searches five segment sizes over \
          its first {} MiB (`zstd::dict::from_samples`). Both train on the first values of the 4000 above, up \
          to their cap, as the engine reads them. Ratios at level 3 on the test values; times of one thread, \
          median of {} runs.\n",
