@@ -1270,6 +1270,9 @@ impl Shared {
         self.counters
             .warmup_total
             .store(snapshot.len() as u64, Ordering::Relaxed);
+        // Room for the whole snapshot at once: a table grown an eighth at
+        // a time while it fills moves each entry about nine times.
+        self.hot.reserve(snapshot.len());
         let chunks: Vec<&[(&str, &[u8])]> = snapshot.chunks(WARM_CHUNK).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
@@ -1300,6 +1303,8 @@ impl Shared {
             }
             work();
         });
+        // Keys expired or deleted since the snapshot left room unused.
+        self.hot.fit();
         self.counters.warmup_done.store(1, Ordering::Release);
     }
 

@@ -379,6 +379,18 @@ impl Shard {
         self.table.len()
     }
 
+    /// Makes room for `n` more entries, as many as the byte bound can hold
+    /// at most (see [`Table::reserve`]).
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let n = n.min(self.capacity / ENTRY_OVERHEAD);
+        self.table.reserve(self.table.len() + n);
+    }
+
+    /// Gives back table room a reservation left unused (see [`Table::fit`]).
+    pub(crate) fn fit(&mut self) {
+        self.table.fit();
+    }
+
     #[inline]
     fn find(&self, hash: u64, ns: u32, key: &[u8]) -> Option<usize> {
         let h = fingerprint(hash);

@@ -121,6 +121,22 @@ impl HotTier {
         }
     }
 
+    /// Makes room for `n` more entries spread over the shards, before a
+    /// bulk fill (the warm-up); [`HotTier::fit`] after it gives back what
+    /// went unused.
+    pub(crate) fn reserve(&self, n: usize) {
+        let per = n.div_ceil(self.shards.len());
+        for s in self.shards.iter() {
+            s.write().reserve(per);
+        }
+    }
+
+    pub(crate) fn fit(&self) {
+        for s in self.shards.iter() {
+            s.write().fit();
+        }
+    }
+
     pub(crate) fn remove(&self, hash: u64, ns: u32, key: &[u8], version: u64) -> bool {
         self.shard(hash).write().remove(hash, ns, key, version)
     }

@@ -129,6 +129,26 @@ impl Table {
         self.len += 1;
     }
 
+    /// Makes room for `n` entries in all at up to 9/10 of the home slots,
+    /// so that filling the table to `n` moves each entry about once
+    /// instead of the nine times growing an eighth at a time takes (the
+    /// warm-up knows how many keys it will load). [`Table::fit`] gives back
+    /// what a reservation left unused.
+    pub(crate) fn reserve(&mut self, n: usize) {
+        let homes = (n * MAX_LOAD.1).div_ceil(MAX_LOAD.0);
+        if homes > self.homes {
+            self.rebuild(homes, None);
+        }
+    }
+
+    /// Shrinks a table under 7/10 full to 9/10, the least memory the
+    /// formula allows (after a reservation that was not filled).
+    pub(crate) fn fit(&mut self) {
+        if self.homes > MIN_SLOTS && self.len * 10 < self.homes * 7 {
+            self.rebuild((self.len * MAX_LOAD.1).div_ceil(MAX_LOAD.0), None);
+        }
+    }
+
     /// Puts a live entry in fingerprint order, shifting the rest of its
     /// run on by one; gives it back when that would fill the last slot.
     fn place(&mut self, entry: Entry) -> Result<(), Entry> {
@@ -300,6 +320,43 @@ mod tests {
         t.validate();
         assert_eq!(t.len(), 0);
         assert!(t.homes() < before / 10, "shrank: {} home slots", t.homes());
+    }
+
+    #[test]
+    fn a_reservation_is_filled_without_growing_and_fit_gives_back_the_rest() {
+        let fp = |k: u32| k.wrapping_mul(0x9E37_79B9).min(Entry::VACANT - 1);
+        let mut t = Table::default();
+        t.insert(entry(fp(0), 0));
+        t.reserve(1000);
+        t.validate();
+        let homes = t.homes();
+        assert!(homes * 9 >= 1000 * 10, "room for 1000 at 9/10: {homes}");
+        for k in 1..1000 {
+            t.insert(entry(fp(k), k));
+        }
+        t.validate();
+        assert_eq!(t.homes(), homes, "filled to the reservation: no growth");
+        assert!((0..1000).all(|k| t.find_token((fp(k), k)).is_some()));
+        // A smaller reservation keeps the room there is.
+        t.reserve(10);
+        assert_eq!(t.homes(), homes);
+        t.fit();
+        assert_eq!(t.homes(), homes, "9/10 full: nothing to give back");
+
+        // Half of another reservation filled: `fit` shrinks it to 9/10.
+        let mut t = Table::default();
+        t.reserve(2000);
+        for k in 0..1000 {
+            t.insert(entry(fp(k), k));
+        }
+        t.fit();
+        t.validate();
+        assert!(
+            t.homes() * 9 <= 1000 * 10 + 9,
+            "fit to 9/10: {} home slots",
+            t.homes()
+        );
+        assert!((0..1000).all(|k| t.find_token((fp(k), k)).is_some()));
     }
 
     #[test]
