@@ -1328,8 +1328,18 @@ impl Shared {
             let sorted = chunk.is_sorted();
             let mut walk = KeyWalk::new(&t);
             batch.entries.clear();
+            // The snapshot lists each rank's keys by namespace: the name
+            // changes a few times per snapshot, so remember the last one
+            // rather than hash every key's.
+            let mut last: Option<(&str, Option<Arc<Namespace>>)> = None;
             for &(name, key) in chunk {
-                let ns = names.entry(name).or_insert_with(|| self.ns.get(name).ok());
+                let ns = match &mut last {
+                    Some((n, ns)) if *n == name => ns,
+                    last => {
+                        let ns = names.entry(name).or_insert_with(|| self.ns.get(name).ok());
+                        &mut last.insert((name, ns.clone())).1
+                    }
+                };
                 let Some(ns) = ns.as_ref().filter(|ns| ns.policy.hot_admission) else {
                     continue;
                 };
