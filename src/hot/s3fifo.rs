@@ -18,8 +18,8 @@
 //! tokens are skipped when popped (and compacted when they outnumber live
 //! ones).
 //!
-//! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot in the
-//! shard's table ([`super::table`], 7/10 to 9/10 of its slots in use), keys
+//! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot and its
+//! 4-byte fingerprint in the shard's table ([`super::table`], 7/10 to 9/10 of its slots in use), keys
 //! of up to [`INLINE_KEY`] bytes inside the slot, an 8-byte queue token and
 //! a ghost of 32-bit fingerprints.
 
@@ -30,11 +30,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Bytes charged per entry on top of `key.len() + value.len()`. Where they
-/// go, for a key of up to 22 bytes, kept inside the slot (measured 168–198 B
-/// requested, 193–222 B with glibc's chunks): the 96-byte table slot (hash
+/// go, for a key of up to 22 bytes, kept inside the slot (measured 167–199 B
+/// requested, 193–223 B with glibc's chunks): the 96-byte table slot (hash
 /// fingerprint, namespace, key, value handle, expiry, epoch, version,
 /// frequency, queue, id) with the table's empty slots (7/10 to 9/10 of its
-/// home slots in use: 107–137 B a slot), the queue token (8 B, up
+/// home slots in use: 107–137 B a slot) and its 4-byte fingerprint in the
+/// table's probe array (4–6 B), the queue token (8 B, up
 /// to 2x while its ring grows), the ghost fingerprint a key may leave
 /// behind (4 B in the ring plus 5 B of table, with slack), and the value
 /// buffer's shared header (24 B; a `Bytes` the engine also hands to the

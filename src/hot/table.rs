@@ -1,19 +1,23 @@
-//! A shard's entries, in one open-addressed table: a lookup's first load
-//! is the entry itself.
+//! A shard's entries, in one open-addressed table, with their fingerprints
+//! in an array beside it: a lookup scans the fingerprints and loads only
+//! the entry it stops at.
 //!
 //! A table of fingerprints pointing into a separate slab (what this
 //! replaced, after Folly's F14) costs a lookup two dependent cache misses
-//! before the value's reference count: the index chunk, then the entry. Here the entry sits
-//! at (or just after) the slot its fingerprint hashes to, so the CPU loads
-//! it straight from the hash. `benches/peers/src/bin/layout.rs` compares
-//! the two shapes at W1's size.
+//! before the value's reference count: the index chunk, then the entry.
+//! Here slot `i`'s fingerprint is `fps[i]` and its entry `slots[i]`: the
+//! index of the one gives the address of the other, no pointer to follow.
+//! Probing the 96-byte entries themselves (the first version) read about
+//! four of them per hit at this table's load, a cache line or two each;
+//! sixteen fingerprints share a line. `benches/peers/src/bin/layout.rs`
+//! compares the table with the slab shape at W1's size.
 //!
 //! Linear probing with the entries of a run kept in fingerprint order
 //! (Amble and Knuth's ordered hash table): the home slot is
 //! `fingerprint × home slots / 2^32`, which grows with the fingerprint, so the
 //! whole table is sorted by fingerprint and a lookup stops at the first
 //! entry with a larger one (or at an empty slot, whose fingerprint is
-//! larger than any key's). Each probe step is one load and one compare,
+//! larger than any key's). Each probe step is one 4-byte load and one compare,
 //! and a miss costs about what a hit does, at the high load a memory-bound
 //! cache wants ([`MAX_LOAD`]). An insert shifts the rest of its run on by
 //! one slot; a removal shifts the entries after it that are not at home
@@ -44,9 +48,12 @@ const TAIL: usize = 32;
 pub(crate) type Token = (u32, u32);
 
 pub(crate) struct Table {
+    /// The fingerprint of each slot's entry, slot by slot: a probe scans
+    /// these, sixteen to a cache line, and loads only the entry it stops
+    /// at. An empty slot's ([`Entry::VACANT`]) is above every key's.
+    fps: Box<[u32]>,
     /// `homes` home slots and at least [`TAIL`] more, the last one empty.
-    /// Empty slots hold a vacant entry, whose fingerprint
-    /// ([`Entry::VACANT`]) is above every key's.
+    /// Empty slots hold a vacant entry.
     slots: Box<[Entry]>,
     homes: usize,
     len: usize,
@@ -55,6 +62,7 @@ pub(crate) struct Table {
 impl Default for Table {
     fn default() -> Self {
         Table {
+            fps: vec![Entry::VACANT; MIN_SLOTS + TAIL].into(),
             slots: vacant(MIN_SLOTS + TAIL),
             homes: MIN_SLOTS,
             len: 0,
@@ -92,12 +100,11 @@ impl Table {
         let mut i = home(h, self.homes);
         loop {
             // Stops in bounds: the last slot is empty.
-            let e = &self.slots[i];
-            let f = e.fingerprint();
+            let f = self.fps[i];
             if f > h {
                 return None;
             }
-            if f == h && is(e) {
+            if f == h && is(&self.slots[i]) {
                 return Some(i);
             }
             i += 1;
@@ -156,16 +163,18 @@ impl Table {
         let mut i = home(h, self.homes);
         // Past the entries with no larger fingerprint; an empty slot's is
         // larger than any, and the last slot is empty.
-        while self.slots[i].fingerprint() <= h {
+        while self.fps[i] <= h {
             i += 1;
         }
         let last = self.slots.len() - 1;
-        let Some(end) = (i..last).find(|&j| self.slots[j].is_free()) else {
+        let Some(end) = (i..last).find(|&j| self.fps[j] == Entry::VACANT) else {
             return Err(entry);
         };
         // The empty slot at `end` comes round to `i`.
         self.slots[i..=end].rotate_right(1);
+        self.fps[i..=end].rotate_right(1);
         self.slots[i] = entry;
+        self.fps[i] = h;
         Ok(())
     }
 
@@ -174,13 +183,15 @@ impl Table {
     pub(crate) fn remove(&mut self, i: usize) -> Entry {
         let out = std::mem::replace(&mut self.slots[i], Entry::vacant());
         debug_assert!(!out.is_free(), "a live slot");
+        self.fps[i] = Entry::VACANT;
         self.len -= 1;
         let mut end = i + 1;
-        while !self.slots[end].is_free() && home(self.slots[end].fingerprint(), self.homes) < end {
+        while self.fps[end] != Entry::VACANT && home(self.fps[end], self.homes) < end {
             end += 1;
         }
         // Slots i+1..end move back one; the empty slot goes to end-1.
         self.slots[i..end].rotate_left(1);
+        self.fps[i..end].rotate_left(1);
         if self.homes > MIN_SLOTS && self.len * 10 < self.homes * 3 {
             // Under 3/10 full: back to 7/10, so a shard that empties
             // gives its memory back.
@@ -210,10 +221,12 @@ impl Table {
         let slot = |next: usize, e: &Entry| next.max(home(e.fingerprint(), homes));
         let end = entries.iter().fold(0, |next, e| slot(next, e) + 1);
         self.slots = vacant((homes + TAIL).max(end + 1));
+        self.fps = vec![Entry::VACANT; self.slots.len()].into();
         self.homes = homes;
         let mut next = 0;
         for e in entries {
             let at = slot(next, &e);
+            self.fps[at] = e.fingerprint();
             self.slots[at] = e;
             next = at + 1;
         }
@@ -234,6 +247,10 @@ impl Table {
             "the tail follows the homes"
         );
         assert_eq!(self.iter().count(), self.len, "live slots counted");
+        assert_eq!(self.fps.len(), self.slots.len(), "a fingerprint a slot");
+        for (i, e) in self.slots.iter().enumerate() {
+            assert_eq!(self.fps[i], e.fingerprint(), "fingerprint of slot {i}");
+        }
         assert!(
             self.slots.last().is_some_and(Entry::is_free),
             "an empty slot ends the last run"
