@@ -19,9 +19,9 @@
 //! ones).
 //!
 //! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot and its
-//! 4-byte fingerprint in the shard's table ([`super::table`], 7/10 to 9/10 of its slots in use), keys
-//! of up to [`INLINE_KEY`] bytes inside the slot, an 8-byte queue token and
-//! a ghost of 32-bit fingerprints.
+//! 4-byte fingerprint in the shard's table ([`super::table`], 7/10 to 9/10
+//! of its slots in use), keys of up to [`INLINE_KEY`] bytes inside the
+//! slot, an 8-byte queue token and a ghost of 32-bit fingerprints.
 
 use super::table::{Table, Token};
 use bytes::Bytes;
