@@ -28,11 +28,11 @@
 //! `probe ttl3 KEYS GETS ROUNDS ROTATE` splits that cost: the system clock
 //! as the engine reads it, the same behind a `dyn Clock`, and a clock
 //! read in one load (see `ttl3`).
-//! `probe restart DIR KEYS REOPENS` is W7's warm-up: it fills `DIR` with
-//! `KEYS` entries once (default settings, as W7), then reopens it
-//! `REOPENS` times and prints each warm-up's time; under callgrind
-//! (`--toggle-collect='*warm_chunk*'`, plus `*reserve*` and `*fit*`)
-//! the instructions it takes.
+//! `probe w7 DIR RUNS [shuffled]` is W7's warm-up alone: it fills `DIR`
+//! with 1 M entries once, then reopens it RUNS times and prints each
+//! warm-up's time and CPU per entry; under callgrind
+//! (`callgrind_annotate --inclusive=yes`, `warm_chunk`) the instructions
+//! it takes.
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -454,46 +454,9 @@ fn warm(n: usize, ops: usize, threads: usize) {
     c.close().expect("close");
 }
 
-/// W7's reopen and warm-up on a directory filled once (see the module doc).
-fn restart(dir: &std::path::Path, n: usize, reopens: usize) {
-    if !dir.join(embercache::DB_FILE).exists() {
-        let (keys, values) = data(n);
-        let c = embercache::Cache::builder().dir(dir).open().expect("open");
-        for (k, v) in keys.iter().zip(values) {
-            c.set("w", k, v).expect("set");
-        }
-        c.close().expect("close");
-    }
-    for _ in 0..reopens {
-        let t = std::time::Instant::now();
-        let c = embercache::Cache::builder()
-            .dir(dir)
-            .open()
-            .expect("reopen");
-        let mut s = c.stats();
-        while !s.warmup_done {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            s = c.stats();
-        }
-        println!(
-            "restart: {} hot entries warm in {:.1} ms",
-            s.hot_entries,
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        c.close().expect("close");
-    }
-}
-
 fn main() {
     let mut a = std::env::args().skip(1);
     let which = a.next().unwrap_or_else(|| "embercache".into());
-    if which == "restart" {
-        let dir = std::path::PathBuf::from(a.next().expect("probe restart DIR [KEYS] [REOPENS]"));
-        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
-        let (n, reopens) = (num(1_000_000), num(3));
-        restart(&dir, n, reopens);
-        return;
-    }
     if which == "w2" {
         // probe w2 KEYS OPS: capacity 1 % of the keys, Zipf 0.8.
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
