@@ -1277,8 +1277,6 @@ impl Shared {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let work = || {
-            // Namespace handles by name: the snapshot names few of them.
-            let mut names: HashMap<&str, Option<Arc<Namespace>>> = HashMap::new();
             let mut batch = WarmBatch::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -1290,7 +1288,7 @@ impl Shared {
                     stop.store(true, Ordering::Relaxed);
                     break;
                 }
-                self.warm_chunk(chunk, &mut names, &mut batch);
+                self.warm_chunk(chunk, &mut batch);
                 add(&self.counters.warmup_loaded, chunk.len() as u64);
             }
         };
@@ -1309,12 +1307,7 @@ impl Shared {
     }
 
     /// Loads one warm-up chunk through the fill rule.
-    fn warm_chunk<'a>(
-        &self,
-        chunk: &[(&'a str, &'a [u8])],
-        names: &mut HashMap<&'a str, Option<Arc<Namespace>>>,
-        batch: &mut WarmBatch,
-    ) {
+    fn warm_chunk(&self, chunk: &[(&str, &[u8])], batch: &mut WarmBatch) {
         // A commit during the chunk blocks its fills (see the fill rule);
         // under a steady write load, try the chunk again a few times.
         for _attempt in 0..3 {
@@ -1328,19 +1321,15 @@ impl Shared {
             let sorted = chunk.is_sorted();
             let mut walk = KeyWalk::new(&t);
             batch.entries.clear();
-            // The snapshot lists each rank's keys by namespace: the name
-            // changes a few times per snapshot, so remember the last one
-            // rather than hash every key's.
+            // The snapshot lists each rank's keys by namespace: look the
+            // namespace up when the name changes, not for every key.
             let mut last: Option<(&str, Option<Arc<Namespace>>)> = None;
             for &(name, key) in chunk {
-                let ns = match &mut last {
-                    Some((n, ns)) if *n == name => ns,
-                    last => {
-                        let ns = names.entry(name).or_insert_with(|| self.ns.get(name).ok());
-                        &mut last.insert((name, ns.clone())).1
-                    }
-                };
-                let Some(ns) = ns.as_ref().filter(|ns| ns.policy.hot_admission) else {
+                if last.as_ref().is_none_or(|(n, _)| *n != name) {
+                    last = Some((name, self.ns.get(name).ok()));
+                }
+                let ns = last.as_ref().and_then(|(_, ns)| ns.as_ref());
+                let Some(ns) = ns.filter(|ns| ns.policy.hot_admission) else {
                     continue;
                 };
                 let hash = self.hot.hash(ns.id, key);
