@@ -28,8 +28,8 @@
 //! Probes never wrap: [`TAIL`] or more slots after the last home slot take
 //! the run that spills past it, and the last slot is always empty, which
 //! ends every probe. The table has any number of home slots: it grows by
-//! an eighth at a time and shrinks when a shard empties, so 7/10 to 9/10
-//! of them are in use.
+//! an eighth at a time, so 7/10 to 9/10 of them are in use while it
+//! grows, and shrinks to 7/10 when removals leave it under 3/10.
 
 use super::s3fifo::Entry;
 
@@ -151,8 +151,14 @@ impl Table {
     /// Shrinks a table under 7/10 full to 9/10, the least memory the
     /// formula allows (after a reservation that was not filled).
     pub(crate) fn fit(&mut self) {
-        if self.homes > MIN_SLOTS && self.len * 10 < self.homes * 7 {
-            self.rebuild((self.len * MAX_LOAD.1).div_ceil(MAX_LOAD.0), None);
+        self.shrink((7, 10), MAX_LOAD);
+    }
+
+    /// Refiles the entries `to` full (a share) when fewer than `below` of
+    /// the home slots are in use.
+    fn shrink(&mut self, below: (usize, usize), to: (usize, usize)) {
+        if self.homes > MIN_SLOTS && self.len * below.1 < self.homes * below.0 {
+            self.rebuild((self.len * to.1).div_ceil(to.0), None);
         }
     }
 
@@ -192,11 +198,8 @@ impl Table {
         // Slots i+1..end move back one; the empty slot goes to end-1.
         self.slots[i..end].rotate_left(1);
         self.fps[i..end].rotate_left(1);
-        if self.homes > MIN_SLOTS && self.len * 10 < self.homes * 3 {
-            // Under 3/10 full: back to 7/10, so a shard that empties
-            // gives its memory back.
-            self.rebuild(self.len * 10 / 7, None);
-        }
+        // A shard that empties gives its memory back.
+        self.shrink((3, 10), (7, 10));
         out
     }
 
