@@ -198,7 +198,12 @@ fn draw(c: &Recorded, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }};
     }
     if c.spec.log_y {
-        plot!(builder.build_cartesian_2d(x0..x1, ((y0 * 0.7).max(1e-9)..y1 * 1.4).log_scale())?);
+        // Whole decades: plotters then labels each power of ten once. On
+        // a range cut inside decades (say 519 to 48 k) it crowded labels
+        // and grid lines around 10 k and printed "10.0 k" twice.
+        let lo = 10f64.powf(y0.max(1e-9).log10().floor());
+        let hi = 10f64.powf(y1.max(1e-9).log10().ceil()).max(lo * 10.0);
+        plot!(builder.build_cartesian_2d(x0..x1, (lo..hi).log_scale())?);
     } else {
         let pad = (y1 - y0).max(1.0) * 0.05;
         plot!(builder.build_cartesian_2d(x0..x1, (y0 - pad).max(0.0)..y1 + pad)?);
