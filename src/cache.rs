@@ -498,6 +498,7 @@ impl CacheBuilder {
             durability: self.durability,
             next_version: AtomicU64::new(meta.version_hw.max(1)),
             commit_seq: AtomicU64::new(0),
+            delete_seq: AtomicU64::new(0),
             readers: Default::default(),
             counters,
             commit_latency: prometheus_client::metrics::histogram::Histogram::new(

@@ -133,6 +133,11 @@ pub(crate) struct Shared {
     pub next_version: AtomicU64,
     /// Bumped after every commit; see the fill rule in the module docs.
     pub commit_seq: AtomicU64,
+    /// Bumped when a delete is committed (before its pending entry goes)
+    /// and when Redis's acknowledgement of a mirrored delete is about to
+    /// remove its outbox row: a fill from Redis checks that it did not move
+    /// since before it asked (see [`Shared::fill_remote`]).
+    pub delete_seq: AtomicU64,
     /// Read transactions kept between warm gets (see `store::readers`).
     pub readers: Readers,
     pub counters: EngineCounters,
@@ -1432,12 +1437,21 @@ impl Shared {
     /// expiry (hot tier, pending, then redb), unless it is dead, older than
     /// the local epoch, or a local write of the key is in flight. Returns
     /// the value when it is live.
+    ///
+    /// `deletes` is [`Shared::delete_seq`] as read before Redis was asked.
+    /// A local delete leaves a pending entry until its commit, then an
+    /// outbox row until Redis acknowledges it, then nothing: a fill whose
+    /// answer predates a delete that got past both meanwhile would bring
+    /// the deleted value back. So when any delete was committed or
+    /// acknowledged since, the value is not kept (and not answered: the
+    /// deleted key may be this one, and a miss is always allowed).
     pub(crate) fn fill_remote(
         &self,
         ns: &Arc<Namespace>,
         key: &[u8],
         h: &Header,
         value: Bytes,
+        deletes: u64,
     ) -> Option<Found> {
         self.observe_version(h.version);
         let now = self.time.now_ms();
@@ -1474,6 +1488,7 @@ impl Shared {
         let epoch = ns.epoch();
         if h.epoch < epoch
             || p.get(hash, ns.id, key).is_some()
+            || self.delete_seq.load(Ordering::SeqCst) != deletes
             || self
                 .hot
                 .version_of(hash, ns.id, key)
@@ -1682,8 +1697,9 @@ mod tests {
             epoch: ns.epoch(),
             raw_len: 5,
         };
+        let deletes = sh.delete_seq.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
-            sh.fill_remote(&ns, b"k", &older, Bytes::from_static(b"older"))
+            sh.fill_remote(&ns, b"k", &older, Bytes::from_static(b"older"), deletes)
                 .is_none()
         );
         assert_eq!(

@@ -75,6 +75,10 @@ pub const FAILPOINTS: &[&str] = &[
     "zstd::compress",
     "zstd::decompress",
     "dict::load",
+    #[cfg(feature = "redis")]
+    "mirror::drain",
+    #[cfg(feature = "redis")]
+    "mirror::fill",
 ];
 
 mod admin;

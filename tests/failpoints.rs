@@ -5,7 +5,9 @@
 //! point is hit, reads keep working (hot tier and queued writes; the warm
 //! tier where the fault allows), the error reaches the callers waiting for
 //! durability and the stats, nothing acknowledged durable is lost, and the
-//! cache recovers once the fault clears.
+//! cache recovers once the fault clears. With the mirror, two points hold
+//! the outbox drain and a read-through fill, so that a delete can be run
+//! between a read-through's Redis answer and its fill.
 #![cfg(feature = "failpoints")]
 
 use embercache::{Cache, Durability, ManualClock, NamespacePolicy, ReadError, WriteError};
@@ -29,6 +31,10 @@ const TESTED: &[&str] = &[
     "zstd::compress",
     "zstd::decompress",
     "dict::load",
+    #[cfg(feature = "redis")]
+    "mirror::drain",
+    #[cfg(feature = "redis")]
+    "mirror::fill",
 ];
 
 #[test]
@@ -758,4 +764,164 @@ fn a_durable_commit_that_failed_but_landed_stops_the_log_until_one_succeeds() {
         after.close().unwrap();
         scenario.teardown();
     }
+}
+
+#[cfg(feature = "redis")]
+mod common;
+
+/// The race MIRROR.md's "A fill never goes back in time" closes: Redis
+/// answers a read-through with the value from before a delete, and the
+/// fill of that answer comes after the delete got through, when no pending
+/// write, record or outbox row of it is left to compare with. The fill
+/// must not bring the deleted value back (it then served until its TTL ran
+/// out). Here a local delete, committed, delivered to Redis and
+/// acknowledged while the fill waited:
+#[cfg(feature = "redis")]
+#[test]
+fn a_read_through_fill_never_undoes_a_delete_made_meanwhile() {
+    fill_across_a_delete(Delete::Local);
+}
+
+/// A local delete committed before the get asked Redis (its outbox row
+/// held back, so Redis still had the old value), delivered and
+/// acknowledged while the fill waited.
+#[cfg(feature = "redis")]
+#[test]
+fn a_read_through_fill_never_undoes_a_delete_acknowledged_meanwhile() {
+    fill_across_a_delete(Delete::LocalHeldBack);
+}
+
+/// Another instance's delete, applied here from pub/sub (no outbox row)
+/// while the fill waited.
+#[cfg(feature = "redis")]
+#[test]
+fn a_read_through_fill_never_undoes_a_remote_delete_applied_meanwhile() {
+    fill_across_a_delete(Delete::Remote);
+}
+
+#[cfg(feature = "redis")]
+#[derive(Clone, Copy, PartialEq)]
+enum Delete {
+    Local,
+    LocalHeldBack,
+    Remote,
+}
+
+#[cfg(feature = "redis")]
+fn fill_across_a_delete(how: Delete) {
+    use embercache::MirrorConfig;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Mutex, mpsc};
+    use std::time::Instant;
+
+    let scenario = FailScenario::setup();
+    let mut redis = common::Server::new(&["--appendonly", "no"]);
+    redis.start();
+    let open = |dir: &Path| {
+        Cache::builder()
+            .dir(dir)
+            .redis(MirrorConfig::new(redis.url()).check_interval(Duration::from_millis(100)))
+            .open()
+            .unwrap()
+    };
+    let drained = |c: &Cache| {
+        let start = Instant::now();
+        while c.mirror_stats().unwrap().outbox_rows > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "outbox drained");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // This host first, so that its warm start from Redis (an empty
+    // directory) is over before the key is there.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = open(da.path());
+    let start = Instant::now();
+    while !c.mirror_stats().unwrap().warm_done {
+        assert!(start.elapsed() < Duration::from_secs(10), "warm start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Another instance writes the key: Redis has it, this host does not.
+    let other = open(db.path());
+    other.set("ns", b"k", b"before".to_vec()).unwrap();
+    other.flush().unwrap();
+    drained(&other);
+    // A write of its own first, so that this host's next version (the
+    // delete's) is above the other's write, which it has not seen yet
+    // (versions are a Lamport clock: MIRROR.md).
+    c.set("ns", b"other key", b"x".to_vec()).unwrap();
+    c.flush().unwrap();
+    drained(&c);
+    // The drain waits at its next look at the outbox while `hold` is set.
+    let hold = Arc::new(AtomicBool::new(false));
+    {
+        let hold = hold.clone();
+        fail::cfg_callback("mirror::drain", move || {
+            while hold.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap();
+    }
+    let delete = || {
+        c.delete("ns", b"k").unwrap();
+        c.flush().unwrap(); // committed
+    };
+    if how == Delete::LocalHeldBack {
+        hold.store(true, Ordering::SeqCst);
+        delete();
+        assert_eq!(c.mirror_stats().unwrap().outbox_rows, 1, "held back");
+    }
+    // The first fill of the point stops until the delete is through.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let waiting = Mutex::new(Some((reached_tx, release_rx)));
+    fail::cfg_callback("mirror::fill", move || {
+        if let Some((reached, release)) = waiting.lock().unwrap().take() {
+            reached.send(()).unwrap();
+            release.recv().unwrap();
+        }
+    })
+    .unwrap();
+    let reader = {
+        let c = c.clone();
+        std::thread::spawn(move || c.get("ns", b"k").unwrap())
+    };
+    // Redis answered "before".
+    if reached.recv_timeout(Duration::from_secs(10)).is_err() {
+        panic!("the get never filled: {:?}", c.mirror_stats());
+    }
+    match how {
+        Delete::Local => delete(),
+        Delete::LocalHeldBack => hold.store(false, Ordering::SeqCst),
+        Delete::Remote => {
+            other.delete("ns", b"k").unwrap();
+            other.flush().unwrap();
+            drained(&other);
+            let start = Instant::now();
+            while c.mirror_stats().unwrap().pubsub_applied == 0 {
+                assert!(start.elapsed() < Duration::from_secs(10), "pub/sub");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            c.flush().unwrap(); // the remote delete is committed here
+        }
+    }
+    drained(&c); // a local delete: delivered to Redis and acknowledged
+    let mut conn = redis.conn();
+    let d: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(b"embercache:d\0ns\0k".as_slice())
+        .arg("d")
+        .query(&mut conn)
+        .unwrap();
+    assert!(d.is_some(), "Redis holds the delete's tombstone");
+    release.send(()).unwrap();
+    // The get ran across the delete: either answer is right for it
+    // ("before" was what Redis held when it asked), a copy kept is not.
+    let _ = reader.join().unwrap();
+    c.flush().unwrap(); // a fill, had there been one, is committed now
+    assert_eq!(c.get("ns", b"k").unwrap(), None, "the delete was undone");
+    fail::remove("mirror::fill");
+    fail::remove("mirror::drain");
+    c.close().unwrap();
+    other.close().unwrap();
+    scenario.teardown();
 }

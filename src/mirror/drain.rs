@@ -248,6 +248,8 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             // Room for the rows whose acknowledgement is still committing.
             let n = inner.cfg.batch + in_flight.as_ref().map_or(0, |f| f.seqs.len());
             tokio::task::spawn_blocking(move || {
+                // Off the runtime's workers: a test holds the drain here.
+                failpoint!("mirror::drain");
                 sh.db()
                     .map_err(|e| e.to_string())
                     .and_then(|db| crate::store::outbox::peek(&db, n).map_err(|e| e.to_string()))

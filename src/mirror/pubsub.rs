@@ -24,6 +24,7 @@ use crate::store::record::decode_header_verified;
 use futures_util::StreamExt;
 use redis::Value;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
@@ -173,6 +174,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
                     .arg("r")
                     .arg("d");
             }
+            let deletes = sh.delete_seq.load(Ordering::SeqCst);
             let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await
             else {
                 return false;
@@ -185,7 +187,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
                         add(&inner.counters.reconcile_fixed, 1);
                     }
                     r @ super::read::Remote::Record(ver, _) if ver > *local => {
-                        apply_remote(inner, sh, &ns, k, r);
+                        apply_remote(inner, sh, &ns, k, r, deletes);
                         add(&inner.counters.reconcile_fixed, 1);
                     }
                     _ => {}

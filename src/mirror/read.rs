@@ -15,6 +15,7 @@ use crate::store::outbox::OUTBOX;
 use redb::ReadableDatabase;
 use redis::{RedisResult, Value};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The read-miss hook installed in the engine.
@@ -82,12 +83,15 @@ pub(crate) fn outbox_newer(sh: &Shared, ns: &str, key: &[u8], version: u64) -> b
 
 /// Applies what Redis returned for `key`: fills the local tiers with a
 /// valid, newer record; counts garbage. Returns the value when live.
+/// `deletes` is `sh.delete_seq` as read before Redis was asked (see
+/// [`Shared::fill_remote`]).
 pub(crate) fn apply_remote(
     inner: &Inner,
     sh: &Shared,
     ns: &Arc<Namespace>,
     key: &[u8],
     remote: Remote,
+    deletes: u64,
 ) -> Option<Found> {
     let c = &inner.counters;
     match remote {
@@ -105,10 +109,13 @@ pub(crate) fn apply_remote(
                 crate::store::record::decode(&rec, sh.limits.max_value_len, &|id| sh.decoder(id));
             match decoded {
                 Ok((h, value)) if h.version == ver => {
+                    // Between Redis's answer and the checks below (a test
+                    // delivers a local delete of the key there).
+                    failpoint!("mirror::fill");
                     if outbox_newer(sh, &ns.name, key, ver) {
                         return None;
                     }
-                    sh.fill_remote(ns, key, &h, value.into())
+                    sh.fill_remote(ns, key, &h, value.into(), deletes)
                 }
                 Ok(_) | Err(_) => {
                     // Truncated, foreign, or a dictionary this host lacks.
@@ -247,6 +254,7 @@ impl ReadMiss for ReadThrough {
                 return out;
             }
         };
+        let deletes = sh.delete_seq.load(Ordering::SeqCst);
         let start = Instant::now();
         let r = self.lookup(&ns.name, keys);
         let took = start.elapsed();
@@ -276,7 +284,7 @@ impl ReadMiss for ReadThrough {
             let _ = sh.raise_epoch(&ns.name, e);
         }
         for (i, key) in keys.iter().enumerate() {
-            out[i] = apply_remote(inner, sh, ns, key, parse_entry(&vals[i]));
+            out[i] = apply_remote(inner, sh, ns, key, parse_entry(&vals[i]), deletes);
             add(
                 if out[i].is_some() {
                     &c.read_hits

@@ -163,6 +163,7 @@ async fn load(
             .arg("r")
             .arg("d");
     }
+    let deletes = sh.delete_seq.load(Ordering::SeqCst);
     let Some(vals) = guarded(inner, sh, conn, async |c| c.run(&pipe).await).await else {
         return false;
     };
@@ -178,7 +179,7 @@ async fn load(
     }
     for ((n, k), v) in wanted.iter().zip(&vals[namespaces.len()..]) {
         let Ok(ns) = sh.ns.get(n) else { continue };
-        if apply_remote(inner, sh, &ns, k, parse_entry(v)).is_some() {
+        if apply_remote(inner, sh, &ns, k, parse_entry(v), deletes).is_some() {
             add(&inner.counters.warm_loaded, 1);
         }
     }

@@ -161,29 +161,30 @@ impl<'t> Outbox<'t> {
 
     /// Removes a key's row if it is still the write with `version` (a newer
     /// write of the key may have replaced it since it was read; then the
-    /// newer one stays). Versions, unlike sequence numbers, are never
-    /// reused.
+    /// newer one stays), and says what kind of row it removed. Versions,
+    /// unlike sequence numbers, are never reused.
     pub(crate) fn ack(
         &mut self,
         ns: &str,
         key: &[u8],
         version: u64,
-    ) -> Result<(), Arc<redb::Error>> {
+    ) -> Result<Option<OutboxKind>, Arc<redb::Error>> {
         let d = &mut self.delta;
         let current = self
             .rows
             .get((ns, key))
             .map_err(storage)?
-            .and_then(|g| decode_row(g.value()).map(|(_, s, v, _)| (s, v, g.value().len())));
-        if let Some((seq, v, len)) = current
+            .and_then(|g| decode_row(g.value()).map(|(k, s, v, _)| (k, s, v, g.value().len())));
+        if let Some((kind, seq, v, len)) = current
             && v == version
         {
             self.rows.remove((ns, key)).map_err(storage)?;
             self.order.remove(seq).map_err(storage)?;
             d.rows -= 1;
             d.bytes -= (key.len() + len) as i64;
+            return Ok(Some(kind));
         }
-        Ok(())
+        Ok(None)
     }
 }
 

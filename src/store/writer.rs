@@ -912,8 +912,14 @@ impl Writer {
                 }
             }
             if let Some(o) = outbox.as_mut() {
+                let mut deletes = false;
                 for (ns, key, s) in acks {
-                    o.ack(ns, key, *s)?;
+                    deletes |= o.ack(ns, key, *s)? == Some(OutboxKind::Delete);
+                }
+                if deletes {
+                    // Before the commit makes the rows' removal visible
+                    // (see `Shared::fill_remote`).
+                    sh.delete_seq.fetch_add(1, Ordering::SeqCst);
                 }
             }
             if let Some(o) = outbox {
@@ -959,6 +965,16 @@ impl Writer {
             Ordering::Relaxed,
         );
         add(&c.outbox_coalesced, open.outbox.coalesced);
+        // After the commit is visible and before pending entries go (see
+        // `Shared::fill_remote`).
+        if open
+            .ops
+            .iter()
+            .chain(group.iter())
+            .any(|op| matches!(op, Op::Delete { .. }))
+        {
+            sh.delete_seq.fetch_add(1, Ordering::SeqCst);
+        }
         for op in open.ops.iter().chain(group.iter()) {
             match op {
                 Op::Put {
