@@ -498,7 +498,9 @@ impl CacheBuilder {
             durability: self.durability,
             next_version: AtomicU64::new(meta.version_hw.max(1)),
             commit_seq: AtomicU64::new(0),
-            delete_seq: AtomicU64::new(0),
+            delete_marks: (0..crate::engine::DELETE_STRIPES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             readers: Default::default(),
             counters,
             commit_latency: prometheus_client::metrics::histogram::Histogram::new(

@@ -35,6 +35,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use redb::{Database, ReadableDatabase};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +113,10 @@ enum Fast {
     NeedWarm,
 }
 
+/// Stripes of [`Shared::delete_marks`]: a fill is dropped only for a
+/// delete of a key of its stripe (8 KiB of counters).
+pub(crate) const DELETE_STRIPES: usize = 1024;
+
 pub(crate) struct Shared {
     /// This engine, for the threads it starts itself (dictionary training).
     pub me: std::sync::Weak<Shared>,
@@ -133,11 +138,12 @@ pub(crate) struct Shared {
     pub next_version: AtomicU64,
     /// Bumped after every commit; see the fill rule in the module docs.
     pub commit_seq: AtomicU64,
-    /// Bumped when a delete is committed (before its pending entry goes)
-    /// and when Redis's acknowledgement of a mirrored delete is about to
-    /// remove its outbox row: a fill from Redis checks that it did not move
-    /// since before it asked (see [`Shared::fill_remote`]).
-    pub delete_seq: AtomicU64,
+    /// Counters of deletes, [`DELETE_STRIPES`] of them, a key's chosen by
+    /// its hash: bumped when a delete of the key is committed (before its
+    /// pending entry goes) and when Redis's acknowledgement of it is about
+    /// to remove its outbox row. A fill from Redis checks that its key's
+    /// did not move since before it asked (see [`Shared::fill_remote`]).
+    pub delete_marks: Box<[AtomicU64]>,
     /// Read transactions kept between warm gets (see `store::readers`).
     pub readers: Readers,
     pub counters: EngineCounters,
@@ -1438,13 +1444,14 @@ impl Shared {
     /// the local epoch, or a local write of the key is in flight. Returns
     /// the value when it is live.
     ///
-    /// `deletes` is [`Shared::delete_seq`] as read before Redis was asked.
-    /// A local delete leaves a pending entry until its commit, then an
-    /// outbox row until Redis acknowledges it, then nothing: a fill whose
-    /// answer predates a delete that got past both meanwhile would bring
-    /// the deleted value back. So when any delete was committed or
-    /// acknowledged since, the value is not kept (and not answered: the
-    /// deleted key may be this one, and a miss is always allowed).
+    /// `deletes` is the key's [`Shared::delete_mark`] as read before Redis
+    /// was asked. A local delete leaves a pending entry until its commit,
+    /// then an outbox row until Redis acknowledges it, then nothing (a
+    /// remote one: nothing after its commit): a fill whose answer predates
+    /// a delete that got past both meanwhile would bring the deleted value
+    /// back. So when a delete of the key (or of another key of its stripe)
+    /// was committed or acknowledged since, the value is not kept (and not
+    /// answered: a miss is always allowed).
     pub(crate) fn fill_remote(
         &self,
         ns: &Arc<Namespace>,
@@ -1488,7 +1495,7 @@ impl Shared {
         let epoch = ns.epoch();
         if h.epoch < epoch
             || p.get(hash, ns.id, key).is_some()
-            || self.delete_seq.load(Ordering::SeqCst) != deletes
+            || self.delete_mark(&ns.name, key) != deletes
             || self
                 .hot
                 .version_of(hash, ns.id, key)
@@ -1531,6 +1538,21 @@ impl Shared {
         Some(found)
     }
 
+    /// The delete counter of `key`'s stripe (see [`Shared::delete_marks`]).
+    pub(crate) fn delete_mark(&self, ns: &str, key: &[u8]) -> u64 {
+        self.delete_stripe(ns, key).load(Ordering::SeqCst)
+    }
+
+    /// Counts a delete of `key` that a fill racing it could no longer see.
+    pub(crate) fn note_delete(&self, ns: &str, key: &[u8]) {
+        self.delete_stripe(ns, key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn delete_stripe(&self, ns: &str, key: &[u8]) -> &AtomicU64 {
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one((ns, key));
+        &self.delete_marks[h as usize % self.delete_marks.len()]
+    }
+
     /// Applies a delete made elsewhere (version `version`) to the local
     /// tiers, unless a newer local write of the key exists.
     pub(crate) fn delete_remote(&self, ns: &Arc<Namespace>, key: &[u8], version: u64) {
@@ -1565,7 +1587,8 @@ impl Shared {
             done: None,
         };
         // A full queue: the hot copy still goes; the warm copy is dropped
-        // by the next reconciliation or its TTL.
+        // by the next reconciliation or its TTL. No pending entry is left
+        // for a fill racing it to see: it sees the mark instead.
         if self.tx.try_send(op).is_ok() {
             p.put(PendingOp {
                 hash,
@@ -1574,6 +1597,8 @@ impl Shared {
                 version,
                 kind: PendingKind::Delete,
             });
+        } else {
+            self.note_delete(&ns.name, key);
         }
         self.hot.remove(hash, ns.id, key, version);
     }
@@ -1697,7 +1722,7 @@ mod tests {
             epoch: ns.epoch(),
             raw_len: 5,
         };
-        let deletes = sh.delete_seq.load(std::sync::atomic::Ordering::SeqCst);
+        let deletes = sh.delete_mark("ns", b"k");
         assert!(
             sh.fill_remote(&ns, b"k", &older, Bytes::from_static(b"older"), deletes)
                 .is_none()

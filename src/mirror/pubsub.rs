@@ -24,7 +24,6 @@ use crate::store::record::decode_header_verified;
 use futures_util::StreamExt;
 use redis::Value;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
@@ -174,23 +173,27 @@ async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
                     .arg("r")
                     .arg("d");
             }
-            let deletes = sh.delete_seq.load(Ordering::SeqCst);
+            let deletes: Vec<u64> = live.iter().map(|(n, k, _)| sh.delete_mark(n, k)).collect();
             let Some(vals) = guarded(inner, sh, &mut conn, async |c| c.run(&pipe).await).await
             else {
                 return false;
             };
-            for ((n, k, local), v) in live.iter().zip(&vals) {
+            for (((n, k, local), v), d) in live.iter().zip(&vals).zip(deletes) {
                 let Ok(ns) = sh.ns.get(n) else { continue };
-                match parse_entry(v) {
+                let fixed = match parse_entry(v) {
                     super::read::Remote::Tombstone(ver) if ver > *local => {
                         sh.delete_remote(&ns, k, ver);
-                        add(&inner.counters.reconcile_fixed, 1);
+                        true
                     }
+                    // Refused when a local write or a delete of the key
+                    // (or of its stripe) came meanwhile: not fixed.
                     r @ super::read::Remote::Record(ver, _) if ver > *local => {
-                        apply_remote(inner, sh, &ns, k, r, deletes);
-                        add(&inner.counters.reconcile_fixed, 1);
+                        apply_remote(inner, sh, &ns, k, r, d).is_some()
                     }
-                    _ => {}
+                    _ => false,
+                };
+                if fixed {
+                    add(&inner.counters.reconcile_fixed, 1);
                 }
             }
         }

@@ -15,7 +15,6 @@ use crate::store::outbox::OUTBOX;
 use redb::ReadableDatabase;
 use redis::{RedisResult, Value};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// The read-miss hook installed in the engine.
@@ -83,8 +82,8 @@ pub(crate) fn outbox_newer(sh: &Shared, ns: &str, key: &[u8], version: u64) -> b
 
 /// Applies what Redis returned for `key`: fills the local tiers with a
 /// valid, newer record; counts garbage. Returns the value when live.
-/// `deletes` is `sh.delete_seq` as read before Redis was asked (see
-/// [`Shared::fill_remote`]).
+/// `deletes` is the key's `sh.delete_mark` as read before Redis was asked
+/// (see [`Shared::fill_remote`]).
 pub(crate) fn apply_remote(
     inner: &Inner,
     sh: &Shared,
@@ -254,7 +253,7 @@ impl ReadMiss for ReadThrough {
                 return out;
             }
         };
-        let deletes = sh.delete_seq.load(Ordering::SeqCst);
+        let deletes: Vec<u64> = keys.iter().map(|k| sh.delete_mark(&ns.name, k)).collect();
         let start = Instant::now();
         let r = self.lookup(&ns.name, keys);
         let took = start.elapsed();
@@ -284,7 +283,7 @@ impl ReadMiss for ReadThrough {
             let _ = sh.raise_epoch(&ns.name, e);
         }
         for (i, key) in keys.iter().enumerate() {
-            out[i] = apply_remote(inner, sh, ns, key, parse_entry(&vals[i]), deletes);
+            out[i] = apply_remote(inner, sh, ns, key, parse_entry(&vals[i]), deletes[i]);
             add(
                 if out[i].is_some() {
                     &c.read_hits

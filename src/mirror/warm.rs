@@ -163,7 +163,7 @@ async fn load(
             .arg("r")
             .arg("d");
     }
-    let deletes = sh.delete_seq.load(Ordering::SeqCst);
+    let deletes: Vec<u64> = wanted.iter().map(|(n, k)| sh.delete_mark(n, k)).collect();
     let Some(vals) = guarded(inner, sh, conn, async |c| c.run(&pipe).await).await else {
         return false;
     };
@@ -177,9 +177,9 @@ async fn load(
             let _ = sh.raise_epoch(n, e);
         }
     }
-    for ((n, k), v) in wanted.iter().zip(&vals[namespaces.len()..]) {
+    for (((n, k), v), d) in wanted.iter().zip(&vals[namespaces.len()..]).zip(deletes) {
         let Ok(ns) = sh.ns.get(n) else { continue };
-        if apply_remote(inner, sh, &ns, k, parse_entry(v), deletes).is_some() {
+        if apply_remote(inner, sh, &ns, k, parse_entry(v), d).is_some() {
             add(&inner.counters.warm_loaded, 1);
         }
     }

@@ -912,14 +912,12 @@ impl Writer {
                 }
             }
             if let Some(o) = outbox.as_mut() {
-                let mut deletes = false;
                 for (ns, key, s) in acks {
-                    deletes |= o.ack(ns, key, *s)? == Some(OutboxKind::Delete);
-                }
-                if deletes {
-                    // Before the commit makes the rows' removal visible
-                    // (see `Shared::fill_remote`).
-                    sh.delete_seq.fetch_add(1, Ordering::SeqCst);
+                    if o.ack(ns, key, *s)? == Some(OutboxKind::Delete) {
+                        // Before the commit makes the row's removal
+                        // visible (see `Shared::fill_remote`).
+                        sh.note_delete(ns, key);
+                    }
                 }
             }
             if let Some(o) = outbox {
@@ -967,13 +965,10 @@ impl Writer {
         add(&c.outbox_coalesced, open.outbox.coalesced);
         // After the commit is visible and before pending entries go (see
         // `Shared::fill_remote`).
-        if open
-            .ops
-            .iter()
-            .chain(group.iter())
-            .any(|op| matches!(op, Op::Delete { .. }))
-        {
-            sh.delete_seq.fetch_add(1, Ordering::SeqCst);
+        for op in open.ops.iter().chain(group.iter()) {
+            if let Op::Delete { ns, key, .. } = op {
+                sh.note_delete(&ns.name, key);
+            }
         }
         for op in open.ops.iter().chain(group.iter()) {
             match op {
