@@ -1422,6 +1422,26 @@ impl Shared {
     }
 }
 
+/// The delete marks: the writer bumps them with or without the mirror,
+/// whose fills read them.
+impl Shared {
+    /// The delete counter of `key`'s stripe (see [`Shared::delete_marks`]).
+    #[cfg(feature = "redis")]
+    pub(crate) fn delete_mark(&self, ns: &str, key: &[u8]) -> u64 {
+        self.delete_stripe(ns, key).load(Ordering::SeqCst)
+    }
+
+    /// Counts a delete of `key` that a fill racing it could no longer see.
+    pub(crate) fn note_delete(&self, ns: &str, key: &[u8]) {
+        self.delete_stripe(ns, key).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn delete_stripe(&self, ns: &str, key: &[u8]) -> &AtomicU64 {
+        let h = foldhash::fast::FixedState::with_seed(0).hash_one((ns, key));
+        &self.delete_marks[h as usize % self.delete_marks.len()]
+    }
+}
+
 #[cfg(feature = "redis")]
 impl Shared {
     // ----- mirror hooks -------------------------------------------------
@@ -1536,21 +1556,6 @@ impl Shared {
             self.hot_insert(e, now);
         }
         Some(found)
-    }
-
-    /// The delete counter of `key`'s stripe (see [`Shared::delete_marks`]).
-    pub(crate) fn delete_mark(&self, ns: &str, key: &[u8]) -> u64 {
-        self.delete_stripe(ns, key).load(Ordering::SeqCst)
-    }
-
-    /// Counts a delete of `key` that a fill racing it could no longer see.
-    pub(crate) fn note_delete(&self, ns: &str, key: &[u8]) {
-        self.delete_stripe(ns, key).fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn delete_stripe(&self, ns: &str, key: &[u8]) -> &AtomicU64 {
-        let h = foldhash::fast::FixedState::with_seed(0).hash_one((ns, key));
-        &self.delete_marks[h as usize % self.delete_marks.len()]
     }
 
     /// Applies a delete made elsewhere (version `version`) to the local
