@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+mod common;
+
 const T0: u64 = 1_750_000_000_000;
 
 /// Every point this file exercises; checked against the library's list.
@@ -765,9 +768,6 @@ fn a_durable_commit_that_failed_but_landed_stops_the_log_until_one_succeeds() {
         scenario.teardown();
     }
 }
-
-#[cfg(feature = "redis")]
-mod common;
 
 /// The race MIRROR.md's "A fill never goes back in time" closes: Redis
 /// answers a read-through with the value from before a delete, and the
