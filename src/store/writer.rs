@@ -963,13 +963,6 @@ impl Writer {
             Ordering::Relaxed,
         );
         add(&c.outbox_coalesced, open.outbox.coalesced);
-        // After the commit is visible and before pending entries go (see
-        // `Shared::fill_remote`).
-        for op in open.ops.iter().chain(group.iter()) {
-            if let Op::Delete { ns, key, .. } = op {
-                sh.note_delete(&ns.name, key);
-            }
-        }
         for op in open.ops.iter().chain(group.iter()) {
             match op {
                 Op::Put {
@@ -986,6 +979,11 @@ impl Writer {
                     version,
                     ..
                 } => {
+                    if matches!(op, Op::Delete { .. }) {
+                        // Now that the commit is visible, before the
+                        // pending entry goes (see `Shared::fill_remote`).
+                        sh.note_delete(&ns.name, key);
+                    }
                     sh.pending
                         .lock(*hash)
                         .remove_if(*hash, ns.id, key, *version);
