@@ -818,10 +818,11 @@ enum Delete {
 
 #[cfg(feature = "redis")]
 fn fill_across_a_delete(how: Delete) {
+    use common::wait_for;
     use embercache::MirrorConfig;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Mutex, mpsc};
-    use std::time::Instant;
+    const LIMIT: Duration = Duration::from_secs(10);
 
     let scenario = FailScenario::setup();
     let mut redis = common::Server::new(&["--appendonly", "no"]);
@@ -834,25 +835,19 @@ fn fill_across_a_delete(how: Delete) {
             .unwrap()
     };
     let drained = |c: &Cache| {
-        let start = Instant::now();
-        while c.mirror_stats().unwrap().outbox_rows > 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "outbox drained");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for("outbox drained", LIMIT, &mut || {
+            c.mirror_stats().unwrap().outbox_rows == 0
+        })
     };
     // This host first, so that its warm start from Redis (an empty
     // directory) is over before the key is there.
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let c = open(da.path());
-    let start = Instant::now();
     // Subscribed too, or another instance's delete would go unheard.
-    while !c
-        .mirror_stats()
-        .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
-    {
-        assert!(start.elapsed() < Duration::from_secs(10), "warm start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for("warm start and subscription", LIMIT, &mut || {
+        c.mirror_stats()
+            .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
+    });
     // Another instance writes the key: Redis has it, this host does not.
     let other = open(db.path());
     other.set("ns", b"k", b"before".to_vec()).unwrap();
@@ -893,11 +888,7 @@ fn fill_across_a_delete(how: Delete) {
     if how == Delete::LocalHeldBack {
         hold.store(true, Ordering::SeqCst);
         // No look at the outbox in flight: the drain is waiting.
-        let start = Instant::now();
-        while !parked.load(Ordering::SeqCst) {
-            assert!(start.elapsed() < Duration::from_secs(10), "drain parked");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_for("drain parked", LIMIT, &mut || parked.load(Ordering::SeqCst));
         delete();
         assert_eq!(c.mirror_stats().unwrap().outbox_rows, 1, "held back");
     }
@@ -918,7 +909,7 @@ fn fill_across_a_delete(how: Delete) {
         std::thread::spawn(move || c.get("ns", b"k").unwrap())
     };
     // Redis answered "before".
-    if reached.recv_timeout(Duration::from_secs(10)).is_err() {
+    if reached.recv_timeout(LIMIT).is_err() {
         panic!("the get never filled: {:?}", c.mirror_stats());
     }
     match how {
@@ -932,11 +923,9 @@ fn fill_across_a_delete(how: Delete) {
             other.delete("ns", b"k").unwrap();
             other.flush().unwrap();
             drained(&other);
-            let start = Instant::now();
-            while c.mirror_stats().unwrap().pubsub_applied == 0 {
-                assert!(start.elapsed() < Duration::from_secs(10), "pub/sub");
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_for("the delete heard by pub/sub", LIMIT, &mut || {
+                c.mirror_stats().unwrap().pubsub_applied > 0
+            });
             c.flush().unwrap(); // the remote delete is committed here
         }
     }

@@ -19,20 +19,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Server;
+use common::{Server, wait_for};
 
 const PREFIX: &str = "embercache:";
 const NS: &str = "t";
-
-/// Polls `f` every 20 ms until it holds; panics after `limit`.
-fn wait_for(what: &str, limit: Duration, f: &mut dyn FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what} (after {limit:?})");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
 
 /// Three masters, no replicas, slots split by `redis-cli --cluster create`.
 struct Cluster {

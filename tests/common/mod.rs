@@ -9,6 +9,16 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Polls `f` every 20 ms until it holds; panics after `limit`.
+pub fn wait_for(what: &str, limit: Duration, f: &mut dyn FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what} (after {limit:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
 /// A free loopback port `p` whose cluster bus port `p + 10000` is free too.
 pub fn free_port() -> u16 {
     loop {
