@@ -1436,6 +1436,28 @@ impl Shared {
         self.delete_stripe(ns, key).fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Moves every delete mark: a fill that read its key's mark before
+    /// the call is then dropped (a miss) instead of kept. Pub/sub calls it
+    /// on each (re)subscription: a delete published while it was not
+    /// subscribed moved no mark, and a fill that asked Redis before that
+    /// delete could otherwise land after the reconciliation passed its key.
+    #[cfg(feature = "redis")]
+    pub(crate) fn fence_fills(&self) {
+        for m in self.delete_marks.iter() {
+            m.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Returns once every fill that passed its checks before the call is
+    /// committed to redb, where a reconciliation's walk sees it.
+    #[cfg(feature = "redis")]
+    pub(crate) fn commit_fills(&self) -> Result<(), WriteError> {
+        // A fill queues its write under its key's pending lock, after its
+        // checks: taking each lock once puts that write ahead of the flush.
+        self.pending.for_each(|_| {});
+        self.request(Op::Flush)
+    }
+
     fn delete_stripe(&self, ns: &str, key: &[u8]) -> &AtomicU64 {
         let h = foldhash::fast::FixedState::with_seed(0).hash_one((ns, key));
         &self.delete_marks[h as usize % self.delete_marks.len()]

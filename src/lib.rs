@@ -79,6 +79,8 @@ pub const FAILPOINTS: &[&str] = &[
     "mirror::drain",
     #[cfg(feature = "redis")]
     "mirror::fill",
+    #[cfg(feature = "redis")]
+    "mirror::subscribe",
 ];
 
 mod admin;

@@ -38,6 +38,8 @@ const TESTED: &[&str] = &[
     "mirror::drain",
     #[cfg(feature = "redis")]
     "mirror::fill",
+    #[cfg(feature = "redis")]
+    "mirror::subscribe",
 ];
 
 #[test]
@@ -799,6 +801,23 @@ fn a_read_through_fill_never_undoes_a_remote_delete_applied_meanwhile() {
     fill_across_a_delete(Delete::Remote);
 }
 
+/// Another instance's delete made while this host's pub/sub was down (its
+/// message lost), the fill let go only after the resubscription's
+/// reconciliation passed the key, which was not here yet.
+#[cfg(feature = "redis")]
+#[test]
+fn a_read_through_fill_never_undoes_a_delete_pub_sub_missed() {
+    fill_across_a_delete(Delete::Unheard);
+}
+
+/// The same delete, the fill landed (not committed yet: the writer is held)
+/// before the resubscription: the reconciliation must see it.
+#[cfg(feature = "redis")]
+#[test]
+fn a_fill_landed_during_a_pub_sub_outage_is_reconciled() {
+    fill_across_a_delete(Delete::UnheardLanded);
+}
+
 /// And the other way: a delete of another key made meanwhile does not stop
 /// the fill (deletes are told apart by key, in 1024 stripes).
 #[cfg(feature = "redis")]
@@ -813,6 +832,10 @@ enum Delete {
     Local,
     LocalHeldBack,
     Remote,
+    /// Another instance's, while pub/sub was down.
+    Unheard,
+    /// The same, the fill landing before the resubscription.
+    UnheardLanded,
     OtherKey,
 }
 
@@ -919,6 +942,64 @@ fn fill_across_a_delete(how: Delete) {
             c.flush().unwrap();
         }
         Delete::LocalHeldBack => hold.store(false, Ordering::SeqCst),
+        Delete::Unheard | Delete::UnheardLanded => {
+            // Pub/sub goes down (every instance's) and stays down while
+            // the other instance deletes the key: its message is lost.
+            fail::cfg("mirror::subscribe", "return").unwrap();
+            let before = c.mirror_stats().unwrap();
+            let mut conn = redis.conn();
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut conn)
+                .unwrap();
+            wait_for("no subscriber left", LIMIT, &mut || {
+                let n: Vec<(Vec<u8>, i64)> = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg("embercache:inv")
+                    .query(&mut conn)
+                    .unwrap();
+                n[0].1 == 0
+            });
+            other.delete("ns", b"k").unwrap();
+            other.flush().unwrap();
+            drained(&other);
+            // The writer waits at its next commit while `hold` is set.
+            let commits_held = Arc::new(AtomicBool::new(false));
+            {
+                let held = commits_held.clone();
+                fail::cfg_callback("writer::commit", move || {
+                    while held.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+                .unwrap();
+            }
+            let _let_commits_go = LetGo(commits_held.clone());
+            if how == Delete::UnheardLanded {
+                // The fill lands now; its commit waits.
+                commits_held.store(true, Ordering::SeqCst);
+                release.send(()).unwrap();
+                wait_for("the fill landed", LIMIT, &mut || reader.is_finished());
+            }
+            fail::remove("mirror::subscribe");
+            let reconciled = |c: &Cache| c.mirror_stats().unwrap().reconciles > before.reconciles;
+            wait_for("resubscribed", LIMIT, &mut || {
+                c.mirror_stats().unwrap().pubsub_connects > before.pubsub_connects
+            });
+            if how == Delete::UnheardLanded {
+                // A reconciliation that does not wait for the fill's commit
+                // is over in well under a second; one that waits, waits.
+                let start = std::time::Instant::now();
+                while !reconciled(&c) && start.elapsed() < Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                commits_held.store(false, Ordering::SeqCst);
+            }
+            wait_for("reconciled", LIMIT, &mut || reconciled(&c));
+            fail::remove("writer::commit");
+        }
         Delete::Remote => {
             other.delete("ns", b"k").unwrap();
             other.flush().unwrap();
@@ -942,7 +1023,9 @@ fn fill_across_a_delete(how: Delete) {
         .query(&mut conn)
         .unwrap();
     assert!(d.is_some(), "Redis holds the delete's tombstone");
-    release.send(()).unwrap();
+    if how != Delete::UnheardLanded {
+        release.send(()).unwrap();
+    }
     let answered = reader.join().unwrap();
     c.flush().unwrap(); // a fill, had there been one, is committed now
     if how == Delete::OtherKey {

@@ -172,6 +172,7 @@ pub(crate) struct Counters {
     pub pubsub_received: AtomicU64,
     pub pubsub_applied: AtomicU64,
     pub pubsub_connects: AtomicU64,
+    pub reconciles: AtomicU64,
     pub reconcile_fixed: AtomicU64,
     pub warm_scanned: AtomicU64,
     pub warm_loaded: AtomicU64,
@@ -195,6 +196,9 @@ pub(crate) struct Inner {
     pub origin: u64,
     pub stop: AtomicBool,
     pub stop_signal: tokio::sync::Notify,
+    /// Set once pub/sub is first subscribed and every fill begun before
+    /// it is fenced off (see pubsub.rs): the warm start waits for it.
+    pub fenced: AtomicBool,
     pub counters: Counters,
     /// Latency of Redis calls (batches and lookups).
     pub latency: Histogram,
@@ -253,6 +257,7 @@ impl Mirror {
             origin,
             stop: AtomicBool::new(false),
             stop_signal: tokio::sync::Notify::new(),
+            fenced: AtomicBool::new(false),
             counters: Counters::default(),
             latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             lag_since: Mutex::new(None),
@@ -349,6 +354,7 @@ impl Mirror {
             pubsub_received: g(&c.pubsub_received),
             pubsub_applied: g(&c.pubsub_applied),
             pubsub_connects: g(&c.pubsub_connects),
+            reconciles: g(&c.reconciles),
             reconcile_fixed: g(&c.reconcile_fixed),
             warm_scanned: g(&c.warm_scanned),
             warm_loaded: g(&c.warm_loaded),
@@ -405,6 +411,9 @@ pub struct MirrorStats {
     pub pubsub_applied: u64,
     /// Pub/sub (re)connections; each one is followed by a reconciliation.
     pub pubsub_connects: u64,
+    /// Reconciliations completed (at most one per (re)connection; one that
+    /// fails is retried until it completes).
+    pub reconciles: u64,
     /// Local entries corrected by reconciliation after a pub/sub gap.
     pub reconcile_fixed: u64,
     /// Warm start: Redis keys seen and entries loaded.
@@ -538,6 +547,11 @@ impl Cache {
                 "pubsub_connects",
                 "Pub/sub (re)connections",
                 s.pubsub_connects,
+            ),
+            (
+                "reconciles",
+                "Reconciliations completed after a pub/sub (re)connection",
+                s.reconciles,
             ),
             (
                 "reconcile_fixed",

@@ -9,7 +9,15 @@
 //! with Redis's (a higher one is adopted, hiding the older entries in all
 //! tiers), then every local entry is compared with Redis's version of it
 //! (a newer tombstone deletes it, a newer record replaces it). We
-//! subscribe before reconciling, so nothing falls between the two. A
+//! subscribe before reconciling, so nothing falls between the two.
+//!
+//! A read-through or warm-start fill that asked Redis before a delete
+//! published during the gap would bring the value back if it landed after
+//! the reconciliation passed its key: the delete moved no delete mark
+//! here. So each subscription first moves every mark (such fills are
+//! dropped), and each reconciliation first waits until the fills that got
+//! in before that are committed, where its walk sees them. The warm start
+//! waits for the first subscription for the same reason. A
 //! reconciliation that fails (Redis, or one cluster master, unreachable)
 //! is retried while subscribed until it completes. While the breaker is
 //! open we do not subscribe at all.
@@ -24,6 +32,7 @@ use crate::store::record::decode_header_verified;
 use futures_util::StreamExt;
 use redis::Value;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
@@ -33,6 +42,10 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
     loop {
         if inner.stopping() {
             return;
+        }
+        if subscription_held() {
+            inner.pause(Duration::from_millis(20)).await;
+            continue;
         }
         if inner.breaker.state() == BreakerState::Open {
             inner.pause(Duration::from_millis(100)).await;
@@ -67,6 +80,10 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
             }
         };
         add(&c.pubsub_connects, 1);
+        // Fills that asked Redis before now may hold a value a missed
+        // delete removed there: they are dropped (see module docs).
+        sh.fence_fills();
+        inner.fenced.store(true, Ordering::Release);
         let mut stream = ps.into_on_message();
         // Retried while subscribed until it completes: on a cluster the
         // subscription can succeed while a master the reconciliation must
@@ -106,6 +123,13 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
     }
 }
 
+/// True while a test holds pub/sub off (an outage of pub/sub alone, the
+/// rest of Redis up): the subscription is not attempted.
+fn subscription_held() -> bool {
+    failpoint!("mirror::subscribe", |_| true);
+    false
+}
+
 fn apply_message(sh: &Shared, m: &Message) -> bool {
     let Ok(ns) = sh.ns.get(&m.ns) else {
         return false;
@@ -123,7 +147,16 @@ fn apply_message(sh: &Shared, m: &Message) -> bool {
 /// Catches up with what was missed while not subscribed (see module docs).
 /// False when a Redis call or a local read failed (the caller tries again
 /// from the start); true when done, or when the mirror stops.
-async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
+async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
+    // Fills that got past their checks before the subscription's fence
+    // are committed first: the walk below reads redb.
+    let s2 = sh.clone();
+    if !matches!(
+        tokio::task::spawn_blocking(move || s2.commit_fills()).await,
+        Ok(Ok(()))
+    ) {
+        return false;
+    }
     let mut conn = None;
     let names: Vec<String> = sh.ns.all().iter().map(|n| n.name.to_string()).collect();
     if !names.is_empty() {
@@ -151,6 +184,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
             return false;
         };
         let Some(last) = page.last() else {
+            add(&inner.counters.reconciles, 1);
             return true;
         };
         after = Some((last.0.clone(), last.1.clone()));
@@ -198,6 +232,7 @@ async fn reconcile(inner: &Inner, sh: &Shared) -> bool {
             }
         }
         if !full {
+            add(&inner.counters.reconciles, 1);
             return true;
         }
     }

@@ -68,6 +68,14 @@ pub(crate) async fn guarded<T>(
 pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
     let c = &inner.counters;
     c.warm_state.store(1, Ordering::Relaxed);
+    // A fill that asked Redis before pub/sub is up could miss a delete
+    // published meanwhile (see pubsub.rs): wait for the first subscription.
+    while inner.cfg.pubsub && !inner.fenced.load(Ordering::Acquire) {
+        if inner.stopping() {
+            return;
+        }
+        inner.pause(Duration::from_millis(10)).await;
+    }
     let mut conn = None;
     let heat_key = inner.keys.heat();
     let order: Vec<String> = loop {
