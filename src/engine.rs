@@ -1464,6 +1464,13 @@ impl Shared {
     }
 }
 
+/// True where a test makes a remote delete find the write queue full.
+#[cfg(feature = "redis")]
+fn queue_full() -> bool {
+    failpoint!("mirror::queue_full", |_| true);
+    false
+}
+
 #[cfg(feature = "redis")]
 impl Shared {
     // ----- mirror hooks -------------------------------------------------
@@ -1581,53 +1588,78 @@ impl Shared {
     }
 
     /// Applies a delete made elsewhere (version `version`) to the local
-    /// tiers, unless a newer local write of the key exists.
-    pub(crate) fn delete_remote(&self, ns: &Arc<Namespace>, key: &[u8], version: u64) {
+    /// tiers, unless a newer local write of the key exists. Waits for room
+    /// in a full write queue as a local write does (up to `queue_wait`).
+    /// `false` when it stayed full: the hot copy is gone but the warm one
+    /// is not, and a get would find it there; the caller then reconciles.
+    pub(crate) fn delete_remote(&self, ns: &Arc<Namespace>, key: &[u8], version: u64) -> bool {
         self.observe_version(version);
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
         let hash = self.hot.hash(ns.id, key);
-        let _gate = self.close_gate.read();
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let mut p = self.pending.lock(hash);
-        if p.get(hash, ns.id, key)
-            .is_some_and(|op| op.version >= version)
-            || self
-                .hot
-                .version_of(hash, ns.id, key)
-                .is_some_and(|v| v >= version)
-            || self
-                .committed_version(&ns.name, key)
-                .is_some_and(|v| v.is_some_and(|v| v >= version))
-        {
-            return;
-        }
-        let op = Op::Delete {
-            ns: ns.clone(),
-            hash,
-            key: key.into(),
-            version,
-            mirror: false,
-            done: None,
-        };
-        // A full queue: the hot copy still goes; the warm copy is dropped
-        // by the next reconciliation or its TTL. No pending entry is left
-        // for a fill racing it to see: it sees the mark instead.
-        if self.tx.try_send(op).is_ok() {
-            p.put(PendingOp {
+        let start = Instant::now();
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return true;
+            }
+            let gate = self.close_gate.read();
+            if self.closed.load(Ordering::Acquire) {
+                return true;
+            }
+            let mut p = self.pending.lock(hash);
+            if p.get(hash, ns.id, key)
+                .is_some_and(|op| op.version >= version)
+                || self
+                    .hot
+                    .version_of(hash, ns.id, key)
+                    .is_some_and(|v| v >= version)
+                || self
+                    .committed_version(&ns.name, key)
+                    .is_some_and(|v| v.is_some_and(|v| v >= version))
+            {
+                return true;
+            }
+            let op = Op::Delete {
+                ns: ns.clone(),
                 hash,
-                ns: ns.id,
                 key: key.into(),
                 version,
-                kind: PendingKind::Delete,
-            });
-        } else {
-            self.note_delete(&ns.name, key);
+                mirror: false,
+                done: None,
+            };
+            // A test makes the queue look full here.
+            let sent = if queue_full() {
+                Err(TrySendError::Full(op))
+            } else {
+                self.tx.try_send(op)
+            };
+            match sent {
+                Ok(()) => {
+                    p.put(PendingOp {
+                        hash,
+                        ns: ns.id,
+                        key: key.into(),
+                        version,
+                        kind: PendingKind::Delete,
+                    });
+                    self.hot.remove(hash, ns.id, key, version);
+                    return true;
+                }
+                Err(TrySendError::Full(_)) => {
+                    // Meanwhile no pending entry hides the key: the hot
+                    // copy goes now, and a fill racing the delete sees the
+                    // mark instead.
+                    self.note_delete(&ns.name, key);
+                    self.hot.remove(hash, ns.id, key, version);
+                    drop(p);
+                    drop(gate);
+                    if start.elapsed() >= self.limits.queue_wait {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                // Closing.
+                Err(TrySendError::Disconnected(_)) => return true,
+            }
         }
-        self.hot.remove(hash, ns.id, key, version);
     }
 
     /// The version of the key's committed record: `Some(None)` when there

@@ -81,6 +81,8 @@ pub const FAILPOINTS: &[&str] = &[
     "mirror::fill",
     #[cfg(feature = "redis")]
     "mirror::subscribe",
+    #[cfg(feature = "redis")]
+    "mirror::queue_full",
 ];
 
 mod admin;

@@ -40,6 +40,8 @@ const TESTED: &[&str] = &[
     "mirror::fill",
     #[cfg(feature = "redis")]
     "mirror::subscribe",
+    #[cfg(feature = "redis")]
+    "mirror::queue_full",
 ];
 
 #[test]
@@ -824,6 +826,102 @@ fn a_fill_landed_during_a_pub_sub_outage_is_reconciled() {
 #[test]
 fn a_read_through_fill_lands_across_a_delete_of_another_key() {
     fill_across_a_delete(Delete::OtherKey);
+}
+
+/// A delete from pub/sub that finds this host's write queue full must still
+/// reach the warm tier: before, only the hot copy went and a get served the
+/// deleted value from redb until its TTL. Here the queue looks full to the
+/// delete's first three tries (it waits for room, as a local write does),
+/// or for longer than `queue_wait` (a reconciliation then finishes it).
+#[cfg(feature = "redis")]
+#[test]
+fn a_remote_delete_that_finds_the_queue_full_waits_for_room() {
+    remote_delete_into_a_full_queue(false);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_remote_delete_that_stays_out_of_a_full_queue_is_reconciled() {
+    remote_delete_into_a_full_queue(true);
+}
+
+#[cfg(feature = "redis")]
+fn remote_delete_into_a_full_queue(stays_full: bool) {
+    use common::wait_for;
+    use embercache::{Limits, MirrorConfig};
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    let scenario = FailScenario::setup();
+    let mut redis = common::Server::new(&["--appendonly", "no"]);
+    redis.start();
+    let open = |dir: &Path| {
+        let mut limits = Limits::default();
+        limits.queue_wait = Duration::from_millis(100);
+        Cache::builder()
+            .dir(dir)
+            .limits(limits)
+            .redis(MirrorConfig::new(redis.url()).check_interval(Duration::from_millis(100)))
+            .open()
+            .unwrap()
+    };
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = open(da.path());
+    wait_for("warm start and subscription", LIMIT, &mut || {
+        c.mirror_stats()
+            .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
+    });
+    let other = open(db.path());
+    let drained = |c: &Cache| {
+        wait_for("outbox drained", LIMIT, &mut || {
+            c.mirror_stats().unwrap().outbox_rows == 0
+        })
+    };
+    other.set("ns", b"k", b"before".to_vec()).unwrap();
+    other.flush().unwrap();
+    drained(&other);
+    // Read through and committed here: in the hot tier and in redb.
+    assert_eq!(c.get("ns", b"k").unwrap().as_deref(), Some(&b"before"[..]));
+    c.flush().unwrap();
+    let before = c.mirror_stats().unwrap();
+    fail::cfg(
+        "mirror::queue_full",
+        if stays_full { "return" } else { "3*return" },
+    )
+    .unwrap();
+    other.delete("ns", b"k").unwrap();
+    other.flush().unwrap();
+    drained(&other);
+    wait_for("the delete heard by pub/sub", LIMIT, &mut || {
+        c.mirror_stats().unwrap().pubsub_applied > before.pubsub_applied
+    });
+    if stays_full {
+        // The reconciliation it asks for finds the queue full too, and
+        // is tried again until it gets through.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(c.mirror_stats().unwrap().reconciles, before.reconciles);
+        fail::remove("mirror::queue_full");
+        wait_for("reconciled", LIMIT, &mut || {
+            c.mirror_stats().unwrap().reconciles > before.reconciles
+        });
+    }
+    fail::remove("mirror::queue_full");
+    c.flush().unwrap();
+    assert_eq!(
+        c.get("ns", b"k").unwrap(),
+        None,
+        "the deleted value was served"
+    );
+    if !stays_full {
+        // It waited for room: no reconciliation was needed.
+        assert_eq!(c.mirror_stats().unwrap().reconciles, before.reconciles);
+    }
+    c.close().unwrap();
+    other.close().unwrap();
+    // Gone from this host's disk too, not only hidden.
+    let reopened = Cache::builder().dir(da.path()).open().unwrap();
+    assert_eq!(reopened.get("ns", b"k").unwrap(), None);
+    reopened.close().unwrap();
+    scenario.teardown();
 }
 
 #[cfg(feature = "redis")]

@@ -114,8 +114,14 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
                         continue;
                     }
                     add(&c.pubsub_received, 1);
-                    if apply_message(&sh, &m) {
-                        add(&c.pubsub_applied, 1);
+                    match apply_message(&sh, &m) {
+                        Applied::Yes => add(&c.pubsub_applied, 1),
+                        Applied::Partly => {
+                            add(&c.pubsub_applied, 1);
+                            // The warm copy is still here: reconcile.
+                            reconciled = false;
+                        }
+                        Applied::No => {}
                     }
                 }
             }
@@ -130,17 +136,23 @@ fn subscription_held() -> bool {
     false
 }
 
-fn apply_message(sh: &Shared, m: &Message) -> bool {
+enum Applied {
+    Yes,
+    /// A delete that found the write queue full for `queue_wait`: only the
+    /// hot copy went (see `Shared::delete_remote`).
+    Partly,
+    No,
+}
+
+fn apply_message(sh: &Shared, m: &Message) -> Applied {
     let Ok(ns) = sh.ns.get(&m.ns) else {
-        return false;
+        return Applied::No;
     };
     match m.kind {
-        MSG_DELETE => {
-            sh.delete_remote(&ns, &m.key, m.version);
-            true
-        }
-        MSG_EPOCH => sh.raise_epoch(&m.ns, m.version).unwrap_or(false),
-        _ => false,
+        MSG_DELETE if sh.delete_remote(&ns, &m.key, m.version) => Applied::Yes,
+        MSG_DELETE => Applied::Partly,
+        MSG_EPOCH if sh.raise_epoch(&m.ns, m.version).unwrap_or(false) => Applied::Yes,
+        _ => Applied::No,
     }
 }
 
@@ -176,6 +188,8 @@ async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
         }
     }
     let mut after: Option<(String, Vec<u8>)> = None;
+    // False once a delete found the write queue full: tried again.
+    let mut complete = true;
     loop {
         if inner.stopping() {
             return true;
@@ -184,8 +198,8 @@ async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
             return false;
         };
         let Some(last) = page.last() else {
-            add(&inner.counters.reconciles, 1);
-            return true;
+            add(&inner.counters.reconciles, u64::from(complete));
+            return complete;
         };
         after = Some((last.0.clone(), last.1.clone()));
         let full = page.len() >= inner.cfg.batch;
@@ -216,7 +230,7 @@ async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
                 let Ok(ns) = sh.ns.get(n) else { continue };
                 let fixed = match parse_entry(v) {
                     super::read::Remote::Tombstone(ver) if ver > *local => {
-                        sh.delete_remote(&ns, k, ver);
+                        complete &= sh.delete_remote(&ns, k, ver);
                         true
                     }
                     // Refused when a local write or a delete of the key
@@ -232,8 +246,8 @@ async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
             }
         }
         if !full {
-            add(&inner.counters.reconciles, 1);
-            return true;
+            add(&inner.counters.reconciles, u64::from(complete));
+            return complete;
         }
     }
 }
