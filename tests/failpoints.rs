@@ -1063,7 +1063,7 @@ fn fill_across_a_delete(how: Delete) {
             other.delete("ns", b"k").unwrap();
             other.flush().unwrap();
             drained(&other);
-            // The writer waits at its next commit while `hold` is set.
+            // A writer waits at its next commit while `commits_held` is set.
             let commits_held = Arc::new(AtomicBool::new(false));
             {
                 let held = commits_held.clone();

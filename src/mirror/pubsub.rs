@@ -157,8 +157,9 @@ fn apply_message(sh: &Shared, m: &Message) -> Applied {
 }
 
 /// Catches up with what was missed while not subscribed (see module docs).
-/// False when a Redis call or a local read failed (the caller tries again
-/// from the start); true when done, or when the mirror stops.
+/// False when the flush before it, a Redis call or a local read failed, or
+/// a delete it found stayed out of a full write queue (the caller tries
+/// again from the start); true when done, or when the mirror stops.
 async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
     // Fills that got past their checks before the subscription's fence
     // are committed first: the walk below reads redb.
