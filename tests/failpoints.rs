@@ -836,17 +836,36 @@ fn a_read_through_fill_lands_across_a_delete_of_another_key() {
 #[cfg(feature = "redis")]
 #[test]
 fn a_remote_delete_that_finds_the_queue_full_waits_for_room() {
-    remote_delete_into_a_full_queue(false);
+    remote_delete_into_a_full_queue(Full::ThreeTries);
 }
 
 #[cfg(feature = "redis")]
 #[test]
 fn a_remote_delete_that_stays_out_of_a_full_queue_is_reconciled() {
-    remote_delete_into_a_full_queue(true);
+    remote_delete_into_a_full_queue(Full::BeyondQueueWait);
+}
+
+/// While the delete waits for room, the mirror's other work goes on: its
+/// runtime thread is not the one waiting (a local write still reaches
+/// Redis).
+#[cfg(feature = "redis")]
+#[test]
+fn a_remote_delete_waiting_for_room_does_not_stall_the_mirror() {
+    remote_delete_into_a_full_queue(Full::WhileTheDrainWorks);
 }
 
 #[cfg(feature = "redis")]
-fn remote_delete_into_a_full_queue(stays_full: bool) {
+#[derive(Clone, Copy, PartialEq)]
+enum Full {
+    ThreeTries,
+    BeyondQueueWait,
+    /// Full until the test lets go (`queue_wait` far longer).
+    WhileTheDrainWorks,
+}
+
+#[cfg(feature = "redis")]
+fn remote_delete_into_a_full_queue(how: Full) {
+    let stays_full = how == Full::BeyondQueueWait;
     use common::wait_for;
     use embercache::{Limits, MirrorConfig};
     const LIMIT: Duration = Duration::from_secs(10);
@@ -856,7 +875,11 @@ fn remote_delete_into_a_full_queue(stays_full: bool) {
     redis.start();
     let open = |dir: &Path| {
         let mut limits = Limits::default();
-        limits.queue_wait = Duration::from_millis(100);
+        limits.queue_wait = if how == Full::WhileTheDrainWorks {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_millis(100)
+        };
         Cache::builder()
             .dir(dir)
             .limits(limits)
@@ -885,12 +908,31 @@ fn remote_delete_into_a_full_queue(stays_full: bool) {
     let before = c.mirror_stats().unwrap();
     fail::cfg(
         "mirror::queue_full",
-        if stays_full { "return" } else { "3*return" },
+        if how == Full::ThreeTries {
+            "3*return"
+        } else {
+            "return"
+        },
     )
     .unwrap();
     other.delete("ns", b"k").unwrap();
     other.flush().unwrap();
     drained(&other);
+    if how == Full::WhileTheDrainWorks {
+        wait_for("the delete received", LIMIT, &mut || {
+            c.mirror_stats().unwrap().pubsub_received > before.pubsub_received
+        });
+        c.set("ns", b"another key", b"v".to_vec()).unwrap();
+        c.flush().unwrap();
+        // Within LIMIT, well before `queue_wait` ends the delete's wait.
+        drained(&c);
+        assert_eq!(
+            c.mirror_stats().unwrap().pubsub_applied,
+            before.pubsub_applied,
+            "the delete is still waiting"
+        );
+        fail::remove("mirror::queue_full");
+    }
     wait_for("the delete heard by pub/sub", LIMIT, &mut || {
         c.mirror_stats().unwrap().pubsub_applied > before.pubsub_applied
     });
@@ -911,7 +953,7 @@ fn remote_delete_into_a_full_queue(stays_full: bool) {
         None,
         "the deleted value was served"
     );
-    if !stays_full {
+    if how != Full::BeyondQueueWait {
         // It waited for room: no reconciliation was needed.
         assert_eq!(c.mirror_stats().unwrap().reconciles, before.reconciles);
     }

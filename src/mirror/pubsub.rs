@@ -114,7 +114,14 @@ pub(crate) async fn run(inner: Arc<Inner>, sh: Arc<Shared>) {
                         continue;
                     }
                     add(&c.pubsub_received, 1);
-                    match apply_message(&sh, &m) {
+                    // Off the runtime: a delete may wait for room in a full
+                    // write queue, and the drain and cluster reads share
+                    // this thread.
+                    let s2 = sh.clone();
+                    let applied = tokio::task::spawn_blocking(move || apply_message(&s2, &m))
+                        .await
+                        .unwrap_or(Applied::No);
+                    match applied {
                         Applied::Yes => add(&c.pubsub_applied, 1),
                         Applied::Partly => {
                             add(&c.pubsub_applied, 1);
@@ -160,7 +167,7 @@ fn apply_message(sh: &Shared, m: &Message) -> Applied {
 /// False when the flush before it, a Redis call or a local read failed, or
 /// a delete it found stayed out of a full write queue (the caller tries
 /// again from the start); true when done, or when the mirror stops.
-async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
+async fn reconcile(inner: &Arc<Inner>, sh: &Arc<Shared>) -> bool {
     // Fills that got past their checks before the subscription's fence
     // are committed first: the walk below reads redb.
     let s2 = sh.clone();
@@ -227,24 +234,32 @@ async fn reconcile(inner: &Inner, sh: &Arc<Shared>) -> bool {
             else {
                 return false;
             };
-            for (((n, k, local), v), d) in live.iter().zip(&vals).zip(deletes) {
-                let Ok(ns) = sh.ns.get(n) else { continue };
-                let fixed = match parse_entry(v) {
-                    super::read::Remote::Tombstone(ver) if ver > *local => {
-                        complete &= sh.delete_remote(&ns, k, ver);
-                        true
+            // Off the runtime, as a message is.
+            let (i2, s2) = (inner.clone(), sh.clone());
+            let applied = tokio::task::spawn_blocking(move || {
+                let mut complete = true;
+                for (((n, k, local), v), d) in live.iter().zip(&vals).zip(deletes) {
+                    let Ok(ns) = s2.ns.get(n) else { continue };
+                    let fixed = match parse_entry(v) {
+                        super::read::Remote::Tombstone(ver) if ver > *local => {
+                            complete &= s2.delete_remote(&ns, k, ver);
+                            true
+                        }
+                        // Refused when a local write or a delete of the key
+                        // (or of its stripe) came meanwhile: not fixed.
+                        r @ super::read::Remote::Record(ver, _) if ver > *local => {
+                            apply_remote(&i2, &s2, &ns, k, r, d).is_some()
+                        }
+                        _ => false,
+                    };
+                    if fixed {
+                        add(&i2.counters.reconcile_fixed, 1);
                     }
-                    // Refused when a local write or a delete of the key
-                    // (or of its stripe) came meanwhile: not fixed.
-                    r @ super::read::Remote::Record(ver, _) if ver > *local => {
-                        apply_remote(inner, sh, &ns, k, r, d).is_some()
-                    }
-                    _ => false,
-                };
-                if fixed {
-                    add(&inner.counters.reconcile_fixed, 1);
                 }
-            }
+                complete
+            })
+            .await;
+            complete &= applied.unwrap_or(false);
         }
         if !full {
             add(&inner.counters.reconciles, u64::from(complete));
