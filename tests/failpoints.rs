@@ -828,6 +828,62 @@ fn a_read_through_fill_lands_across_a_delete_of_another_key() {
     fill_across_a_delete(Delete::OtherKey);
 }
 
+/// Two instances mirrored to one real redis-server (`--appendonly no`):
+/// `c` first, warm start over and subscribed (or another instance's delete
+/// would go unheard), then `other`. Each has its own directory.
+#[cfg(feature = "redis")]
+struct TwoHosts {
+    redis: common::Server,
+    c: Cache,
+    other: Cache,
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+#[cfg(feature = "redis")]
+const MIRROR_LIMIT: Duration = Duration::from_secs(10);
+
+#[cfg(feature = "redis")]
+impl TwoHosts {
+    fn start(limits: embercache::Limits) -> TwoHosts {
+        let mut redis = common::Server::new(&["--appendonly", "no"]);
+        redis.start();
+        let open = |dir: &Path| {
+            Cache::builder()
+                .dir(dir)
+                .limits(limits.clone())
+                .redis(
+                    embercache::MirrorConfig::new(redis.url())
+                        .check_interval(Duration::from_millis(100)),
+                )
+                .open()
+                .unwrap()
+        };
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // This host first, so that its warm start from Redis (an empty
+        // directory) is over before anything is there.
+        let c = open(dirs.0.path());
+        common::wait_for("warm start and subscription", MIRROR_LIMIT, &mut || {
+            c.mirror_stats()
+                .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
+        });
+        let other = open(dirs.1.path());
+        TwoHosts {
+            redis,
+            c,
+            other,
+            dirs,
+        }
+    }
+}
+
+/// Waits until `c`'s outbox has been delivered to Redis and acknowledged.
+#[cfg(feature = "redis")]
+fn drained(c: &Cache) {
+    common::wait_for("outbox drained", MIRROR_LIMIT, &mut || {
+        c.mirror_stats().unwrap().outbox_rows == 0
+    });
+}
+
 /// A delete from pub/sub that finds this host's write queue full must still
 /// reach the warm tier: before, only the hot copy went and a get served the
 /// deleted value from redb until its TTL. Here the queue looks full to the
@@ -865,40 +921,24 @@ enum Full {
 
 #[cfg(feature = "redis")]
 fn remote_delete_into_a_full_queue(how: Full) {
-    let stays_full = how == Full::BeyondQueueWait;
     use common::wait_for;
-    use embercache::{Limits, MirrorConfig};
-    const LIMIT: Duration = Duration::from_secs(10);
+    use embercache::Limits;
+    const LIMIT: Duration = MIRROR_LIMIT;
+    let stays_full = how == Full::BeyondQueueWait;
 
     let scenario = FailScenario::setup();
-    let mut redis = common::Server::new(&["--appendonly", "no"]);
-    redis.start();
-    let open = |dir: &Path| {
-        let mut limits = Limits::default();
-        limits.queue_wait = if how == Full::WhileTheDrainWorks {
-            Duration::from_secs(60)
-        } else {
-            Duration::from_millis(100)
-        };
-        Cache::builder()
-            .dir(dir)
-            .limits(limits)
-            .redis(MirrorConfig::new(redis.url()).check_interval(Duration::from_millis(100)))
-            .open()
-            .unwrap()
+    let mut limits = Limits::default();
+    limits.queue_wait = if how == Full::WhileTheDrainWorks {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_millis(100)
     };
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let c = open(da.path());
-    wait_for("warm start and subscription", LIMIT, &mut || {
-        c.mirror_stats()
-            .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
-    });
-    let other = open(db.path());
-    let drained = |c: &Cache| {
-        wait_for("outbox drained", LIMIT, &mut || {
-            c.mirror_stats().unwrap().outbox_rows == 0
-        })
-    };
+    let TwoHosts {
+        redis: _redis,
+        c,
+        other,
+        dirs: (da, _db),
+    } = TwoHosts::start(limits);
     other.set("ns", b"k", b"before".to_vec()).unwrap();
     other.flush().unwrap();
     drained(&other);
@@ -982,37 +1022,18 @@ enum Delete {
 #[cfg(feature = "redis")]
 fn fill_across_a_delete(how: Delete) {
     use common::wait_for;
-    use embercache::MirrorConfig;
     use std::sync::atomic::AtomicBool;
     use std::sync::{Mutex, mpsc};
-    const LIMIT: Duration = Duration::from_secs(10);
+    const LIMIT: Duration = MIRROR_LIMIT;
 
     let scenario = FailScenario::setup();
-    let mut redis = common::Server::new(&["--appendonly", "no"]);
-    redis.start();
-    let open = |dir: &Path| {
-        Cache::builder()
-            .dir(dir)
-            .redis(MirrorConfig::new(redis.url()).check_interval(Duration::from_millis(100)))
-            .open()
-            .unwrap()
-    };
-    let drained = |c: &Cache| {
-        wait_for("outbox drained", LIMIT, &mut || {
-            c.mirror_stats().unwrap().outbox_rows == 0
-        })
-    };
-    // This host first, so that its warm start from Redis (an empty
-    // directory) is over before the key is there.
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let c = open(da.path());
-    // Subscribed too, or another instance's delete would go unheard.
-    wait_for("warm start and subscription", LIMIT, &mut || {
-        c.mirror_stats()
-            .is_some_and(|s| s.warm_done && s.pubsub_connects > 0)
-    });
+    let TwoHosts {
+        redis,
+        c,
+        other,
+        dirs: _dirs,
+    } = TwoHosts::start(Default::default());
     // Another instance writes the key: Redis has it, this host does not.
-    let other = open(db.path());
     other.set("ns", b"k", b"before".to_vec()).unwrap();
     other.flush().unwrap();
     drained(&other);
