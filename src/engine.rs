@@ -618,20 +618,32 @@ impl Shared {
                 mirror: true,
                 done: done.clone(),
             },
-            |p, version, _| {
-                p.put(PendingOp {
-                    hash,
-                    ns: ns.id,
-                    key: key.into(),
-                    version,
-                    kind: PendingKind::Delete,
-                });
-                self.hot.remove(hash, ns.id, key, version);
-            },
+            |p, version, _| self.pend_delete(p, hash, &ns, key, version),
         )?;
         add(&ns.counters.deletes, 1);
         drop(done);
         Self::wait_for(rx)
+    }
+
+    /// A delete of `version` whose op was just queued, under the key's
+    /// pending lock: its pending entry hides the key from reads until the
+    /// commit, and the hot copy goes (a local delete's and a remote one's).
+    fn pend_delete(
+        &self,
+        p: &mut crate::store::pending::PendingShard,
+        hash: u64,
+        ns: &Namespace,
+        key: &[u8],
+        version: u64,
+    ) {
+        p.put(PendingOp {
+            hash,
+            ns: ns.id,
+            key: key.into(),
+            version,
+            kind: PendingKind::Delete,
+        });
+        self.hot.remove(hash, ns.id, key, version);
     }
 
     fn done_pair(
@@ -1633,14 +1645,7 @@ impl Shared {
             };
             match sent {
                 Ok(()) => {
-                    p.put(PendingOp {
-                        hash,
-                        ns: ns.id,
-                        key: key.into(),
-                        version,
-                        kind: PendingKind::Delete,
-                    });
-                    self.hot.remove(hash, ns.id, key, version);
+                    self.pend_delete(&mut p, hash, ns, key, version);
                     return true;
                 }
                 Err(TrySendError::Full(_)) => {
