@@ -410,7 +410,8 @@ impl Shard {
     /// Looks a key up without counting an access.
     #[inline]
     pub(crate) fn peek(&self, hash: u64, ns: u32, key: &[u8]) -> Option<&Entry> {
-        self.find(hash, ns, key).map(|i| self.table.get(i))
+        let h = fingerprint(hash);
+        self.table.find_ref(h, |e| e.is(h, ns, key))
     }
 
     /// The version of a key's entry, without counting an access (the

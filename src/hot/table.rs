@@ -95,7 +95,24 @@ impl Table {
     /// The slot of the first live entry with fingerprint `h` that `is`
     /// accepts.
     #[inline]
-    pub(crate) fn find(&self, h: u32, mut is: impl FnMut(&Entry) -> bool) -> Option<usize> {
+    pub(crate) fn find(&self, h: u32, is: impl FnMut(&Entry) -> bool) -> Option<usize> {
+        self.probe(h, is, |i, _| i)
+    }
+
+    /// That entry itself (a hit: the probe's own reference, not the slot
+    /// indexed again).
+    #[inline]
+    pub(crate) fn find_ref(&self, h: u32, is: impl FnMut(&Entry) -> bool) -> Option<&Entry> {
+        self.probe(h, is, |_, e| e)
+    }
+
+    #[inline]
+    fn probe<'a, T>(
+        &'a self,
+        h: u32,
+        mut is: impl FnMut(&Entry) -> bool,
+        found: impl FnOnce(usize, &'a Entry) -> T,
+    ) -> Option<T> {
         debug_assert!(h < Entry::VACANT);
         let mut i = home(h, self.homes);
         loop {
@@ -104,8 +121,11 @@ impl Table {
             if f > h {
                 return None;
             }
-            if f == h && is(&self.slots[i]) {
-                return Some(i);
+            if f == h {
+                let e = &self.slots[i];
+                if is(e) {
+                    return Some(found(i, e));
+                }
             }
             i += 1;
         }
