@@ -28,8 +28,8 @@ pub(crate) struct Striped([Stripe; STRIPES]);
 /// A `const`-initialised thread local without a destructor, read with
 /// `Cell::get` and the first use out of line: each read is one load from
 /// the thread's TLS block (this runs on every hot hit; with the first use
-/// inside the closure of `LocalKey::with`, that call was not inlined and
-/// cost ~15 instructions a get).
+/// inside the closure of `LocalKey::with`, that call was not inlined, 7
+/// instructions more a get).
 #[inline]
 pub(crate) fn my_stripe() -> usize {
     thread_local! {
