@@ -2,6 +2,7 @@
 
 use super::s3fifo::{Entry, Evicted, Insert, Shard};
 use bytes::Bytes;
+use crossbeam_utils::CachePadded;
 use parking_lot::RwLock;
 use std::hash::{BuildHasher, Hasher};
 
@@ -13,24 +14,14 @@ pub(crate) struct HotHit {
     pub epoch: u64,
 }
 
-/// A shard on cache lines of its own: every read takes its lock, a write
-/// to the lock word, and a 232-byte shard packed next to its neighbours put
-/// one shard's lock word on a line with another's table pointers, which
-/// readers of that shard then missed on whenever a reader on another core
-/// had taken the lock. 128 bytes, as x86's prefetcher fetches lines in
-/// pairs (crossbeam's `CachePadded` does the same).
-#[repr(align(128))]
-struct Padded(RwLock<Shard>);
-
-impl std::ops::Deref for Padded {
-    type Target = RwLock<Shard>;
-    fn deref(&self) -> &RwLock<Shard> {
-        &self.0
-    }
-}
-
 pub(crate) struct HotTier {
-    shards: Box<[Padded]>,
+    /// Each on cache lines of its own (128 bytes on x86-64, where the
+    /// prefetcher fetches lines in pairs): every read takes its shard's
+    /// lock, a write to the lock word, and with the 232-byte shards packed
+    /// one shard's lock word shared a line with the next one's table
+    /// pointers, which that shard's readers then missed on whenever a
+    /// reader on another core had taken the lock.
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
     mask: u64,
     /// Randomly seeded per process and per cache: an attacker who picks
     /// keys cannot aim them at one bucket (hash flooding).
@@ -44,7 +35,7 @@ impl HotTier {
         let per = capacity / shards;
         HotTier {
             shards: (0..shards)
-                .map(|_| Padded(RwLock::new(Shard::new(per))))
+                .map(|_| CachePadded::new(RwLock::new(Shard::new(per))))
                 .collect(),
             mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
