@@ -206,8 +206,7 @@ async fn reconcile(inner: &Arc<Inner>, sh: &Arc<Shared>) -> bool {
             return false;
         };
         let Some(last) = page.last() else {
-            add(&inner.counters.reconciles, u64::from(complete));
-            return complete;
+            break;
         };
         after = Some((last.0.clone(), last.1.clone()));
         let full = page.len() >= inner.cfg.batch;
@@ -262,8 +261,9 @@ async fn reconcile(inner: &Arc<Inner>, sh: &Arc<Shared>) -> bool {
             complete &= applied.unwrap_or(false);
         }
         if !full {
-            add(&inner.counters.reconciles, u64::from(complete));
-            return complete;
+            break;
         }
     }
+    add(&inner.counters.reconciles, u64::from(complete));
+    complete
 }
