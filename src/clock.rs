@@ -271,26 +271,28 @@ impl EngineTime {
     /// wall-clock step is thus followed within `wall_check_interval_ms +
     /// COARSE_WALL_SLACK_MS + lag` on a path of hot hits (under 40 ms for
     /// `SystemClock`), and at once where the clock has no lag (tests).
+    ///
+    /// Plain sums, as in `now_ms` and `now_checked`: clock readings are ms
+    /// since some origin, far from overflowing. A negative `now_max` (an
+    /// engine time before 1970) reads as huge: "read `now_ms`".
     #[inline]
     pub(crate) fn surely_before(&self, t: u64) -> bool {
-        if self.wall_every == 0 {
-            return false;
-        }
         let (coarse, lag) = match self.system_lag {
+            // The system clock, which checks the wall clock (`wall_every`
+            // is 1): read without the call through `dyn Clock`.
             #[cfg(target_os = "linux")]
             Some(lag) => (coarse_ms(), lag),
+            _ if self.wall_every == 0 => return false,
             _ => self.clock.monotonic_coarse_ms(),
         };
         // Acquire: as in `now_ms`, an offset raised by the check that moved
         // `next_wall_check` is seen here.
         let due = self.next_wall_check.load(Ordering::Acquire);
-        if coarse >= due.saturating_add(COARSE_WALL_SLACK_MS) {
+        if coarse >= due + COARSE_WALL_SLACK_MS {
             return false;
         }
-        let now_max =
-            (coarse.saturating_add(lag) as i64).saturating_add(self.offset.load(Ordering::Relaxed));
-        // As `now_ms`, clamped at 0.
-        (now_max.max(0) as u64) < t
+        let now_max = (coarse + lag) as i64 + self.offset.load(Ordering::Relaxed);
+        (now_max as u64) < t
     }
 
     /// Engine time from both clocks; follows a forward wall-clock jump.
