@@ -274,7 +274,8 @@ impl EngineTime {
     ///
     /// Plain sums, as in `now_ms` and `now_checked`: clock readings are ms
     /// since some origin, far from overflowing. A negative `now_max` (an
-    /// engine time before 1970) reads as huge: "read `now_ms`".
+    /// engine time before 1970) reads as huge; either answer is then right,
+    /// since every `t` is at least 0.
     #[inline]
     pub(crate) fn surely_before(&self, t: u64) -> bool {
         let (coarse, lag) = match self.system_lag {
