@@ -418,8 +418,7 @@ impl Shard {
     /// mirror's fills compare it).
     #[cfg(any(feature = "redis", test))]
     pub(crate) fn version_of(&self, hash: u64, ns: u32, key: &[u8]) -> Option<u64> {
-        let i = self.find(hash, ns, key)?;
-        Some(self.table.get(i).version)
+        self.peek(hash, ns, key).map(|e| e.version)
     }
 
     /// Inserts or replaces `entry` unless a newer version is present, then
