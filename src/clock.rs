@@ -45,6 +45,17 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     fn monotonic_coarse_ms(&self) -> (u64, u64) {
         (self.monotonic_ms(), 0)
     }
+    /// A cheaper read still for the hot path, as `(seconds, steps)`: the
+    /// wall clock's whole seconds, lagging by at most the lag of
+    /// `monotonic_coarse_ms`, and a count (wrapping) of the steps of the
+    /// wall clock seen so far. While it reads the same, a hot hit compares
+    /// the entry's expiry with a bound worked out at the last coarse read
+    /// (see docs/ARCHITECTURE.md, "Engine time"). A step backwards of more than a
+    /// second must be counted. Default: `None`, no such read. Only used
+    /// when `monotonic_coarse_ms` has a lag.
+    fn wall_seconds_coarse(&self) -> Option<(u64, u8)> {
+        None
+    }
 }
 
 /// The operating system's clocks: `SystemTime` and `Instant`.
@@ -137,6 +148,106 @@ fn coarse_ms() -> u64 {
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
+/// Backward steps of the wall clock that need not be counted by
+/// [`Clock::wall_seconds_coarse`]: up to a second, a leap second's.
+const STEP_BACK_MS: i64 = 1000;
+
+/// Steps of the wall clock seen by the thread of [`watch_wall_steps`]
+/// (wrapping). Read before `time()`: a step between the two invalidates
+/// what is stored with the older count.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+static WALL_STEPS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Set when the thread of [`watch_wall_steps`] stopped: steps are no
+/// longer counted, so no second word is stored for the system clock.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+static NO_WATCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The system clock's second read: `(time(), WALL_STEPS)`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[inline]
+fn system_seconds() -> (u64, u8) {
+    unsafe extern "C" {
+        fn time(t: *mut i64) -> i64;
+    }
+    let steps = WALL_STEPS.load(Ordering::Acquire);
+    // SAFETY: `time` with a null pointer only returns the time. glibc
+    // resolves it to the vDSO's `time`, which reads the second the
+    // kernel's last tick stored: ~8 ns where the coarse clock's
+    // `clock_gettime` costs ~30 between a get's cache misses (W8). A
+    // negative time reads as huge, which no stored word matches.
+    let s = unsafe { time(std::ptr::null_mut()) };
+    (s as u64, steps)
+}
+
+/// Starts, once per process, a thread that counts steps of the wall clock
+/// in [`WALL_STEPS`]: it waits on a `timerfd` armed with
+/// `TFD_TIMER_CANCEL_ON_SET`, which the kernel wakes whenever the wall
+/// clock is set (by an operator, NTP's step, a resume). `false` when it
+/// cannot run: the second read is then not used.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn watch_wall_steps() -> bool {
+    use rustix::time::{
+        Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+        timerfd_settime,
+    };
+    static WATCHING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    fn arm(fd: &rustix::fd::OwnedFd) -> rustix::io::Result<()> {
+        // An absolute time far ahead: the timer only ever ends by a step.
+        let far = Timespec {
+            tv_sec: i64::from(i32::MAX) * 2,
+            tv_nsec: 0,
+        };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let spec = Itimerspec {
+            it_interval: zero,
+            it_value: far,
+        };
+        let flags = TimerfdTimerFlags::ABSTIME | TimerfdTimerFlags::CANCEL_ON_SET;
+        timerfd_settime(fd, flags, &spec).map(drop)
+    }
+    *WATCHING.get_or_init(|| {
+        let Ok(fd) = timerfd_create(TimerfdClockId::Realtime, TimerfdFlags::CLOEXEC) else {
+            return false;
+        };
+        if arm(&fd).is_err() {
+            return false;
+        }
+        let watch = move || {
+            let mut buf = [0u8; 8];
+            loop {
+                match rustix::io::read(&fd, &mut buf) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    // Re-armed before counting: a step after the count is
+                    // then reported again, one before it is covered by it.
+                    Err(rustix::io::Errno::CANCELED) | Ok(_) if arm(&fd).is_ok() => {
+                        WALL_STEPS.fetch_add(1, Ordering::Release);
+                    }
+                    _ => break,
+                }
+            }
+            // Cannot watch any more: count a step, which retires every
+            // stored second word. New ones would not be retired by the
+            // next step, so the caches that hold this watcher fall back
+            // to the coarse read for good.
+            NO_WATCH.store(true, Ordering::Release);
+            WALL_STEPS.fetch_add(1, Ordering::Release);
+        };
+        std::thread::Builder::new()
+            .name("embercache-clock".into())
+            .spawn(watch)
+            .is_ok()
+    })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn watch_wall_steps() -> bool {
+    false
+}
+
 /// A clock that only moves when told to. Clones share the same time.
 ///
 /// ```
@@ -215,6 +326,16 @@ pub(crate) struct EngineTime {
     /// usable coarse clock: [`Self::surely_before`] then reads it straight
     /// from the vDSO instead of through the trait object.
     system_lag: Option<u64>,
+    /// Whether the system clock's cheap second read can be used: `time()`
+    /// is the vDSO's on glibc, and the thread that counts steps of the
+    /// wall clock runs ([`watch_wall_steps`]).
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+    system_seconds: bool,
+    /// The second word: the wall clock's second `s` (bits 24..), the step
+    /// count `c` (bits 16..24) and `r` (bits 0..16). While the second read
+    /// gives `(s, c)`, engine time is below `s × 1000 + r`. 0: none yet.
+    /// See [`Self::surely_before`].
+    second: AtomicU64,
 }
 
 impl EngineTime {
@@ -231,7 +352,9 @@ impl EngineTime {
     pub(crate) fn system(floor_ms: u64) -> Self {
         let clock = SystemClock::default();
         let lag = clock.coarse_lag_ms;
-        Self::build(Arc::new(clock), floor_ms, lag)
+        let mut t = Self::build(Arc::new(clock), floor_ms, lag);
+        t.system_seconds = lag.is_some() && watch_wall_steps();
+        t
     }
 
     fn build(clock: Arc<dyn Clock>, floor_ms: u64, system_lag: Option<u64>) -> Self {
@@ -243,6 +366,8 @@ impl EngineTime {
             offset: AtomicI64::new(offset),
             next_wall_check: AtomicU64::new(0),
             system_lag,
+            system_seconds: false,
+            second: AtomicU64::new(0),
         }
     }
 
@@ -262,28 +387,58 @@ impl EngineTime {
     }
 
     /// Whether engine time is surely before `t` (an entry expiring at `t`
-    /// is fresh), told from the clock's coarse read; `false` means "read
-    /// `now_ms`", not "expired". The precise monotonic time is at most
-    /// `coarse + lag`, so the answer is never wrong for `now_ms` with the
-    /// current offset. It does not look at the wall clock, but it answers
-    /// only within [`COARSE_WALL_SLACK_MS`] of the time a wall check was
-    /// due: past it, the caller's precise read makes the check. A forward
-    /// wall-clock step is thus followed within `wall_check_interval_ms +
+    /// is fresh), told without a precise read; `false` means "read
+    /// `now_ms`", not "expired".
+    ///
+    /// The cheapest way first: while the wall clock's whole second (and
+    /// its step count) reads as it did at the last coarse read, engine
+    /// time is below the bound that read stored ([`Self::note_second`]);
+    /// on the system clock this is `time()`, a call into the vDSO about a
+    /// quarter the cost of the coarse clock's read (W8). Otherwise the
+    /// coarse clock: the precise monotonic time is at most `coarse + lag`,
+    /// so the answer is never wrong for `now_ms` with the current offset.
+    /// That way does not look at the wall clock, but answers only within
+    /// [`COARSE_WALL_SLACK_MS`] of the time a wall check was due: past it,
+    /// the caller's precise read makes the check. A forward wall-clock step
+    /// is thus followed within `wall_check_interval_ms +
     /// COARSE_WALL_SLACK_MS + lag` on a path of hot hits (under 40 ms for
-    /// `SystemClock`), and at once where the clock has no lag (tests).
+    /// `SystemClock`), and at once where the clock has no lag (tests); the
+    /// second's bound stays right across such a step (it also bounds the
+    /// wall clock), it just does not move engine time.
+    #[inline]
+    pub(crate) fn surely_before(&self, t: u64) -> bool {
+        let second = match self.system_lag {
+            // The system clock, read without the call through `dyn Clock`.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            Some(_) if self.system_seconds => Some(system_seconds()),
+            Some(_) => None,
+            None if self.wall_every == 0 => return false,
+            None => self.clock.wall_seconds_coarse(),
+        };
+        if let Some((s, steps)) = second {
+            let w = self.second.load(Ordering::Relaxed);
+            // A match means `s` is the stored second (below 2^40), short
+            // of a `time()` from 2^56 seconds on.
+            if w >> 16 == s << 8 | u64::from(steps) {
+                // Closer to the bound: the coarse read may still tell.
+                return s * 1000 + (w & 0xffff) < t || self.surely_before_coarse(t, None);
+            }
+        }
+        self.surely_before_coarse(t, second)
+    }
+
+    /// [`Self::surely_before`] from the coarse clock; stores the bound for
+    /// the wall clock's second `second` read just before.
     ///
     /// Plain sums, as in `now_ms` and `now_checked`: clock readings are ms
     /// since some origin, far from overflowing. A negative `now_max` (an
     /// engine time before 1970) reads as huge; either answer is then right,
     /// since every `t` is at least 0.
-    #[inline]
-    pub(crate) fn surely_before(&self, t: u64) -> bool {
+    #[cold]
+    fn surely_before_coarse(&self, t: u64, second: Option<(u64, u8)>) -> bool {
         let (coarse, lag) = match self.system_lag {
-            // The system clock, which checks the wall clock (`wall_every`
-            // is 1): read without the call through `dyn Clock`.
             #[cfg(target_os = "linux")]
             Some(lag) => (coarse_ms(), lag),
-            _ if self.wall_every == 0 => return false,
             _ => self.clock.monotonic_coarse_ms(),
         };
         // Acquire: as in `now_ms`, an offset raised by the check that moved
@@ -293,7 +448,54 @@ impl EngineTime {
             return false;
         }
         let now_max = (coarse + lag) as i64 + self.offset.load(Ordering::Relaxed);
+        if let Some((s, steps)) = second
+            && self.steps_counted()
+        {
+            self.note_second(s, steps, now_max, lag);
+        }
         (now_max as u64) < t
+    }
+
+    /// Whether wall-clock steps are still counted: always for a test
+    /// clock, on the system clock while [`watch_wall_steps`]'s thread runs.
+    /// Read after the step count, so a word stored with a count from
+    /// before the watcher stopped is retired by its last count.
+    fn steps_counted(&self) -> bool {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if self.system_seconds {
+            return !NO_WATCH.load(Ordering::Acquire);
+        }
+        true
+    }
+
+    /// Stores the bound on engine time while the wall clock's second
+    /// reads `(s, steps)`, read before `now_max` (at least engine time,
+    /// from the coarse clock). Why it holds, from the moment `s` was read
+    /// until the second read changes: the wall clock is then under
+    /// `(s + 1) × 1000 + lag` (`s` is its second at the kernel's last tick,
+    /// which is at most `lag` old), and was at least `s × 1000` when `s`
+    /// was read, so less than `1000 + lag` ms of wall-clock time passes.
+    /// Monotonic time passes as much, less any forward step and plus any
+    /// backward step of the wall clock (both are slewed alike), so engine
+    /// time stays under `now_max + 1000 + lag + back` while its offset
+    /// holds; where a wall check raises the offset to follow a forward
+    /// step, engine time is the wall clock's then, under `(s + 1) × 1000 +
+    /// lag + back`. `back` ([`STEP_BACK_MS`]) covers the backward steps
+    /// not counted in `steps`: a leap second's. A bound more than 65 s
+    /// past `s × 1000` (engine time ahead of the wall clock after a
+    /// backward step) is not stored: the second's way is then not taken.
+    fn note_second(&self, s: u64, steps: u8, now_max: i64, lag: u64) {
+        if s >= 1 << 40 {
+            // Not a time of this era (a negative `time()` reads as huge).
+            return;
+        }
+        let (s_ms, lag) = (s as i64 * 1000, lag as i64);
+        let bound = (now_max + 1000 + lag).max(s_ms + 1000 + lag) + STEP_BACK_MS;
+        let r = bound - s_ms;
+        if (0..=0xffff).contains(&r) {
+            let w = s << 24 | u64::from(steps) << 16 | r as u64;
+            self.second.store(w, Ordering::Relaxed);
+        }
     }
 
     /// Engine time from both clocks; follows a forward wall-clock jump.
@@ -436,13 +638,38 @@ mod tests {
         assert_eq!(t.now_ms(), 4_600_006, "a backward step is still ignored");
     }
 
-    /// A clock whose coarse read trails the precise one by `behind` ms,
-    /// within a declared lag, as the kernel's tick clock does.
+    /// A clock whose coarse reads trail the precise one by `behind` ms,
+    /// within a declared lag, as the kernel's tick clock does. With
+    /// `seconds`, it also has the second read, whose step count
+    /// `count_step` moves.
     #[derive(Debug)]
     struct Coarse {
         c: ManualClock,
         behind: AtomicU64,
         lag: u64,
+        seconds: bool,
+        steps: std::sync::atomic::AtomicU8,
+        coarse_reads: AtomicU64,
+    }
+    impl Coarse {
+        fn new(behind: u64, lag: u64, seconds: bool) -> Arc<Self> {
+            Arc::new(Coarse {
+                c: ManualClock::new(1_000_000),
+                behind: AtomicU64::new(behind),
+                lag,
+                seconds,
+                steps: Default::default(),
+                coarse_reads: AtomicU64::new(0),
+            })
+        }
+        /// A step of the wall clock, counted as the system clock's
+        /// watcher counts it.
+        fn count_step(&self) {
+            self.steps.fetch_add(1, Ordering::SeqCst);
+        }
+        fn coarse_reads(&self) -> u64 {
+            self.coarse_reads.load(Ordering::SeqCst)
+        }
     }
     impl Clock for Coarse {
         fn wall_ms(&self) -> u64 {
@@ -455,42 +682,139 @@ mod tests {
             1
         }
         fn monotonic_coarse_ms(&self) -> (u64, u64) {
+            self.coarse_reads.fetch_add(1, Ordering::SeqCst);
             let m = self.c.monotonic_ms();
             (
                 m.saturating_sub(self.behind.load(Ordering::SeqCst)),
                 self.lag,
             )
         }
+        fn wall_seconds_coarse(&self) -> Option<(u64, u8)> {
+            let steps = self.steps.load(Ordering::SeqCst);
+            let w = self.c.wall_ms();
+            let s = w.saturating_sub(self.behind.load(Ordering::SeqCst)) / 1000;
+            self.seconds.then_some((s, steps))
+        }
+    }
+
+    /// A step of the wall clock in the proptest: none, forward (any size,
+    /// not counted), back within a second (a leap second's, not counted)
+    /// or back by more (counted).
+    fn wall_step() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => Just(0i64),
+            1 => 1i64..5_000,
+            1 => -1_000i64..0,
+            1 => -100_000i64..-1_000,
+        ]
+    }
+
+    /// Time passing in the proptest: mostly a few ms (the coarse way
+    /// answers only near a wall check), sometimes most of a second.
+    fn time_step() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![3 => 0u64..12, 1 => 0u64..1_000]
     }
 
     proptest::proptest! {
         /// `surely_before` never calls an entry fresh that `now_ms` read
-        /// right after would call expired, whatever the coarse clock's
-        /// delay within its lag, as time passes.
+        /// right after would call expired, whatever the coarse reads'
+        /// delay within their lag, as time passes and the wall clock
+        /// steps, with the second read or without it. A forward step that
+        /// `now_ms` follows only then may be missed by the coarse way's
+        /// answer (it is followed within 40 ms, see `surely_before`), not
+        /// by the second's bound.
         #[test]
         fn surely_before_never_contradicts_now(
-            steps in proptest::collection::vec((0u64..30, 0u64..=8, 0u64..40), 1..200)
+            seconds: bool,
+            steps in proptest::collection::vec(
+                (wall_step(), time_step(), 0u64..=8, 0u64..8_000), 1..300),
         ) {
-            let lag = 8;
-            let clock = Arc::new(Coarse { c: ManualClock::new(1_000_000), behind: AtomicU64::new(0), lag });
+            let clock = Coarse::new(0, 8, seconds);
             let t = EngineTime::new(clock.clone(), 0);
-            for (advance, behind, ahead) in steps {
+            let mut before = t.now_ms();
+            for (step, advance, behind, ahead) in steps {
+                // The step first, then time: a step back and the time to
+                // come back to the same second can pass between two reads.
+                clock.c.jump_wall(step);
+                if step < -1_000 {
+                    clock.count_step();
+                }
                 clock.c.advance(Duration::from_millis(advance));
                 clock.behind.store(behind, Ordering::SeqCst);
-                let probe = 1_000_000 + clock.c.monotonic_ms() + ahead;
+                // Around engine time as last read: the precise read after
+                // the answer follows any forward step, the answer may not.
+                let probe = before + ahead;
+                let word = t.second.load(Ordering::SeqCst);
+                let word_says = clock.wall_seconds_coarse().is_some_and(|(s, n)| {
+                    word >> 16 == s << 8 | u64::from(n) && s * 1000 + (word & 0xffff) < probe
+                });
+                let offset = t.offset.load(Ordering::SeqCst);
                 let sure = t.surely_before(probe);
-                proptest::prop_assert!(!sure || t.now_ms() < probe);
+                let now = t.now_ms();
+                let followed = (t.offset.load(Ordering::SeqCst) - offset) as u64;
+                if word_says {
+                    proptest::prop_assert!(sure);
+                    proptest::prop_assert!(now < probe, "word: {} >= {}", now, probe);
+                } else {
+                    proptest::prop_assert!(!sure || now - followed < probe, "{} >= {}", now, probe);
+                }
+                before = now;
             }
         }
     }
 
     #[test]
+    fn the_second_read_answers_without_the_coarse_clock_until_it_changes() {
+        let clock = Coarse::new(3, 4, true);
+        clock.c.advance(Duration::from_millis(100));
+        let t = EngineTime::new(clock.clone(), 0);
+        assert_eq!(t.now_ms(), 1_000_100);
+        // The first answer reads the coarse clock (97 ms, lag 4: engine
+        // time at most 1_000_101) and stores the bound for second 1000
+        // (the wall clock 3 ms behind): 1_000_101 + a second + the lag +
+        // a second's step back.
+        assert!(t.surely_before(1_010_000));
+        assert_eq!(clock.coarse_reads(), 1);
+        for _ in 0..3 {
+            assert!(t.surely_before(1_010_000));
+            assert!(t.surely_before(1_002_105), "under the bound: coarsely");
+        }
+        assert!(!t.surely_before(1_000_101), "within the lag: precisely");
+        assert_eq!(clock.coarse_reads(), 5, "only under the bound");
+        // Within the same second, time passes: the bound still holds.
+        clock.c.advance(Duration::from_millis(890));
+        assert!(t.surely_before(1_002_106));
+        assert_eq!(clock.coarse_reads(), 5);
+        // The next second: read the coarse clock again, once (after a
+        // precise read, as the engine makes when the coarse way says no:
+        // that way answers only near a wall check).
+        clock.c.advance(Duration::from_millis(20));
+        t.now_ms();
+        assert!(t.surely_before(1_010_000));
+        assert!(t.surely_before(1_010_000));
+        assert_eq!(clock.coarse_reads(), 6);
+        // A counted step retires the word even in the same second.
+        clock.count_step();
+        assert!(t.surely_before(1_010_000));
+        assert!(t.surely_before(1_010_000));
+        assert_eq!(clock.coarse_reads(), 7);
+        // Engine time far ahead of the wall clock (a backward step of an
+        // hour, counted): no word is stored, every answer reads coarsely.
+        clock.c.jump_wall(-3_600_000);
+        clock.count_step();
+        clock.c.advance(Duration::from_millis(5));
+        t.now_ms();
+        for _ in 0..3 {
+            assert!(t.surely_before(1_010_000));
+        }
+        assert_eq!(clock.coarse_reads(), 10);
+    }
+
+    #[test]
     fn surely_before_answers_from_the_coarse_clock_and_hands_back_near_expiry() {
-        let clock = Arc::new(Coarse {
-            c: ManualClock::new(1_000_000),
-            behind: AtomicU64::new(3),
-            lag: 4,
-        });
+        let clock = Coarse::new(3, 4, false);
         clock.c.advance(Duration::from_millis(100));
         let t = EngineTime::new(clock.clone(), 0);
         assert_eq!(t.now_ms(), 1_000_100);
@@ -527,6 +851,8 @@ mod tests {
             // "read precisely", which the next assertions would not show.
             return;
         };
+        #[cfg(target_env = "gnu")]
+        assert!(t.system_seconds, "the wall-step watcher runs");
         for _ in 0..1000 {
             let now = t.now_ms();
             assert!(!t.surely_before(now), "an entry expiring now is not fresh");
@@ -536,6 +862,26 @@ mod tests {
         // `COARSE_WALL_SLACK_MS` past it.
         let now = t.now_ms();
         assert!(t.surely_before(now + lag + 60_000), "far ahead is fresh");
+    }
+
+    /// The watcher counts a step of the wall clock. Ignored: it sets the
+    /// system clock (to the time it reads, a step of microseconds), which
+    /// needs `CAP_SYS_TIME`; run by hand with `cargo test --lib --
+    /// --ignored wall_steps_are_counted`.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    #[ignore]
+    fn wall_steps_are_counted() {
+        use rustix::time::{ClockId, clock_gettime, clock_settime};
+        assert!(watch_wall_steps());
+        let before = WALL_STEPS.load(Ordering::SeqCst);
+        clock_settime(ClockId::Realtime, clock_gettime(ClockId::Realtime)).expect("settime");
+        let t = std::time::Instant::now();
+        while WALL_STEPS.load(Ordering::SeqCst) == before {
+            assert!(t.elapsed() < Duration::from_secs(5), "step not counted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!NO_WATCH.load(Ordering::SeqCst));
     }
 
     #[test]
