@@ -52,7 +52,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// the entry's expiry with a bound worked out at the last coarse read
     /// (see docs/ARCHITECTURE.md, "Engine time"). A step backwards of more than a
     /// second must be counted. Default: `None`, no such read. Only used
-    /// when `monotonic_coarse_ms` has a lag.
+    /// when `wall_check_interval_ms` is not 0.
     fn wall_seconds_coarse(&self) -> Option<(u64, u8)> {
         None
     }
