@@ -50,10 +50,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// `monotonic_coarse_ms`, and a count (wrapping) of the steps of the
     /// wall clock seen so far. While it reads the same, a hot hit compares
     /// the entry's expiry with a bound worked out at the last coarse read
-    /// (see docs/ARCHITECTURE.md, "Engine time"). A step backwards of more than a
-    /// second must be counted. Default: `None`, no such read. Only used
+    /// (see docs/ARCHITECTURE.md, "Engine time"). Every step backwards
+    /// must be counted (a single one of up to a second, a leap second's,
+    /// is tolerated uncounted). Default: `None`, no such read. Only used
     /// when `wall_check_interval_ms` is not 0.
-    fn wall_seconds_coarse(&self) -> Option<(u64, u8)> {
+    fn wall_seconds_coarse(&self) -> Option<(u64, u16)> {
         None
     }
 }
@@ -148,15 +149,20 @@ fn coarse_ms() -> u64 {
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
-/// Backward steps of the wall clock that need not be counted by
-/// [`Clock::wall_seconds_coarse`]: up to a second, a leap second's.
+/// A backward step of the wall clock that the bound tolerates uncounted:
+/// up to a second, a leap second's (the kernel reports those to the
+/// watcher too; this is a margin, not the mechanism).
 const STEP_BACK_MS: i64 = 1000;
+
+/// The second word when none is stored: matches no reading (a stored
+/// word's low 16 bits are at least 2000).
+const NO_SECOND: u64 = u64::MAX;
 
 /// Steps of the wall clock seen by the thread of [`watch_wall_steps`]
 /// (wrapping). Read before `time()`: a step between the two invalidates
 /// what is stored with the older count.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-static WALL_STEPS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static WALL_STEPS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 /// Set when the thread of [`watch_wall_steps`] stopped: steps are no
 /// longer counted, so no second word is stored for the system clock.
@@ -166,9 +172,11 @@ static NO_WATCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// The system clock's second read: `(time(), WALL_STEPS)`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[inline]
-fn system_seconds() -> (u64, u8) {
+fn system_seconds() -> (u64, u16) {
+    use std::ffi::c_long;
     unsafe extern "C" {
-        fn time(t: *mut i64) -> i64;
+        // `time_t` is a `long` on glibc's targets.
+        fn time(t: *mut c_long) -> c_long;
     }
     let steps = WALL_STEPS.load(Ordering::Acquire);
     // SAFETY: `time` with a null pointer only returns the time. glibc
@@ -177,14 +185,21 @@ fn system_seconds() -> (u64, u8) {
     // `clock_gettime` costs ~30 between a get's cache misses (W8). A
     // negative time reads as huge, which no stored word matches.
     let s = unsafe { time(std::ptr::null_mut()) };
-    (s as u64, steps)
+    (s as i64 as u64, steps)
 }
 
 /// Starts, once per process, a thread that counts steps of the wall clock
 /// in [`WALL_STEPS`]: it waits on a `timerfd` armed with
 /// `TFD_TIMER_CANCEL_ON_SET`, which the kernel wakes whenever the wall
-/// clock is set (by an operator, NTP's step, a resume). `false` when it
-/// cannot run: the second read is then not used.
+/// clock is set (by an operator, NTP's step, a leap second, a resume).
+/// `false` when it cannot run: the second read is then not used. A step
+/// is counted once this thread runs after it: a bound stored before a
+/// step back of D seconds could be matched again only after D seconds
+/// without a hit seeing another second, so the thread must not be kept
+/// off the CPU for longer than that. A process forked from one that
+/// runs it has no watcher (its `OnceLock` says it runs): a cache must
+/// not be used across a `fork`, which its writer thread does not survive
+/// either.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn watch_wall_steps() -> bool {
     use rustix::time::{
@@ -193,9 +208,10 @@ fn watch_wall_steps() -> bool {
     };
     static WATCHING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     fn arm(fd: &rustix::fd::OwnedFd) -> rustix::io::Result<()> {
-        // An absolute time far ahead: the timer only ever ends by a step.
+        // An absolute time far ahead (2255, within the kernel's range):
+        // the timer only ends by a step.
         let far = Timespec {
-            tv_sec: i64::from(i32::MAX) * 2,
+            tv_sec: 9_000_000_000,
             tv_nsec: 0,
         };
         let zero = Timespec {
@@ -223,7 +239,9 @@ fn watch_wall_steps() -> bool {
                     Err(rustix::io::Errno::INTR) => continue,
                     // Re-armed before counting: a step after the count is
                     // then reported again, one before it is covered by it.
-                    Err(rustix::io::Errno::CANCELED) | Ok(_) if arm(&fd).is_ok() => {
+                    // (`Ok`, the timer's end, would mean a clock past 2255:
+                    // stop rather than spin.)
+                    Err(rustix::io::Errno::CANCELED) if arm(&fd).is_ok() => {
                         WALL_STEPS.fetch_add(1, Ordering::Release);
                     }
                     _ => break,
@@ -331,9 +349,10 @@ pub(crate) struct EngineTime {
     /// wall clock runs ([`watch_wall_steps`]).
     #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     system_seconds: bool,
-    /// The second word: the wall clock's second `s` (bits 24..), the step
-    /// count `c` (bits 16..24) and `r` (bits 0..16). While the second read
-    /// gives `(s, c)`, engine time is below `s × 1000 + r`. 0: none yet.
+    /// The second word: the wall clock's second `s` (bits 32..), the step
+    /// count `c` (bits 16..32) and `r` (bits 0..16). While the second read
+    /// gives `(s, c)`, engine time is below `s × 1000 + r`. [`NO_SECOND`]:
+    /// none yet.
     /// See [`Self::surely_before`].
     second: AtomicU64,
 }
@@ -367,7 +386,7 @@ impl EngineTime {
             next_wall_check: AtomicU64::new(0),
             system_lag,
             system_seconds: false,
-            second: AtomicU64::new(0),
+            second: AtomicU64::new(NO_SECOND),
         }
     }
 
@@ -417,9 +436,9 @@ impl EngineTime {
         };
         if let Some((s, steps)) = second {
             let w = self.second.load(Ordering::Relaxed);
-            // A match means `s` is the stored second (below 2^40), short
-            // of a `time()` from 2^56 seconds on.
-            if w >> 16 == s << 8 | u64::from(steps) {
+            // A match means `s` is the stored second (below 2^32), short
+            // of a `time()` from 2^48 seconds on.
+            if w >> 16 == s << 16 | u64::from(steps) {
                 // Closer to the bound: the coarse read may still tell.
                 return s * 1000 + (w & 0xffff) < t || self.surely_before_coarse(t, None);
             }
@@ -435,7 +454,7 @@ impl EngineTime {
     /// engine time before 1970) reads as huge; either answer is then right,
     /// since every `t` is at least 0.
     #[cold]
-    fn surely_before_coarse(&self, t: u64, second: Option<(u64, u8)>) -> bool {
+    fn surely_before_coarse(&self, t: u64, second: Option<(u64, u16)>) -> bool {
         let (coarse, lag) = match self.system_lag {
             #[cfg(target_os = "linux")]
             Some(lag) => (coarse_ms(), lag),
@@ -480,20 +499,22 @@ impl EngineTime {
     /// time stays under `now_max + 1000 + lag + back` while its offset
     /// holds; where a wall check raises the offset to follow a forward
     /// step, engine time is the wall clock's then, under `(s + 1) × 1000 +
-    /// lag + back`. `back` ([`STEP_BACK_MS`]) covers the backward steps
-    /// not counted in `steps`: a leap second's. A bound more than 65 s
+    /// lag + back`. `back` ([`STEP_BACK_MS`]) covers one backward step
+    /// of up to a second not counted in `steps`; every other one must be
+    /// (the watcher counts every step the kernel reports). A bound more than 65 s
     /// past `s × 1000` (engine time ahead of the wall clock after a
     /// backward step) is not stored: the second's way is then not taken.
-    fn note_second(&self, s: u64, steps: u8, now_max: i64, lag: u64) {
-        if s >= 1 << 40 {
-            // Not a time of this era (a negative `time()` reads as huge).
+    fn note_second(&self, s: u64, steps: u16, now_max: i64, lag: u64) {
+        if s >= 1 << 32 {
+            // Past 2106, or a negative `time()` (which reads as huge): the
+            // coarse read answers.
             return;
         }
         let (s_ms, lag) = (s as i64 * 1000, lag as i64);
         let bound = (now_max + 1000 + lag).max(s_ms + 1000 + lag) + STEP_BACK_MS;
         let r = bound - s_ms;
         if (0..=0xffff).contains(&r) {
-            let w = s << 24 | u64::from(steps) << 16 | r as u64;
+            let w = s << 32 | u64::from(steps) << 16 | r as u64;
             self.second.store(w, Ordering::Relaxed);
         }
     }
@@ -648,13 +669,16 @@ mod tests {
         behind: AtomicU64,
         lag: u64,
         seconds: bool,
-        steps: std::sync::atomic::AtomicU8,
+        steps: std::sync::atomic::AtomicU16,
         coarse_reads: AtomicU64,
     }
     impl Coarse {
         fn new(behind: u64, lag: u64, seconds: bool) -> Arc<Self> {
+            Self::at(1_000_000, behind, lag, seconds)
+        }
+        fn at(wall_ms: u64, behind: u64, lag: u64, seconds: bool) -> Arc<Self> {
             Arc::new(Coarse {
-                c: ManualClock::new(1_000_000),
+                c: ManualClock::new(wall_ms),
                 behind: AtomicU64::new(behind),
                 lag,
                 seconds,
@@ -689,7 +713,7 @@ mod tests {
                 self.lag,
             )
         }
-        fn wall_seconds_coarse(&self) -> Option<(u64, u8)> {
+        fn wall_seconds_coarse(&self) -> Option<(u64, u16)> {
             let steps = self.steps.load(Ordering::SeqCst);
             let w = self.c.wall_ms();
             let s = w.saturating_sub(self.behind.load(Ordering::SeqCst)) / 1000;
@@ -698,8 +722,8 @@ mod tests {
     }
 
     /// A step of the wall clock in the proptest: none, forward (any size,
-    /// not counted), back within a second (a leap second's, not counted)
-    /// or back by more (counted).
+    /// not counted), or back (counted, as the watcher counts every step
+    /// the kernel reports), by under a second or by more.
     fn wall_step() -> impl proptest::strategy::Strategy<Value = i64> {
         use proptest::prelude::*;
         prop_oneof![
@@ -738,7 +762,7 @@ mod tests {
                 // The step first, then time: a step back and the time to
                 // come back to the same second can pass between two reads.
                 clock.c.jump_wall(step);
-                if step < -1_000 {
+                if step < 0 {
                     clock.count_step();
                 }
                 clock.c.advance(Duration::from_millis(advance));
@@ -810,6 +834,60 @@ mod tests {
             assert!(t.surely_before(1_010_000));
         }
         assert_eq!(clock.coarse_reads(), 10);
+    }
+
+    /// One uncounted step back of a second (a leap second the watcher
+    /// missed): the wall clock reads the stored second twice over, and the
+    /// bound still holds.
+    #[test]
+    fn the_second_bound_holds_across_one_uncounted_leap_second() {
+        let clock = Coarse::new(0, 4, true);
+        let t = EngineTime::new(clock.clone(), 0);
+        // Stored at the second's start: engine time under 1_002_008.
+        assert!(t.surely_before(1_100_000));
+        clock.c.advance(Duration::from_millis(999));
+        clock.c.jump_wall(-1_000);
+        clock.c.advance(Duration::from_millis(999));
+        // The wall clock reads second 1000 again; engine time is 1_001_998.
+        assert_eq!(clock.wall_seconds_coarse(), Some((1000, 0)));
+        let now = t.now_ms();
+        assert_eq!(now, 1_001_998);
+        assert!(!t.surely_before(now), "an entry expiring now is not fresh");
+        assert!(t.surely_before(1_002_009));
+    }
+
+    /// A forward step of the wall clock (not counted) that engine time
+    /// follows only after the bound was stored: the bound covers the wall
+    /// clock's second too, so it stays right for the time followed.
+    #[test]
+    fn the_second_bound_holds_across_a_forward_step_followed_later() {
+        let clock = Coarse::new(0, 4, true);
+        let t = EngineTime::new(clock.clone(), 0);
+        assert_eq!(t.now_ms(), 1_000_000);
+        clock.c.jump_wall(2_500);
+        clock.c.advance(Duration::from_millis(5));
+        // Answered by the coarse clock before the step is followed
+        // (engine time at most 1_000_009), stored for second 1002: the
+        // wall clock's term (1_003_004) is the larger.
+        assert!(t.surely_before(1_100_000));
+        assert_eq!(t.now_ms(), 1_002_505, "followed");
+        clock.c.advance(Duration::from_millis(490));
+        assert_eq!(clock.wall_seconds_coarse(), Some((1002, 0)));
+        let now = t.now_ms();
+        assert_eq!(now, 1_002_995);
+        assert!(!t.surely_before(now), "an entry expiring now is not fresh");
+        assert!(t.surely_before(1_004_005));
+    }
+
+    /// A reading of second 0 with no steps is not taken for a stored
+    /// word (the empty word is not 0).
+    #[test]
+    fn no_word_is_read_before_one_is_stored() {
+        let clock = Coarse::at(0, 0, 4, true);
+        let t = EngineTime::new(clock.clone(), 0);
+        clock.c.advance(Duration::from_millis(500));
+        assert_eq!(clock.wall_seconds_coarse(), Some((0, 0)));
+        assert!(!t.surely_before(100), "expired at 100, engine time 500");
     }
 
     #[test]
