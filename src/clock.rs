@@ -772,7 +772,7 @@ mod tests {
                 let probe = before + ahead;
                 let word = t.second.load(Ordering::SeqCst);
                 let word_says = clock.wall_seconds_coarse().is_some_and(|(s, n)| {
-                    word >> 16 == s << 8 | u64::from(n) && s * 1000 + (word & 0xffff) < probe
+                    word >> 16 == s << 16 | u64::from(n) && s * 1000 + (word & 0xffff) < probe
                 });
                 let offset = t.offset.load(Ordering::SeqCst);
                 let sure = t.surely_before(probe);
