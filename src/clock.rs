@@ -158,6 +158,17 @@ const STEP_BACK_MS: i64 = 1000;
 /// word's low 16 bits are at least 2000).
 const NO_SECOND: u64 = u64::MAX;
 
+/// What the second word `w` ([`EngineTime::note_second`] writes it) says
+/// about an entry expiring at `t`, for the second read `(s, steps)`:
+/// `None` when `w` is not that reading's word, else whether `t` is past
+/// its bound (the entry surely fresh).
+#[inline]
+fn word_says(w: u64, s: u64, steps: u16, t: u64) -> Option<bool> {
+    // A match means `s` is the stored second (below 2^32), short of a
+    // `time()` from 2^48 seconds on.
+    (w >> 16 == s << 16 | u64::from(steps)).then(|| s * 1000 + (w & 0xffff) < t)
+}
+
 /// Steps of the wall clock seen by the thread of [`watch_wall_steps`]
 /// (wrapping). Read before `time()`: a step between the two invalidates
 /// what is stored with the older count.
@@ -434,14 +445,11 @@ impl EngineTime {
             None if self.wall_every == 0 => return false,
             None => self.clock.wall_seconds_coarse(),
         };
-        if let Some((s, steps)) = second {
-            let w = self.second.load(Ordering::Relaxed);
-            // A match means `s` is the stored second (below 2^32), short
-            // of a `time()` from 2^48 seconds on.
-            if w >> 16 == s << 16 | u64::from(steps) {
-                // Closer to the bound: the coarse read may still tell.
-                return s * 1000 + (w & 0xffff) < t || self.surely_before_coarse(t, None);
-            }
+        if let Some((s, steps)) = second
+            && let Some(sure) = word_says(self.second.load(Ordering::Relaxed), s, steps, t)
+        {
+            // Closer to the bound: the coarse read may still tell.
+            return sure || self.surely_before_coarse(t, None);
         }
         self.surely_before_coarse(t, second)
     }
@@ -453,6 +461,10 @@ impl EngineTime {
     /// since some origin, far from overflowing. A negative `now_max` (an
     /// engine time before 1970) reads as huge; either answer is then right,
     /// since every `t` is at least 0.
+    ///
+    /// Cold: out of the hot get's way. A build where it was not ran gets
+    /// *without* TTLs ~20 % slower in W8 (a code-layout effect; see
+    /// docs/BENCHMARKS.md, W1).
     #[cold]
     fn surely_before_coarse(&self, t: u64, second: Option<(u64, u16)>) -> bool {
         let (coarse, lag) = match self.system_lag {
@@ -771,14 +783,15 @@ mod tests {
                 // the answer follows any forward step, the answer may not.
                 let probe = before + ahead;
                 let word = t.second.load(Ordering::SeqCst);
-                let word_says = clock.wall_seconds_coarse().is_some_and(|(s, n)| {
-                    word >> 16 == s << 16 | u64::from(n) && s * 1000 + (word & 0xffff) < probe
-                });
+                let by_word = clock
+                    .wall_seconds_coarse()
+                    .and_then(|(s, n)| word_says(word, s, n, probe))
+                    == Some(true);
                 let offset = t.offset.load(Ordering::SeqCst);
                 let sure = t.surely_before(probe);
                 let now = t.now_ms();
                 let followed = (t.offset.load(Ordering::SeqCst) - offset) as u64;
-                if word_says {
+                if by_word {
                     proptest::prop_assert!(sure);
                     proptest::prop_assert!(now < probe, "word: {} >= {}", now, probe);
                 } else {
