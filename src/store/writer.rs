@@ -179,6 +179,8 @@ pub(crate) struct Writer {
     /// Group-commit pacing (see `gather`): callers answered by the last
     /// commit, ops that were queued when it finished, and how long it took.
     pace: Pace,
+    /// The most waiting ops a group lingers for ([`linger_max_waiters`]).
+    linger_max: usize,
     /// Namespaces that may hold records of an old epoch → (the highest
     /// epoch known to be committed, resume key). Only the committed epoch
     /// may be used: one bumped in memory but lost in a crash would make the
@@ -260,6 +262,7 @@ impl Writer {
             last_maintenance: Instant::now(),
             last_snapshot: Instant::now(),
             pace: Pace::default(),
+            linger_max: linger_max_waiters(),
             evict_cursor: (String::new(), Vec::new()),
             purge: purge
                 .into_iter()
@@ -513,7 +516,7 @@ impl Writer {
     /// Woken callers need a few scheduler ticks to resubmit; without this,
     /// 16 `Sync` writers on 2 cores commit in alternating half groups.
     /// One writer alone never lingers: the expected count is then 1. It
-    /// waits for [`LINGER_MAX_WAITERS`] at most.
+    /// waits for [`linger_max_waiters`] at most.
     fn gather(&mut self, group: &mut Vec<Op>) {
         let limits = &self.shared.limits;
         let mut bytes: usize = group.iter().map(Op::bytes).sum();
@@ -542,7 +545,7 @@ impl Writer {
             let next = if urgent {
                 match self.rx.try_recv() {
                     Ok(op) => Some(op),
-                    Err(_) if waiting < (late + early.max(queued)).min(LINGER_MAX_WAITERS) => {
+                    Err(_) if waiting < (late + early.max(queued)).min(self.linger_max) => {
                         let until =
                             *linger.get_or_insert_with(|| Instant::now() + self.pace.linger());
                         self.rx.recv_deadline(until).ok()
@@ -1420,13 +1423,20 @@ impl Writer {
     }
 }
 
-/// The most waiting ops a group lingers for. Beyond this many the fsync
-/// is well shared, and the callers still on their way form the next group
-/// while this one commits instead of idling the writer and the disk: with
-/// 64 `Sync` writers on 2 cores, waiting for all of them took half of each
-/// commit cycle (W5 w5prof: 47 k → 57 k writes/s at 64 writers; 1, 4 and
-/// 16 writers unchanged).
-const LINGER_MAX_WAITERS: usize = 16;
+/// The most waiting ops a group lingers for: twice the cores. A woken
+/// caller needs a CPU to come back with its next write, so beyond about
+/// this many the stragglers return one after another, and waiting for
+/// them idles the disk; they form the next group while this one commits.
+/// With 64 `Sync` writers on 2 cores, waiting for all of them took half of
+/// each commit cycle (W5 w5prof: 47 k → 57 k writes/s with a cap of 16);
+/// with 16 writers a cap of 4 rather than 16 commits ~10 writes per fsync
+/// instead of ~14, at a higher rate (eight alternating pairs: 53.6 k
+/// against 49.9 k writes/s, median per-pair gain +7 %), and 4 and 64
+/// writers are unchanged; a cap of 2 loses at 4 writers.
+fn linger_max_waiters() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (2 * cores).max(4)
+}
 
 /// The most writes logged groups leave in one open transaction
 /// ([`Writer::defer`]).
