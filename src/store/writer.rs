@@ -516,8 +516,9 @@ impl Writer {
     /// Woken callers need a few scheduler ticks to resubmit; without this,
     /// 4 `Sync` writers on 2 cores commit 2.3–2.4 writes per fsync instead
     /// of 3.8–3.9, at 12.7–15.3 k instead of 15.5–18.1 k writes/s (w5prof,
-    /// three alternating runs, the session of `1b7d873`). One writer alone never lingers: the expected count is
-    /// then 1. It waits for [`linger_max_waiters`] at most.
+    /// three alternating runs, measured with `1b7d873`). One writer alone
+    /// never lingers: the expected count is then 1. It waits for
+    /// [`linger_max_waiters`] at most.
     fn gather(&mut self, group: &mut Vec<Op>) {
         let limits = &self.shared.limits;
         let mut bytes: usize = group.iter().map(Op::bytes).sum();
@@ -1424,16 +1425,18 @@ impl Writer {
     }
 }
 
-/// The most waiting ops a group lingers for: twice the cores. A woken
-/// caller needs a CPU to come back with its next write, so beyond about
-/// this many the stragglers return one after another, and waiting for
-/// them idles the disk; they form the next group while this one commits.
+/// The most waiting ops a group lingers for: twice the cores, at least 4.
+/// A woken caller needs a CPU to come back with its next write, so beyond
+/// about this many the stragglers return one after another, and waiting
+/// for them idles the disk; they form the next group while this one
+/// commits.
 /// With 64 `Sync` writers on 2 cores, waiting for all of them took half of
 /// each commit cycle (W5 w5prof: 47 k → 57 k writes/s with a cap of 16);
 /// with 16 writers a cap of 4 rather than 16 commits ~10 writes per fsync
 /// instead of ~14, at a higher rate (eight alternating pairs: 53.6 k
 /// against 49.9 k writes/s, median per-pair gain +7 %), and 4 and 64
-/// writers are unchanged; a cap of 2 loses at 4 writers.
+/// writers are unchanged; a cap of 2 (what 2 cores alone would give)
+/// loses at 4 writers.
 fn linger_max_waiters() -> usize {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     (2 * cores).max(4)
