@@ -88,7 +88,8 @@ fn mine() -> usize {
 }
 
 /// Takes a free stripe for the calling thread, to give back when it ends;
-/// `None` when all are owned (or the thread is ending).
+/// `None` when all are owned, or when the thread's [`Owner`] is already
+/// gone (late in its teardown) and could not give one back.
 fn claim() -> Option<usize> {
     let mut cur = OWNED.load(Relaxed);
     loop {
@@ -396,5 +397,44 @@ mod tests {
             "{owned} of {rounds} threads owned a stripe"
         );
         assert_eq!(c.read(), 3 * rounds as u64);
+    }
+
+    /// A bump from a thread-local's destructor that runs after the owner
+    /// guard's goes to a shared stripe, with `fetch_add`: the stripe it
+    /// owned may already be another thread's. (Thread-local destructors
+    /// run in the reverse order of their registration here; `LATE` is
+    /// registered before the first bump registers the guard.)
+    #[test]
+    fn bumps_after_the_give_back_use_a_shared_stripe() {
+        struct Late(std::cell::Cell<Option<std::sync::mpsc::Sender<usize>>>);
+        impl Drop for Late {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(mine());
+                }
+            }
+        }
+        thread_local! {
+            static LATE: Late = const { Late(std::cell::Cell::new(None)) };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let first = std::thread::spawn(move || {
+            LATE.with(|l| l.0.set(Some(tx)));
+            Striped::default().bump(1);
+            mine()
+        })
+        .join()
+        .expect("join");
+        let late = rx.recv().expect("the late destructor ran");
+        if first < STRIPES {
+            assert_eq!(
+                late,
+                STRIPES + first,
+                "owned {first}, bumped after the give-back"
+            );
+        } else {
+            // Every stripe was owned by other tests' threads: shared all along.
+            assert_eq!(late, first);
+        }
     }
 }
