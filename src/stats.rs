@@ -334,8 +334,9 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
 
-    /// The two tests that spawn threads run one at a time: the first
-    /// holds every stripe while it runs, which the second would see.
+    /// The two tests that count owned stripes run one at a time: the
+    /// first holds every stripe while it runs, which the second would
+    /// see. (The third takes either kind of stripe.)
     static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
     /// Far more threads than stripes, all bumping at once (four or five
