@@ -28,11 +28,20 @@
 //! `probe ttl3 KEYS GETS ROUNDS ROTATE` splits that cost: the system clock
 //! as the engine reads it, the same behind a `dyn Clock`, and a clock
 //! read in one load (see `ttl3`).
+//! `probe toyab KEYS GETS ROUNDS THREADS` times the engine and `layout`'s
+//! toy open table (`src/toy.rs`: no lock, namespace, clock or
+//! statistics) on the same keys and values in one process, rounds
+//! alternating: the engine's share of the toy's gets/s is a figure two
+//! builds of the engine can be compared by, where their rates alone
+//! would differ with the machine's drift.
 //! `probe w7 DIR RUNS [shuffled]` is W7's warm-up alone: it fills `DIR`
 //! with 1 M entries once, then reopens it RUNS times and prints each
 //! warm-up's time and CPU per entry; under callgrind
 //! (`callgrind_annotate --inclusive=yes`, `warm_chunk`) the instructions
 //! it takes.
+
+#[path = "../toy.rs"]
+mod toy;
 
 use bytes::Bytes;
 use rand::SeedableRng;
@@ -139,6 +148,46 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
 
 /// W1's order: one cache at a time, loaded alone (its allocations not
 /// interleaved with the other's), timed `rounds` times, then dropped.
+fn toyab(n: usize, ops: usize, rounds: usize, threads: usize) {
+    let (keys, values) = data(n);
+    let traces: Vec<Vec<u32>> = (0..threads as u64)
+        .map(|t| zipf(n, 0.99, ops, 100 + t))
+        .collect();
+    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+    let e = embercache::Cache::builder()
+        .in_memory()
+        .hot_capacity(cap)
+        .open()
+        .expect("open");
+    for (k, v) in keys.iter().zip(&values) {
+        e.set("w", k, v.clone()).expect("set");
+    }
+    e.flush().expect("flush");
+    let h = e.namespace("w").expect("namespace");
+    let o = toy::Open::new(&keys, &values);
+    let ge = |k: &[u8]| h.get(k).expect("get");
+    let gt = |k: &[u8]| o.get(k);
+    let (mut re, mut rt) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            re.push(rate(&ge, &keys, &traces));
+            rt.push(rate(&gt, &keys, &traces));
+        } else {
+            rt.push(rate(&gt, &keys, &traces));
+            re.push(rate(&ge, &keys, &traces));
+        }
+        println!("round {r}: engine {:.0} toy {:.0}", re[r], rt[r]);
+    }
+    let mut ratios: Vec<f64> = re.iter().zip(&rt).map(|(e, t)| e / t).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "engine / toy: median of per-round ratios {:.3} ({:.3}–{:.3})",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
+}
+
 fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool, threads: usize) {
     let (keys, values) = data(n);
     let traces: Vec<Vec<u32>> = (0..threads as u64)
@@ -502,6 +551,12 @@ fn main() {
         let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
         let (n, ops, threads) = (num(500_000), num(1_000_000), num(1));
         warm(n, ops, threads);
+        return;
+    }
+    if which == "toyab" {
+        let mut num = |d: usize| a.next().map_or(d, |s| s.parse().expect("number"));
+        let (n, ops, rounds, threads) = (num(1_000_000), num(2_000_000), num(6), num(1));
+        toyab(n, ops, rounds, threads);
         return;
     }
     if which == "seq" {
