@@ -32,7 +32,7 @@
 //! ## Memory
 //!
 //! The hot tier charges each entry `key.len() + value.len() + ENTRY_OVERHEAD`
-//! bytes ([`ENTRY_OVERHEAD`] = 224: the 96-byte table slot and its 4-byte
+//! bytes ([`ENTRY_OVERHEAD`] = 200: the 96-byte table slot and its 4-byte
 //! fingerprint with the table's empty slots, queue token, ghost
 //! fingerprint, value-buffer header, allocator headers and rounding;
 //! measured by tests/memory_bound.rs and the W4 benchmark; keys over 22

@@ -19,7 +19,7 @@
 //! ones).
 //!
 //! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot and its
-//! 4-byte fingerprint in the shard's table ([`super::table`], 2/3 to 3/4
+//! 4-byte fingerprint in the shard's table ([`super::table`], 7/10 to 9/10
 //! of its slots in use), keys of up to [`INLINE_KEY`] bytes inside the
 //! slot, an 8-byte queue token and a ghost of 32-bit fingerprints.
 
@@ -30,12 +30,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Bytes charged per entry on top of `key.len() + value.len()`. Where they
-/// go, for a key of up to 22 bytes, kept inside the slot (measured 185–230 B
-/// requested, 211–253 B with glibc's chunks): the 96-byte table slot (hash
+/// go, for a key of up to 22 bytes, kept inside the slot (measured 167–199 B
+/// requested, 193–223 B with glibc's chunks): the 96-byte table slot (hash
 /// fingerprint, namespace, key, value handle, expiry, epoch, version,
-/// frequency, queue, id) with the table's empty slots (2/3 to 3/4 of its
-/// home slots in use: 128–144 B a slot) and its 4-byte fingerprint in the
-/// table's probe array (5–6 B), the queue token (8 B, up
+/// frequency, queue, id) with the table's empty slots (7/10 to 9/10 of its
+/// home slots in use: 107–137 B a slot) and its 4-byte fingerprint in the
+/// table's probe array (4–6 B), the queue token (8 B, up
 /// to 2x while its ring grows), the ghost fingerprint a key may leave
 /// behind (4 B in the ring plus 5 B of table, with slack), and the value
 /// buffer's shared header (24 B; a `Bytes` the engine also hands to the
@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// buffer and that header. A longer key costs its own allocation on top
 /// (its length rounded up, 32 B at least). tests/memory_bound.rs holds the hot tier's real heap,
 /// measured with a counting allocator, to the formula within 10 %.
-pub const ENTRY_OVERHEAD: usize = 224;
+pub const ENTRY_OVERHEAD: usize = 200;
 
 const MAX_FREQ: u8 = 3;
 
