@@ -36,9 +36,10 @@ use super::s3fifo::Entry;
 /// The highest share of home slots in use before the table grows.
 ///
 /// At most 3/4 full, a hit scans about two fingerprints instead of about
-/// four, and W1 read ~10 % faster; but each entry then costs ~18 to 36 B
-/// more (W4 173 → 209 B), beyond the 5 % any workload may lose to win
-/// another. Tried in `6b41226`, not kept (docs/BENCHMARKS.md, W1).
+/// four: 3–10 % more gets/s in one process (`probe toyab`), a gain whole
+/// W1 runs cannot tell from their spread; but each entry then costs ~18
+/// to 36 B more (W4 173 → 209 B), beyond the 5 % any workload may lose
+/// to win another. Tried in `6b41226`, not kept (docs/BENCHMARKS.md, W1).
 const MAX_LOAD: (usize, usize) = (9, 10);
 
 /// Fewest home slots a table has.
