@@ -146,23 +146,30 @@ fn race(n: usize, ops: usize, rounds: usize, threads: usize) {
     );
 }
 
-/// W1's order: one cache at a time, loaded alone (its allocations not
-/// interleaved with the other's), timed `rounds` times, then dropped.
-fn toyab(n: usize, ops: usize, rounds: usize, threads: usize) {
-    let (keys, values) = data(n);
-    let traces: Vec<Vec<u32>> = (0..threads as u64)
-        .map(|t| zipf(n, 0.99, ops, 100 + t))
-        .collect();
-    let cap = n as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
+/// An in-memory cache holding every key in namespace `w`, all resident.
+fn loaded(keys: &[Vec<u8>], values: &[Bytes]) -> embercache::Cache {
+    let cap = keys.len() as u64 * embercache::charge_of(10, 100) as u64 * 5 / 4;
     let e = embercache::Cache::builder()
         .in_memory()
         .hot_capacity(cap)
         .open()
         .expect("open");
-    for (k, v) in keys.iter().zip(&values) {
+    for (k, v) in keys.iter().zip(values) {
         e.set("w", k, v.clone()).expect("set");
     }
     e.flush().expect("flush");
+    e
+}
+
+/// The engine against `layout`'s toy table (see the crate docs' `toyab`):
+/// the engine loaded first, then the toy from the same keys and `Bytes`,
+/// rounds alternating which runs first.
+fn toyab(n: usize, ops: usize, rounds: usize, threads: usize) {
+    let (keys, values) = data(n);
+    let traces: Vec<Vec<u32>> = (0..threads as u64)
+        .map(|t| zipf(n, 0.99, ops, 100 + t))
+        .collect();
+    let e = loaded(&keys, &values);
     let h = e.namespace("w").expect("namespace");
     let o = toy::Open::new(&keys, &values);
     let ge = |k: &[u8]| h.get(k).expect("get");
@@ -188,6 +195,8 @@ fn toyab(n: usize, ops: usize, rounds: usize, threads: usize) {
     );
 }
 
+/// W1's order: one cache at a time, loaded alone (its allocations not
+/// interleaved with the other's), timed `rounds` times, then dropped.
 fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool, threads: usize) {
     let (keys, values) = data(n);
     let traces: Vec<Vec<u32>> = (0..threads as u64)
@@ -199,15 +208,7 @@ fn seq(n: usize, ops: usize, rounds: usize, qc_first: bool, threads: usize) {
         v[v.len() / 2]
     };
     let ember = || {
-        let e = embercache::Cache::builder()
-            .in_memory()
-            .hot_capacity(cap)
-            .open()
-            .expect("open");
-        for (k, v) in keys.iter().zip(&values) {
-            e.set("w", k, v.clone()).expect("set");
-        }
-        e.flush().expect("flush");
+        let e = loaded(&keys, &values);
         let h = e.namespace("w").expect("namespace");
         let g = |k: &[u8]| h.get(k).expect("get");
         median((0..rounds).map(|_| rate(&g, &keys, &traces)).collect())
