@@ -334,9 +334,9 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
 
-    /// The two tests that count owned stripes run one at a time: the
-    /// first holds every stripe while it runs, which the second would
-    /// see. (The third takes either kind of stripe.)
+    /// The tests that need a stripe to own run one at a time: the first
+    /// holds every stripe while it runs, which the other two would see
+    /// (the third would then test only its shared-stripe branch).
     static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
     /// Far more threads than stripes, all bumping at once (four or five
@@ -418,6 +418,7 @@ mod tests {
         thread_local! {
             static LATE: Late = const { Late(std::cell::Cell::new(None)) };
         }
+        let _one = ONE_AT_A_TIME.lock();
         let (tx, rx) = std::sync::mpsc::channel();
         let first = std::thread::spawn(move || {
             LATE.with(|l| l.0.set(Some(tx)));
@@ -434,7 +435,8 @@ mod tests {
                 "owned {first}, bumped after the give-back"
             );
         } else {
-            // Every stripe was owned by other tests' threads: shared all along.
+            // Every stripe was owned by other tests' engine threads:
+            // shared all along.
             assert_eq!(late, first);
         }
     }
