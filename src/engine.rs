@@ -422,10 +422,11 @@ impl Shared {
         move |e: &Entry| self.ns.is_dead(e.ns, e.expires_at, e.epoch, now)
     }
 
-    fn hot_insert(&self, entry: Entry, now: u64) -> Insert {
+    fn hot_insert(&self, hash: u64, entry: Entry, now: u64) -> Insert {
         let dead = self.is_dead(now);
-        self.hot
-            .insert(entry, &dead, &mut |e, why| self.count_eviction(e, why, now))
+        self.hot.insert(hash, entry, &dead, &mut |e, why| {
+            self.count_eviction(e, why, now)
+        })
     }
 
     /// Counts an entry the hot tier evicted to make room.
@@ -582,8 +583,8 @@ impl Shared {
                     },
                 });
                 if ns.policy.hot_admission {
-                    let e = Entry::new(hash, ns.id, key, value.clone(), expires_at, epoch, version);
-                    self.hot_insert(e, now);
+                    let e = Entry::new(ns.id, key, value.clone(), expires_at, epoch, version);
+                    self.hot_insert(hash, e, now);
                 } else {
                     self.hot.remove(hash, ns.id, key, version);
                 }
@@ -807,16 +808,8 @@ impl Shared {
         if ns.policy.hot_admission {
             let p = self.pending.lock(hash);
             if self.commit_seq.load(Ordering::SeqCst) == seq && p.get(hash, ns.id, key).is_none() {
-                let e = Entry::new(
-                    hash,
-                    ns.id,
-                    key,
-                    value.clone(),
-                    h.expires_at,
-                    h.epoch,
-                    h.version,
-                );
-                self.hot_insert(e, at.now());
+                let e = Entry::new(ns.id, key, value.clone(), h.expires_at, h.epoch, h.version);
+                self.hot_insert(hash, e, at.now());
             }
         }
         Ok(Some(Found {
@@ -1371,7 +1364,6 @@ impl Shared {
                 // The value moves into the hot tier: unlike a `get`, the
                 // warm-up keeps no second handle on it.
                 let e = Entry::new(
-                    hash,
                     ns.id,
                     key,
                     Bytes::from(value),
@@ -1419,8 +1411,7 @@ impl Shared {
             let fills = group
                 .iter()
                 .filter_map(|&(_, i)| entries[i as usize].take())
-                .filter(|(h, e)| p.get(*h, e.ns, &e.key).is_none())
-                .map(|(_, e)| e);
+                .filter(|(h, e)| p.get(*h, e.ns, &e.key).is_none());
             self.hot.insert_batch(hash, fills, &dead, &mut on_evict);
         }
         entries.clear();
@@ -1593,8 +1584,8 @@ impl Shared {
             },
         });
         if ns.policy.hot_admission {
-            let e = Entry::new(hash, ns.id, key, value, h.expires_at, epoch, h.version);
-            self.hot_insert(e, now);
+            let e = Entry::new(ns.id, key, value, h.expires_at, epoch, h.version);
+            self.hot_insert(hash, e, now);
         }
         Some(found)
     }

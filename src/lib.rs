@@ -32,11 +32,11 @@
 //! ## Memory
 //!
 //! The hot tier charges each entry `key.len() + value.len() + ENTRY_OVERHEAD`
-//! bytes ([`ENTRY_OVERHEAD`] = 200: the 96-byte table slot and its 4-byte
+//! bytes ([`ENTRY_OVERHEAD`] = 200: the 80-byte table slot and its 4-byte
 //! fingerprint with the table's empty slots, queue token, ghost
 //! fingerprint, value-buffer header, allocator headers and rounding;
-//! measured by tests/memory_bound.rs and the W4 benchmark; keys over 22
-//! bytes also cost their own allocation) and never holds more
+//! measured by tests/memory_bound.rs and the W4 benchmark; keys over 14
+//! bytes also cost two allocations of their own) and never holds more
 //! than its capacity. Writes not yet committed are held once more until their
 //! commit (bounded by `Limits::queue_capacity`).
 //!

@@ -18,55 +18,59 @@
 //! tokens are skipped when popped (and compacted when they outnumber live
 //! ones).
 //!
-//! Memory per entry (see [`ENTRY_OVERHEAD`]): one 96-byte slot and its
-//! 4-byte fingerprint in the shard's table ([`super::table`], 7/10 to 9/10
+//! Memory per entry (see [`ENTRY_OVERHEAD`]): one 80-byte slot and its
+//! 4-byte fingerprint in the shard's table ([`super::table`], 2/3 to 3/4
 //! of its slots in use), keys of up to [`INLINE_KEY`] bytes inside the
 //! slot, an 8-byte queue token and a ghost of 32-bit fingerprints.
 
-use super::table::{Table, Token};
+use super::table::{Table, Token, VACANT};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Bytes charged per entry on top of `key.len() + value.len()`. Where they
-/// go, for a key of up to 22 bytes, kept inside the slot (measured 167–199 B
-/// requested, 193–223 B with glibc's chunks): the 96-byte table slot (hash
-/// fingerprint, namespace, key, value handle, expiry, epoch, version,
-/// frequency, queue, id) with the table's empty slots (7/10 to 9/10 of its
-/// home slots in use: 107–137 B a slot) and its 4-byte fingerprint in the
-/// table's probe array (4–6 B), the queue token (8 B, up
+/// go, for a key of up to 14 bytes, kept inside the slot (measured 168–206 B
+/// requested, 193–230 B with glibc's chunks): the 80-byte table slot
+/// (namespace, key, value handle, expiry, epoch, version, and frequency,
+/// queue and id in one word) with the table's empty slots (2/3 to 3/4 of
+/// its home slots in use: 107–120 B a slot) and its 4-byte fingerprint in
+/// the table's probe array (5–6 B), the queue token (8 B, up
 /// to 2x while its ring grows), the ghost fingerprint a key may leave
 /// behind (4 B in the ring plus 5 B of table, with slack), and the value
 /// buffer's shared header (24 B; a `Bytes` the engine also hands to the
 /// writer), plus glibc's 8-byte header and 16-byte rounding of the value
-/// buffer and that header. A longer key costs its own allocation on top
-/// (its length rounded up, 32 B at least). tests/memory_bound.rs holds the hot tier's real heap,
-/// measured with a counting allocator, to the formula within 10 %.
+/// buffer and that header. A longer key costs two allocations on top: its
+/// bytes (its length rounded up, 32 B at least) and the 16-byte box that
+/// points to them (a 32-byte chunk). tests/memory_bound.rs holds the hot
+/// tier's real heap, measured with a counting allocator, to the formula
+/// within 10 %.
 pub const ENTRY_OVERHEAD: usize = 200;
 
 const MAX_FREQ: u8 = 3;
 
 /// Keys up to this many bytes are stored inside the slot: no allocation,
 /// and no pointer to chase when a lookup compares keys.
-pub(crate) const INLINE_KEY: usize = 22;
+pub(crate) const INLINE_KEY: usize = 14;
 // `ENTRY_OVERHEAD`'s public doc states the number.
-const _: () = assert!(INLINE_KEY == 22);
+const _: () = assert!(INLINE_KEY == 14);
 
-/// Which FIFO an entry lives in.
+/// Which FIFO an entry lives in (two bits of [`Entry`]'s `meta`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
-    Small,
-    Main,
+    Small = 0,
+    Main = 1,
     /// Not an entry: an empty table slot.
-    Free,
+    Free = 2,
 }
 
-/// A key: inline when short, boxed otherwise.
+/// A key: inline when short, boxed otherwise. 16 bytes: the long form is
+/// a thin pointer to the boxed slice, so the short form keeps 14 bytes
+/// beside its length and the enum's tag.
 #[derive(Debug)]
 pub(crate) enum Key {
     Inline(u8, [u8; INLINE_KEY]),
-    Heap(Box<[u8]>),
+    Heap(Box<Box<[u8]>>),
 }
 
 impl Key {
@@ -76,7 +80,7 @@ impl Key {
             b[..key.len()].copy_from_slice(key);
             Key::Inline(key.len() as u8, b)
         } else {
-            Key::Heap(key.into())
+            Key::Heap(Box::new(key.into()))
         }
     }
 }
@@ -101,19 +105,19 @@ fn table_hash(h: u32) -> u64 {
 
 /// The 32 bits of a key's hash a shard keeps. Bits 32.. picked the shard,
 /// so they are the same for every key of a shard and would add nothing.
-/// Below [`Entry::VACANT`], the fingerprint of an empty table slot.
+/// Below [`VACANT`], the fingerprint of an empty table slot.
 #[inline]
-fn fingerprint(hash: u64) -> u32 {
-    (hash as u32).min(Entry::VACANT - 1)
+pub(super) fn fingerprint(hash: u64) -> u32 {
+    (hash as u32).min(VACANT - 1)
 }
 
 /// One cached value with everything needed to decide if it may be served.
+///
+/// 80 bytes. Its fingerprint is not here: the table keeps it in the probe
+/// array beside the slot ([`super::table`]), and the caller passes the
+/// key's hash beside an entry it inserts.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    /// Fingerprint of the key's hash (see [`fingerprint`]).
-    hash: u32,
-    /// Bits 32..48 of the key's hash: enough to find its shard again.
-    shard_bits: u16,
     pub ns: u32,
     pub value: Bytes,
     pub key: Key,
@@ -123,21 +127,23 @@ pub(crate) struct Entry {
     pub epoch: u64,
     /// Per-key write version; a lower version never replaces a higher one.
     pub version: u64,
-    freq: AtomicU8,
-    queue: Queue,
-    /// With the fingerprint, the entry's name in the queues ([`Token`]):
-    /// unique among the shard's live entries, so the token of an entry
-    /// that is gone finds nothing. (It fills what would be padding.)
-    id: u32,
+    /// The access frequency (bits 0–1, up to [`MAX_FREQ`]), the queue
+    /// (bits 2–3, a [`Queue`]) and the id (bits 4–31) in one word. The
+    /// id, with the fingerprint, is the entry's name in the queues
+    /// ([`Token`]): unique among the shard's live entries, so the token
+    /// of an entry that is gone finds nothing. A read hit under the shared
+    /// lock stores the word with its frequency bumped; the queue and the
+    /// id only change under the exclusive lock, so that store keeps them.
+    meta: AtomicU32,
 }
 
-impl Entry {
-    /// The fingerprint of an empty table slot: above every key's, so it
-    /// ends a probe (see [`super::table`]).
-    pub(super) const VACANT: u32 = u32::MAX;
+/// Ids are the top 28 bits of [`Entry`]'s `meta`.
+const ID_SHIFT: u32 = 4;
+const ID_MASK: u32 = u32::MAX >> ID_SHIFT;
+const FREQ_MASK: u32 = 0b11;
 
+impl Entry {
     pub(crate) fn new(
-        hash: u64,
         ns: u32,
         key: &[u8],
         value: Bytes,
@@ -146,73 +152,82 @@ impl Entry {
         version: u64,
     ) -> Self {
         Entry {
-            hash: fingerprint(hash),
-            shard_bits: (hash >> 32) as u16,
             ns,
             key: Key::new(key),
             value,
             expires_at,
             epoch,
             version,
-            freq: AtomicU8::new(0),
-            queue: Queue::Small,
-            id: 0,
+            meta: AtomicU32::new(Self::meta(0, Queue::Small, 0)),
         }
+    }
+
+    const fn meta(id: u32, queue: Queue, freq: u8) -> u32 {
+        (id << ID_SHIFT) | ((queue as u32) << 2) | freq as u32
     }
 
     /// An empty table slot.
     pub(super) fn vacant() -> Self {
         Entry {
-            hash: Self::VACANT,
-            shard_bits: 0,
             ns: 0,
             key: Key::Inline(0, [0; INLINE_KEY]),
             value: Bytes::new(),
             expires_at: 0,
             epoch: 0,
             version: 0,
-            freq: AtomicU8::new(0),
-            queue: Queue::Free,
-            id: 0,
+            meta: AtomicU32::new(Self::meta(0, Queue::Free, 0)),
         }
     }
 
     #[inline]
-    pub(super) fn is_free(&self) -> bool {
-        self.queue == Queue::Free
+    fn load(&self) -> u32 {
+        self.meta.load(Ordering::Relaxed)
     }
 
-    /// The fingerprint of the key's hash the table files it under.
+    fn queue(&self) -> Queue {
+        match (self.load() >> 2) & 0b11 {
+            0 => Queue::Small,
+            1 => Queue::Main,
+            _ => Queue::Free,
+        }
+    }
+
+    fn set_queue(&mut self, q: Queue) {
+        let m = self.meta.get_mut();
+        *m = (*m & !0b1100) | ((q as u32) << 2);
+    }
+
     #[inline]
-    pub(super) fn fingerprint(&self) -> u32 {
-        self.hash
+    pub(super) fn is_free(&self) -> bool {
+        self.queue() == Queue::Free
     }
 
     pub(super) fn id(&self) -> u32 {
-        self.id
+        self.load() >> ID_SHIFT
     }
 
-    #[cfg(test)]
     pub(super) fn set_id(&mut self, id: u32) {
-        self.id = id;
+        let m = self.meta.get_mut();
+        *m = (*m & !(ID_MASK << ID_SHIFT)) | ((id & ID_MASK) << ID_SHIFT);
     }
 
-    /// The entry's name in the queues.
-    fn token(&self) -> Token {
-        (self.hash, self.id)
+    fn freq(&self) -> u8 {
+        (self.load() & FREQ_MASK) as u8
+    }
+
+    /// Sets the frequency (under the exclusive lock, or from the eviction
+    /// loop that owns the shard).
+    fn set_freq(&self, f: u8) {
+        let m = self.load();
+        self.meta
+            .store((m & !FREQ_MASK) | u32::from(f), Ordering::Relaxed);
     }
 
     /// Marks an entry that was hot before a restart: it is admitted straight
     /// to the main queue, so the warm-up does not push itself out of small.
     pub(crate) fn into_main(mut self) -> Self {
-        self.queue = Queue::Main;
+        self.set_queue(Queue::Main);
         self
-    }
-
-    /// A hash that picks the same shard as the key's full hash (shards
-    /// are picked by bits 32.., at most 16 of them).
-    pub(crate) fn shard_hash(&self) -> u64 {
-        u64::from(self.shard_bits) << 32
     }
 
     /// Bytes charged against the capacity.
@@ -223,17 +238,20 @@ impl Entry {
     /// Counts an access (the frequency saturates at [`MAX_FREQ`]).
     #[inline]
     pub(crate) fn touch(&self) {
-        let f = self.freq.load(Ordering::Relaxed);
-        if f < MAX_FREQ {
+        let m = self.load();
+        if m & FREQ_MASK < u32::from(MAX_FREQ) {
             // A lost update under contention only under-counts; harmless.
-            self.freq.store(f + 1, Ordering::Relaxed);
+            // Readers store the queue and id bits they loaded, which only
+            // an exclusive lock holder changes.
+            self.meta.store(m + 1, Ordering::Relaxed);
         }
     }
 
+    /// The table has matched the fingerprint; this checks the rest.
     #[inline]
-    fn is(&self, hash: u32, ns: u32, key: &[u8]) -> bool {
+    fn is(&self, ns: u32, key: &[u8]) -> bool {
         // The table never compares an empty slot.
-        self.hash == hash && self.ns == ns && super::bytes_eq(&self.key, key)
+        self.ns == ns && super::bytes_eq(&self.key, key)
     }
 }
 
@@ -394,8 +412,7 @@ impl Shard {
 
     #[inline]
     fn find(&self, hash: u64, ns: u32, key: &[u8]) -> Option<usize> {
-        let h = fingerprint(hash);
-        self.table.find(h, |e| e.is(h, ns, key))
+        self.table.find(fingerprint(hash), |e| e.is(ns, key))
     }
 
     /// Looks a key up and counts the access. Takes `&self`: the frequency is
@@ -410,8 +427,7 @@ impl Shard {
     /// Looks a key up without counting an access.
     #[inline]
     pub(crate) fn peek(&self, hash: u64, ns: u32, key: &[u8]) -> Option<&Entry> {
-        let h = fingerprint(hash);
-        self.table.find_ref(h, |e| e.is(h, ns, key))
+        self.table.find_ref(fingerprint(hash), |e| e.is(ns, key))
     }
 
     /// The version of a key's entry, without counting an access (the
@@ -426,14 +442,16 @@ impl Shard {
     /// the head of a queue is expired or of an old epoch (evicted at once).
     pub(crate) fn insert(
         &mut self,
+        hash: u64,
         mut entry: Entry,
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) -> Insert {
+        let h = fingerprint(hash);
         let charge = entry.charge();
         if charge > self.capacity {
             // Drop any older copy so a read cannot see it.
-            if let Some(i) = self.find_entry(&entry)
+            if let Some(i) = self.find_entry(h, &entry)
                 && self.table.get(i).version <= entry.version
             {
                 self.take_slot(i);
@@ -441,7 +459,7 @@ impl Shard {
             }
             return Insert::TooLarge;
         }
-        if let Some(i) = self.find_entry(&entry) {
+        if let Some(i) = self.find_entry(h, &entry) {
             let slot = self.table.get_mut(i);
             if slot.version > entry.version {
                 return Insert::Stale;
@@ -451,23 +469,23 @@ impl Shard {
             slot.expires_at = entry.expires_at;
             slot.epoch = entry.epoch;
             slot.version = entry.version;
-            let q = slot.queue;
+            let q = slot.queue();
             self.used = self.used - old_charge + charge;
             if q == Queue::Small {
                 self.small_used = self.small_used - old_charge + charge;
             }
         } else {
-            if self.ghost.remove(entry.hash) {
-                entry.queue = Queue::Main;
+            if self.ghost.remove(h) {
+                entry.set_queue(Queue::Main);
             }
-            let queue = entry.queue;
-            // Ids are unique among live entries unless 2^32 inserts pass
+            let queue = entry.queue();
+            // Ids are unique among live entries unless 2^28 inserts pass
             // while one stays; a token can then name another entry of the
             // same fingerprint, which only ages that entry early.
-            entry.id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1);
-            let token = entry.token();
-            self.table.insert(entry);
+            entry.set_id(self.next_id);
+            self.next_id = self.next_id.wrapping_add(1) & ID_MASK;
+            let token = (h, entry.id());
+            self.table.insert(h, entry);
             self.used += charge;
             match queue {
                 Queue::Small => {
@@ -481,8 +499,8 @@ impl Shard {
         Insert::Stored
     }
 
-    fn find_entry(&self, e: &Entry) -> Option<usize> {
-        self.table.find(e.hash, |x| x.is(e.hash, e.ns, &e.key))
+    fn find_entry(&self, h: u32, e: &Entry) -> Option<usize> {
+        self.table.find(h, |x| x.is(e.ns, &e.key))
     }
 
     /// Removes a key if its stored version is not newer than `version`.
@@ -506,7 +524,7 @@ impl Shard {
         let e = self.table.remove(i);
         let charge = e.charge();
         self.used -= charge;
-        if e.queue == Queue::Small {
+        if e.queue() == Queue::Small {
             self.small_used -= charge;
         }
         e
@@ -541,16 +559,16 @@ impl Shard {
                 on_evict(&e, Evicted::Dead);
                 return;
             }
-            if e.freq.load(Ordering::Relaxed) > 0 {
+            if e.freq() > 0 {
                 // Seen again while in small: promote to main.
-                e.freq.store(0, Ordering::Relaxed);
-                e.queue = Queue::Main;
+                e.set_freq(0);
+                e.set_queue(Queue::Main);
                 self.small_used -= e.charge();
                 self.main.push_back(token);
                 return;
             }
             let e = self.take_slot(i);
-            self.ghost_push(e.hash);
+            self.ghost_push(token.0);
             on_evict(&e, Evicted::Capacity);
             return;
         }
@@ -573,9 +591,9 @@ impl Shard {
                 on_evict(&e, Evicted::Dead);
                 return;
             }
-            let f = e.freq.load(Ordering::Relaxed);
+            let f = e.freq();
             if f > 0 {
-                e.freq.store(f - 1, Ordering::Relaxed);
+                e.set_freq(f - 1);
                 self.main.push_back(token);
                 continue;
             }
@@ -616,11 +634,7 @@ impl Shard {
             for &t in q.iter() {
                 if let Some(i) = self.table.find_token(t) {
                     let e = self.table.get(i);
-                    out.push((
-                        rank_base + e.freq.load(Ordering::Relaxed),
-                        e.ns,
-                        Box::from(&*e.key),
-                    ));
+                    out.push((rank_base + e.freq(), e.ns, Box::from(&*e.key)));
                 }
             }
         }
@@ -633,15 +647,15 @@ impl Shard {
         let mut used = 0;
         let mut small_used = 0;
         let mut ids = std::collections::HashSet::new();
-        for (i, e) in self.table.iter() {
+        for (i, h, e) in self.table.iter() {
             used += e.charge();
-            if e.queue == Queue::Small {
+            if e.queue() == Queue::Small {
                 small_used += e.charge();
             }
-            assert_eq!(self.find_entry(e), Some(i), "the key finds its entry");
-            assert!(ids.insert(e.id), "ids unique among live entries");
-            let token = e.token();
-            let (q, other) = match e.queue {
+            assert_eq!(self.find_entry(h, e), Some(i), "the key finds its entry");
+            assert!(ids.insert(e.id()), "ids unique among live entries");
+            let token = (h, e.id());
+            let (q, other) = match e.queue() {
                 Queue::Small => (&self.small, &self.main),
                 _ => (&self.main, &self.small),
             };
@@ -651,7 +665,7 @@ impl Shard {
                 "entry queued exactly once"
             );
             assert!(!other.contains(&token), "entry in one queue only");
-            assert!(e.freq.load(Ordering::Relaxed) <= MAX_FREQ);
+            assert!(e.freq() <= MAX_FREQ);
         }
         self.table.validate();
         assert_eq!(used, self.used, "byte count");
@@ -665,9 +679,12 @@ impl Shard {
 mod tests {
     use super::*;
 
+    fn hk(k: u64) -> u64 {
+        k.wrapping_mul(0x9E3779B97F4A7C15)
+    }
+
     fn e(k: u64, v: usize) -> Entry {
         Entry::new(
-            k.wrapping_mul(0x9E3779B97F4A7C15),
             0,
             &k.to_le_bytes(),
             Bytes::from(vec![0u8; v]),
@@ -678,45 +695,53 @@ mod tests {
     }
 
     fn ins(s: &mut Shard, k: u64) {
-        s.insert(e(k, 40), &|_| false, &mut |_, _| {});
+        s.insert(hk(k), e(k, 40), &|_| false, &mut |_, _| {});
         s.validate();
     }
 
     fn hit(s: &Shard, k: u64) -> bool {
-        s.get(k.wrapping_mul(0x9E3779B97F4A7C15), 0, &k.to_le_bytes())
-            .is_some()
+        s.get(hk(k), 0, &k.to_le_bytes()).is_some()
     }
 
     #[test]
     fn entry_layout() {
-        // ENTRY_OVERHEAD's breakdown counts a 96-byte slot and a 24-byte key.
-        assert_eq!(std::mem::size_of::<Key>(), 24);
-        assert_eq!(std::mem::size_of::<Entry>(), 96);
+        // ENTRY_OVERHEAD's breakdown counts an 80-byte slot and a 16-byte key.
+        assert_eq!(std::mem::size_of::<Key>(), 16);
+        assert_eq!(std::mem::size_of::<Entry>(), 80);
+    }
+
+    #[test]
+    fn frequency_queue_and_id_share_a_word_without_clobbering() {
+        let mut x = e(1, 8);
+        x.set_id(ID_MASK);
+        x.set_queue(Queue::Main);
+        for _ in 0..5 {
+            x.touch();
+        }
+        assert_eq!(x.freq(), MAX_FREQ, "saturates");
+        assert_eq!((x.id(), x.queue()), (ID_MASK, Queue::Main));
+        x.set_freq(1);
+        x.set_id(7);
+        assert_eq!((x.freq(), x.id(), x.queue()), (1, 7, Queue::Main));
+        x.set_queue(Queue::Small);
+        assert_eq!((x.freq(), x.id(), x.queue()), (1, 7, Queue::Small));
+        assert!(!x.is_free() && Entry::vacant().is_free());
     }
 
     #[test]
     fn long_keys_and_ghost_round_trip() {
         let mut s = Shard::new(charge_of(40, 8) * 4);
         let key = |k: u64| format!("{k:040}").into_bytes();
-        let h = |k: u64| k.wrapping_mul(0x9E3779B97F4A7C15);
+        let h = hk;
         for k in 0..20 {
-            let e = Entry::new(
-                h(k),
-                0,
-                &key(k),
-                Bytes::from_static(b"12345678"),
-                u64::MAX,
-                0,
-                k,
-            );
-            s.insert(e, &|_| false, &mut |_, _| {});
+            let e = Entry::new(0, &key(k), Bytes::from_static(b"12345678"), u64::MAX, 0, k);
+            s.insert(h(k), e, &|_| false, &mut |_, _| {});
             s.validate();
         }
         assert!(s.get(h(19), 0, &key(19)).is_some());
         assert!(s.get(h(0), 0, &key(0)).is_none());
         // Key 0 left through small unread: back in, it goes to main.
         let e = Entry::new(
-            h(0),
             0,
             &key(0),
             Bytes::from_static(b"12345678"),
@@ -724,10 +749,10 @@ mod tests {
             0,
             100,
         );
-        s.insert(e, &|_| false, &mut |_, _| {});
+        s.insert(h(0), e, &|_| false, &mut |_, _| {});
         s.validate();
         let i = s.find(h(0), 0, &key(0)).expect("inserted");
-        assert_eq!(s.table.get(i).queue, Queue::Main);
+        assert_eq!(s.table.get(i).queue(), Queue::Main);
     }
 
     #[test]
@@ -767,11 +792,14 @@ mod tests {
         let mut s = Shard::new(10_000);
         let mut a = e(1, 10);
         a.version = 5;
-        s.insert(a, &|_| false, &mut |_, _| {});
+        s.insert(hk(1), a, &|_| false, &mut |_, _| {});
         let mut b = e(1, 20);
         b.version = 4;
-        assert_eq!(s.insert(b, &|_| false, &mut |_, _| {}), Insert::Stale);
-        let h = 1u64.wrapping_mul(0x9E3779B97F4A7C15);
+        assert_eq!(
+            s.insert(hk(1), b, &|_| false, &mut |_, _| {}),
+            Insert::Stale
+        );
+        let h = hk(1);
         assert!(!s.remove(h, 0, &1u64.to_le_bytes(), 3));
         assert!(s.remove(h, 0, &1u64.to_le_bytes(), 5));
         s.validate();
@@ -781,13 +809,8 @@ mod tests {
     fn delete_churn_does_not_grow_queues() {
         let mut s = Shard::new(1 << 30);
         for k in 0..100_000u64 {
-            s.insert(e(k, 1), &|_| false, &mut |_, _| {});
-            s.remove(
-                k.wrapping_mul(0x9E3779B97F4A7C15),
-                0,
-                &k.to_le_bytes(),
-                u64::MAX,
-            );
+            s.insert(hk(k), e(k, 1), &|_| false, &mut |_, _| {});
+            s.remove(hk(k), 0, &k.to_le_bytes(), u64::MAX);
         }
         s.validate();
         assert!(s.small.len() + s.main.len() < 200);
@@ -801,7 +824,7 @@ mod tests {
             hit(&s, k);
         }
         let mut dead = 0;
-        s.insert(e(99, 40), &|x| x.version == 0, &mut |_, why| {
+        s.insert(hk(99), e(99, 40), &|x| x.version == 0, &mut |_, why| {
             if why == Evicted::Dead {
                 dead += 1
             }

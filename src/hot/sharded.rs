@@ -103,30 +103,33 @@ impl HotTier {
         self.shard(hash).read().version_of(hash, ns, key)
     }
 
+    /// Inserts `entry`, whose key hashes to `hash`.
     pub(crate) fn insert(
         &self,
+        hash: u64,
         entry: Entry,
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) -> Insert {
-        self.shard(entry.shard_hash())
+        self.shard(hash)
             .write()
-            .insert(entry, is_dead, on_evict)
+            .insert(hash, entry, is_dead, on_evict)
     }
 
-    /// Inserts entries of the shard of `hash` under one write lock (the
-    /// warm-up fills a shard's share of a chunk at once).
+    /// Inserts entries, each with its key's hash, of the shard of `hash`
+    /// under one write lock (the warm-up fills a shard's share of a chunk
+    /// at once).
     pub(crate) fn insert_batch(
         &self,
         hash: u64,
-        entries: impl Iterator<Item = Entry>,
+        entries: impl Iterator<Item = (u64, Entry)>,
         is_dead: &dyn Fn(&Entry) -> bool,
         on_evict: &mut dyn FnMut(&Entry, Evicted),
     ) {
         let mut shard = self.shard(hash).write();
-        for e in entries {
-            debug_assert_eq!(self.shard_index(e.shard_hash()), self.shard_index(hash));
-            shard.insert(e, is_dead, on_evict);
+        for (h, e) in entries {
+            debug_assert_eq!(self.shard_index(h), self.shard_index(hash));
+            shard.insert(h, e, is_dead, on_evict);
         }
     }
 

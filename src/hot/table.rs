@@ -7,8 +7,8 @@
 //! before the value's reference count: the index chunk, then the entry.
 //! Here slot `i`'s fingerprint is `fps[i]` and its entry `slots[i]`: the
 //! index of the one gives the address of the other, no pointer to follow.
-//! Probing the 96-byte entries themselves (the first version) read about
-//! four of them per hit at this table's load, a cache line or two each;
+//! Probing the 96-byte entries themselves (the first version, at most 9/10
+//! full) read about four of them per hit, a cache line or two each;
 //! sixteen fingerprints share a line. `benches/peers/src/bin/layout.rs`
 //! compares the table with the slab shape at W1's size.
 //!
@@ -18,8 +18,8 @@
 //! whole table is sorted by fingerprint and a lookup stops at the first
 //! entry with a larger one (or at an empty slot, whose fingerprint is
 //! larger than any key's). Each probe step is one 4-byte load and one compare,
-//! and a miss costs about what a hit does, at the high load a memory-bound
-//! cache wants ([`MAX_LOAD`]). An insert shifts the rest of its run on by
+//! and a miss costs about what a hit does ([`MAX_LOAD`] says why the table
+//! is kept at most 3/4 full). An insert shifts the rest of its run on by
 //! one slot; a removal shifts the entries after it that are not at home
 //! back by one (no tombstones). Entries therefore move: the eviction
 //! queues name an entry by its fingerprint and a per-entry id ([`Token`]),
@@ -28,19 +28,24 @@
 //! Probes never wrap: [`TAIL`] or more slots after the last home slot take
 //! the run that spills past it, and the last slot is always empty, which
 //! ends every probe. The table has any number of home slots: it grows by
-//! an eighth at a time, so 7/10 to 9/10 of them are in use while it
+//! an eighth at a time, so 2/3 to 3/4 of them are in use while it
 //! grows, and shrinks to 7/10 when removals leave it under 3/10.
 
 use super::s3fifo::Entry;
 
+/// The fingerprint of an empty slot: above every key's, so it ends a
+/// probe.
+pub(super) const VACANT: u32 = u32::MAX;
+
 /// The highest share of home slots in use before the table grows.
 ///
 /// At most 3/4 full, a hit scans about two fingerprints instead of about
-/// four: 3–10 % more gets/s in one process (`probe toyab`), a gain whole
-/// W1 runs cannot tell from their spread; but each entry then costs ~18
-/// to 36 B more (W4 173 → 209 B), beyond the 5 % any workload may lose
-/// to win another. Tried in `6b41226`, not kept (docs/BENCHMARKS.md, W1).
-const MAX_LOAD: (usize, usize) = (9, 10);
+/// four at 9/10 (`probe toyab`: 3–10 % more gets/s in one process). With
+/// the 96-byte entries of before, that cost ~18 to 36 B more an entry (W4
+/// 173 → 209 B in `6b41226`, not kept); the entry is 80 bytes since, so
+/// 80 B at 2/3 to 3/4 costs what 96 B did at 8/10 to 9/10
+/// (docs/BENCHMARKS.md, W1 and W4).
+const MAX_LOAD: (usize, usize) = (3, 4);
 
 /// Fewest home slots a table has.
 const MIN_SLOTS: usize = 8;
@@ -56,7 +61,8 @@ pub(crate) type Token = (u32, u32);
 pub(crate) struct Table {
     /// The fingerprint of each slot's entry, slot by slot: a probe scans
     /// these, sixteen to a cache line, and loads only the entry it stops
-    /// at. An empty slot's ([`Entry::VACANT`]) is above every key's.
+    /// at. An empty slot's ([`VACANT`]) is above every key's. The entries
+    /// do not repeat their fingerprints: this array is the only copy.
     fps: Box<[u32]>,
     /// `homes` home slots and at least [`TAIL`] more, the last one empty.
     /// Empty slots hold a vacant entry.
@@ -68,7 +74,7 @@ pub(crate) struct Table {
 impl Default for Table {
     fn default() -> Self {
         Table {
-            fps: vec![Entry::VACANT; MIN_SLOTS + TAIL].into(),
+            fps: vec![VACANT; MIN_SLOTS + TAIL].into(),
             slots: vacant(MIN_SLOTS + TAIL),
             homes: MIN_SLOTS,
             len: 0,
@@ -119,7 +125,7 @@ impl Table {
         mut is: impl FnMut(&Entry) -> bool,
         found: impl FnOnce(usize, &'a Entry) -> T,
     ) -> Option<T> {
-        debug_assert!(h < Entry::VACANT);
+        debug_assert!(h < VACANT);
         let mut i = home(h, self.homes);
         loop {
             // Stops in bounds: the last slot is empty.
@@ -150,19 +156,20 @@ impl Table {
         &mut self.slots[i]
     }
 
-    /// Files `entry`, whose key the caller knows is not in the table.
-    pub(crate) fn insert(&mut self, entry: Entry) {
-        debug_assert!(!entry.is_free());
+    /// Files `entry` under fingerprint `h`; the caller knows its key is
+    /// not in the table.
+    pub(crate) fn insert(&mut self, h: u32, entry: Entry) {
+        debug_assert!(!entry.is_free() && h < VACANT);
         if (self.len + 1) * MAX_LOAD.1 > self.homes * MAX_LOAD.0 {
-            self.rebuild(self.homes + self.homes / 8, Some(entry));
-        } else if let Err(entry) = self.place(entry) {
+            self.rebuild(self.homes + self.homes / 8, Some((h, entry)));
+        } else if let Err(entry) = self.place(h, entry) {
             // Its run would fill the last slot: a longer tail.
-            self.rebuild(self.homes, Some(entry));
+            self.rebuild(self.homes, Some((h, entry)));
         }
         self.len += 1;
     }
 
-    /// Makes room for `n` entries in all at up to 9/10 of the home slots,
+    /// Makes room for `n` entries in all at up to [`MAX_LOAD`],
     /// so that filling the table to `n` moves each entry about once
     /// instead of the nine times growing an eighth at a time takes (the
     /// warm-up knows how many keys it will load). [`Table::fit`] gives back
@@ -174,10 +181,12 @@ impl Table {
         }
     }
 
-    /// Shrinks a table under 7/10 full to 9/10, the least memory the
-    /// formula allows (after a reservation that was not filled).
+    /// Shrinks a table under 13/20 full to [`MAX_LOAD`], the least memory
+    /// the formula allows (after a reservation that was not filled). A
+    /// table grown an eighth at a time stays above 2/3, so it is left as
+    /// it is.
     pub(crate) fn fit(&mut self) {
-        self.shrink((7, 10), MAX_LOAD);
+        self.shrink((13, 20), MAX_LOAD);
     }
 
     /// Refiles the entries `to` full (a share) when fewer than `below` of
@@ -190,8 +199,7 @@ impl Table {
 
     /// Puts a live entry in fingerprint order, shifting the rest of its
     /// run on by one; gives it back when that would fill the last slot.
-    fn place(&mut self, entry: Entry) -> Result<(), Entry> {
-        let h = entry.fingerprint();
+    fn place(&mut self, h: u32, entry: Entry) -> Result<(), Entry> {
         let mut i = home(h, self.homes);
         // Past the entries with no larger fingerprint; an empty slot's is
         // larger than any, and the last slot is empty.
@@ -199,7 +207,7 @@ impl Table {
             i += 1;
         }
         let last = self.slots.len() - 1;
-        let Some(end) = (i..last).find(|&j| self.fps[j] == Entry::VACANT) else {
+        let Some(end) = (i..last).find(|&j| self.fps[j] == VACANT) else {
             return Err(entry);
         };
         // The empty slot at `end` comes round to `i`.
@@ -215,10 +223,10 @@ impl Table {
     pub(crate) fn remove(&mut self, i: usize) -> Entry {
         let out = std::mem::replace(&mut self.slots[i], Entry::vacant());
         debug_assert!(!out.is_free(), "a live slot");
-        self.fps[i] = Entry::VACANT;
+        self.fps[i] = VACANT;
         self.len -= 1;
         let mut end = i + 1;
-        while self.fps[end] != Entry::VACANT && home(self.fps[end], self.homes) < end {
+        while self.fps[end] != VACANT && home(self.fps[end], self.homes) < end {
             end += 1;
         }
         // Slots i+1..end move back one; the empty slot goes to end-1.
@@ -232,39 +240,43 @@ impl Table {
     /// Refiles every entry, and `extra`, among `homes` home slots (at
     /// least [`MIN_SLOTS`] and more than the entries), with a tail long
     /// enough for the last run and an empty last slot.
-    fn rebuild(&mut self, homes: usize, extra: Option<Entry>) {
+    fn rebuild(&mut self, homes: usize, extra: Option<(u32, Entry)>) {
         // The table is in fingerprint order already; `extra` goes in after
         // the entries with no larger fingerprint, as `place` puts it.
-        let mut entries: Vec<Entry> = std::mem::take(&mut self.slots)
-            .into_vec()
-            .into_iter()
-            .filter(|e| !e.is_free())
+        let fps = std::mem::take(&mut self.fps);
+        let mut entries: Vec<(u32, Entry)> = fps
+            .iter()
+            .copied()
+            .zip(std::mem::take(&mut self.slots).into_vec())
+            .filter(|&(h, _)| h != VACANT)
             .collect();
-        if let Some(e) = extra {
-            let at = entries.partition_point(|x| x.fingerprint() <= e.fingerprint());
-            entries.insert(at, e);
+        if let Some((h, e)) = extra {
+            let at = entries.partition_point(|&(x, _)| x <= h);
+            entries.insert(at, (h, e));
         }
-        debug_assert!(entries.is_sorted_by_key(Entry::fingerprint));
+        debug_assert!(entries.is_sorted_by_key(|&(h, _)| h));
         let homes = homes.max(MIN_SLOTS).max(entries.len() + 1);
         // Each entry goes to its home or just after the one before it.
-        let slot = |next: usize, e: &Entry| next.max(home(e.fingerprint(), homes));
-        let end = entries.iter().fold(0, |next, e| slot(next, e) + 1);
+        let slot = |next: usize, h: u32| next.max(home(h, homes));
+        let end = entries.iter().fold(0, |next, &(h, _)| slot(next, h) + 1);
         self.slots = vacant((homes + TAIL).max(end + 1));
-        self.fps = vec![Entry::VACANT; self.slots.len()].into();
+        self.fps = vec![VACANT; self.slots.len()].into();
         self.homes = homes;
         let mut next = 0;
-        for e in entries {
-            let at = slot(next, &e);
-            self.fps[at] = e.fingerprint();
+        for (h, e) in entries {
+            let at = slot(next, h);
+            self.fps[at] = h;
             self.slots[at] = e;
             next = at + 1;
         }
     }
 
-    /// Live entries with their slots, in slot order.
+    /// Live entries with their slots and fingerprints, in slot order.
     #[cfg(any(test, feature = "validate"))]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> {
-        self.slots.iter().enumerate().filter(|(_, e)| !e.is_free())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, u32, &Entry)> {
+        (self.fps.iter().zip(self.slots.iter()).enumerate())
+            .filter(|&(_, (&h, _))| h != VACANT)
+            .map(|(i, (&h, e))| (i, h, e))
     }
 
     /// Checks the table's invariants; panics on the first violation.
@@ -278,25 +290,24 @@ impl Table {
         assert_eq!(self.iter().count(), self.len, "live slots counted");
         assert_eq!(self.fps.len(), self.slots.len(), "a fingerprint a slot");
         for (i, e) in self.slots.iter().enumerate() {
-            assert_eq!(self.fps[i], e.fingerprint(), "fingerprint of slot {i}");
+            assert_eq!(
+                self.fps[i] == VACANT,
+                e.is_free(),
+                "slot {i} is empty just when its fingerprint says so"
+            );
         }
         assert!(
-            self.slots.last().is_some_and(Entry::is_free),
+            self.fps.last() == Some(&VACANT),
             "an empty slot ends the last run"
         );
         let mut prev = 0;
-        for (i, e) in self.iter() {
-            let f = e.fingerprint();
-            assert!(
-                f < Entry::VACANT,
-                "a key's fingerprint is below an empty slot's"
-            );
+        for (i, f, e) in self.iter() {
             assert!(f >= prev, "fingerprint order at slot {i}");
             prev = f;
             let h = home(f, self.homes);
             assert!(h <= i, "slot {i} is at or after its home {h}");
             assert!(
-                (h..i).all(|j| !self.slots[j].is_free()),
+                (h..i).all(|j| self.fps[j] != VACANT),
                 "no empty slot between slot {i} and its home {h}"
             );
             assert_eq!(
@@ -313,16 +324,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn entry(h: u32, id: u32) -> Entry {
-        let mut e = Entry::new(
-            u64::from(h),
-            0,
-            &id.to_le_bytes(),
-            Bytes::new(),
-            u64::MAX,
-            0,
-            0,
-        );
+    fn entry(id: u32) -> Entry {
+        let mut e = Entry::new(0, &id.to_le_bytes(), Bytes::new(), u64::MAX, 0, 0);
         e.set_id(id);
         e
     }
@@ -339,13 +342,16 @@ mod tests {
             }
         };
         for k in 0..5000 {
-            t.insert(entry(fp(k), k));
+            t.insert(fp(k), entry(k));
             if k.is_multiple_of(97) {
                 t.validate();
             }
         }
         t.validate();
-        assert!(t.homes() * 9 >= t.len() * 10, "at most 9/10 full");
+        assert!(
+            t.homes() * MAX_LOAD.0 >= t.len() * MAX_LOAD.1,
+            "at most 3/4 full"
+        );
         for k in 0..5000 {
             assert!(t.find_token((fp(k), k)).is_some(), "key {k}");
         }
@@ -370,15 +376,18 @@ mod tests {
 
     #[test]
     fn a_reservation_is_filled_without_growing_and_fit_gives_back_the_rest() {
-        let fp = |k: u32| k.wrapping_mul(0x9E37_79B9).min(Entry::VACANT - 1);
+        let fp = |k: u32| k.wrapping_mul(0x9E37_79B9).min(VACANT - 1);
         let mut t = Table::default();
-        t.insert(entry(fp(0), 0));
+        t.insert(fp(0), entry(0));
         t.reserve(1000);
         t.validate();
         let homes = t.homes();
-        assert!(homes * 9 >= 1000 * 10, "room for 1000 at 9/10: {homes}");
+        assert!(
+            homes * MAX_LOAD.0 >= 1000 * MAX_LOAD.1,
+            "room for 1000 at 3/4: {homes}"
+        );
         for k in 1..1000 {
-            t.insert(entry(fp(k), k));
+            t.insert(fp(k), entry(k));
         }
         t.validate();
         assert_eq!(t.homes(), homes, "filled to the reservation: no growth");
@@ -387,19 +396,19 @@ mod tests {
         t.reserve(10);
         assert_eq!(t.homes(), homes);
         t.fit();
-        assert_eq!(t.homes(), homes, "9/10 full: nothing to give back");
+        assert_eq!(t.homes(), homes, "3/4 full: nothing to give back");
 
-        // Half of another reservation filled: `fit` shrinks it to 9/10.
+        // Half of another reservation filled: `fit` shrinks it to 3/4.
         let mut t = Table::default();
         t.reserve(2000);
         for k in 0..1000 {
-            t.insert(entry(fp(k), k));
+            t.insert(fp(k), entry(k));
         }
         t.fit();
         t.validate();
         assert!(
-            t.homes() * 9 <= 1000 * 10 + 9,
-            "fit to 9/10: {} home slots",
+            t.homes() * MAX_LOAD.0 <= 1000 * MAX_LOAD.1 + MAX_LOAD.0,
+            "fit to 3/4: {} home slots",
             t.homes()
         );
         assert!((0..1000).all(|k| t.find_token((fp(k), k)).is_some()));
@@ -410,9 +419,9 @@ mod tests {
         let mut t = Table::default();
         // Every entry homes in the last home slot, however many there are:
         // the run outgrows the tail.
-        let top = Entry::VACANT - 1;
+        let top = VACANT - 1;
         for k in 0..200 {
-            t.insert(entry(top, k));
+            t.insert(top, entry(k));
             t.validate();
         }
         for k in 0..200 {
