@@ -36,7 +36,8 @@
 //! fingerprint with the table's empty slots, queue token, ghost
 //! fingerprint, value-buffer header, allocator headers and rounding;
 //! measured by tests/memory_bound.rs and the W4 benchmark; keys over 14
-//! bytes also cost two allocations of their own) and never holds more
+//! bytes also cost two allocations of their own, and are charged 32 bytes
+//! more, see [`charge_of`]) and never holds more
 //! than its capacity. Writes not yet committed are held once more until their
 //! commit (bounded by `Limits::queue_capacity`).
 //!
