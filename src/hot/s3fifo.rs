@@ -42,9 +42,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// writer), plus glibc's 8-byte header and 16-byte rounding of the value
 /// buffer and that header. A longer key costs two allocations on top: its
 /// bytes (its length rounded up, 32 B at least) and the 16-byte box that
-/// points to them (a 32-byte chunk, which [`charge_of`] adds). tests/memory_bound.rs holds the hot
-/// tier's real heap, measured with a counting allocator, to the formula
-/// within 10 %.
+/// points to them (a 32-byte chunk, which [`charge_of`] adds).
+/// tests/memory_bound.rs holds the hot tier's real heap, measured with a
+/// counting allocator, to the formula within 10 %.
 pub const ENTRY_OVERHEAD: usize = 200;
 
 const MAX_FREQ: u8 = 3;
@@ -107,7 +107,7 @@ fn table_hash(h: u32) -> u64 {
 /// so they are the same for every key of a shard and would add nothing.
 /// Below [`VACANT`], the fingerprint of an empty table slot.
 #[inline]
-pub(super) fn fingerprint(hash: u64) -> u32 {
+fn fingerprint(hash: u64) -> u32 {
     (hash as u32).min(VACANT - 1)
 }
 
@@ -215,8 +215,8 @@ impl Entry {
         (self.load() & FREQ_MASK) as u8
     }
 
-    /// Sets the frequency (under the exclusive lock, or from the eviction
-    /// loop that owns the shard).
+    /// Sets the frequency. Only under the exclusive lock: it stores the
+    /// whole word, which a reader's [`Entry::touch`] would race.
     fn set_freq(&self, f: u8) {
         let m = self.load();
         self.meta
