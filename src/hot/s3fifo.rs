@@ -55,13 +55,13 @@ pub(crate) const INLINE_KEY: usize = 14;
 // `ENTRY_OVERHEAD`'s public doc states the number.
 const _: () = assert!(INLINE_KEY == 14);
 
-/// Which FIFO an entry lives in (two bits of [`Entry`]'s `meta`).
+/// Which FIFO an entry lives in (bit 2 of [`Entry`]'s `meta`). Whether a
+/// table slot holds an entry at all is the table's fingerprint array's to
+/// say ([`VACANT`]), not the entry's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queue {
     Small = 0,
     Main = 1,
-    /// Not an entry: an empty table slot.
-    Free = 2,
 }
 
 /// A key: inline when short, boxed otherwise. 16 bytes: the long form is
@@ -128,7 +128,8 @@ pub(crate) struct Entry {
     /// Per-key write version; a lower version never replaces a higher one.
     pub version: u64,
     /// The access frequency (bits 0–1, up to [`MAX_FREQ`]), the queue
-    /// (bits 2–3, a [`Queue`]) and the id (bits 4–31) in one word. The
+    /// (bit 2, a [`Queue`]; bit 3 is spare) and the id (bits 4–31) in one
+    /// word. The
     /// id, with the fingerprint, is the entry's name in the queues
     /// ([`Token`]): unique among the shard's live entries, so the token
     /// of an entry that is gone finds nothing. A read hit under the shared
@@ -141,6 +142,7 @@ pub(crate) struct Entry {
 const ID_SHIFT: u32 = 4;
 const ID_MASK: u32 = u32::MAX >> ID_SHIFT;
 const FREQ_MASK: u32 = 0b11;
+const QUEUE_BIT: u32 = 0b100;
 
 impl Entry {
     pub(crate) fn new(
@@ -175,7 +177,7 @@ impl Entry {
             expires_at: 0,
             epoch: 0,
             version: 0,
-            meta: AtomicU32::new(Self::meta(0, Queue::Free, 0)),
+            meta: AtomicU32::new(Self::meta(0, Queue::Small, 0)),
         }
     }
 
@@ -185,21 +187,16 @@ impl Entry {
     }
 
     fn queue(&self) -> Queue {
-        match (self.load() >> 2) & 0b11 {
-            0 => Queue::Small,
-            1 => Queue::Main,
-            _ => Queue::Free,
+        if self.load() & QUEUE_BIT == 0 {
+            Queue::Small
+        } else {
+            Queue::Main
         }
     }
 
     fn set_queue(&mut self, q: Queue) {
         let m = self.meta.get_mut();
-        *m = (*m & !0b1100) | ((q as u32) << 2);
-    }
-
-    #[inline]
-    pub(super) fn is_free(&self) -> bool {
-        self.queue() == Queue::Free
+        *m = (*m & !QUEUE_BIT) | ((q as u32) << 2);
     }
 
     pub(super) fn id(&self) -> u32 {
@@ -504,7 +501,7 @@ impl Shard {
                     self.small_used += charge;
                     self.small.push_back(token);
                 }
-                Queue::Main | Queue::Free => self.main.push_back(token),
+                Queue::Main => self.main.push_back(token),
             }
         }
         self.evict_to_fit(is_dead, on_evict);
@@ -737,7 +734,8 @@ mod tests {
         assert_eq!((x.freq(), x.id(), x.queue()), (1, 7, Queue::Main));
         x.set_queue(Queue::Small);
         assert_eq!((x.freq(), x.id(), x.queue()), (1, 7, Queue::Small));
-        assert!(!x.is_free() && Entry::vacant().is_free());
+        let v = Entry::vacant();
+        assert!(v.key.is_empty() && v.value.is_empty() && v.queue() == Queue::Small);
     }
 
     #[test]
