@@ -1,9 +1,10 @@
 //! # embercache
 //!
 //! A persistent embedded cache for one host: a sharded in-memory **hot
-//! tier** (S3-FIFO, bounded in bytes, read hits under a shared lock) over a
-//! **warm tier** in redb (zstd-compressed, checksummed records, a TTL
-//! index, group-committed by one background writer). It survives restarts,
+//! tier** (S3-FIFO, bounded in bytes, read hits under a shared,
+//! reader-biased lock) over a **warm tier** in redb (zstd-compressed,
+//! checksummed records, a TTL index, group-committed by one background
+//! writer). It survives restarts,
 //! `kill -9` and power loss within its durability mode, and warms the hot
 //! tier from what was hot before the restart.
 //!

@@ -120,6 +120,14 @@ pub(crate) fn my_stripe() -> usize {
     mine() % STRIPES
 }
 
+/// The calling thread's stripe when it owns one (then only it writes
+/// there; the hot shards' biased reads publish themselves in it).
+#[inline]
+pub(crate) fn owned_stripe() -> Option<usize> {
+    let i = mine();
+    (i < STRIPES).then_some(i)
+}
+
 /// A counter that can be bumped and read: a plain atomic or a [`Striped`].
 pub(crate) trait Counter {
     fn bump(&self, n: u64);
@@ -329,15 +337,16 @@ impl Stats {
     }
 }
 
+/// The tests that need a stripe to own run one at a time (here and in
+/// `hot::bias`): the first here holds every stripe while it runs, which the
+/// others would see (they would then test only their shared branch).
+#[cfg(test)]
+pub(crate) static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
-
-    /// The tests that need a stripe to own run one at a time: the first
-    /// holds every stripe while it runs, which the other two would see
-    /// (the third would then test only its shared-stripe branch).
-    static ONE_AT_A_TIME: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
     /// Far more threads than stripes, all bumping at once (four or five
     /// to each shared stripe): owners and sharers together lose no bump

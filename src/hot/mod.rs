@@ -1,10 +1,12 @@
 //! The hot tier: an in-memory map bounded in bytes.
 //!
 //! [`s3fifo`] is the single-threaded eviction algorithm; [`sharded`] spreads
-//! keys over power-of-two shards, each behind a `parking_lot::RwLock`, with a
-//! randomly seeded hasher. Read hits take the shared lock only. [`table`]
-//! holds a shard's entries.
+//! keys over power-of-two shards, each behind a reader-biased lock
+//! ([`bias`]: a `parking_lot::RwLock` that read-mostly shards read without
+//! writing its word), with a randomly seeded hasher. Read hits never take
+//! the exclusive lock. [`table`] holds a shard's entries.
 
+mod bias;
 pub(crate) mod s3fifo;
 pub(crate) mod sharded;
 mod table;

@@ -1,9 +1,9 @@
 //! Sharding wrapper around [`super::s3fifo::Shard`].
 
+use super::bias::BiasedRwLock;
 use super::s3fifo::{Entry, Evicted, Insert, Shard};
 use bytes::Bytes;
 use crossbeam_utils::CachePadded;
-use parking_lot::RwLock;
 use std::hash::{BuildHasher, Hasher};
 
 /// What a hot-tier hit returns.
@@ -16,12 +16,12 @@ pub(crate) struct HotHit {
 
 pub(crate) struct HotTier {
     /// Each on cache lines of its own (128 bytes on x86-64, where the
-    /// prefetcher fetches lines in pairs): every read takes its shard's
-    /// lock, a write to the lock word, and with the 232-byte shards packed
-    /// one shard's lock word shared a line with the next one's table
-    /// pointers, which that shard's readers then missed on whenever a
-    /// reader on another core had taken the lock.
-    shards: Box<[CachePadded<RwLock<Shard>>]>,
+    /// prefetcher fetches lines in pairs): a read under the real lock
+    /// writes the lock word, and with the 232-byte shards packed one
+    /// shard's lock word shared a line with the next one's table pointers,
+    /// which that shard's readers then missed on whenever a reader on
+    /// another core had taken the lock.
+    shards: Box<[CachePadded<BiasedRwLock<Shard>>]>,
     mask: u64,
     /// Randomly seeded per process and per cache: an attacker who picks
     /// keys cannot aim them at one bucket (hash flooding).
@@ -35,7 +35,7 @@ impl HotTier {
         let per = capacity / shards;
         HotTier {
             shards: (0..shards)
-                .map(|_| CachePadded::new(RwLock::new(Shard::new(per))))
+                .map(|_| CachePadded::new(BiasedRwLock::new(Shard::new(per))))
                 .collect(),
             mask: shards as u64 - 1,
             hasher: foldhash::quality::RandomState::default(),
@@ -61,7 +61,7 @@ impl HotTier {
         ((hash >> 32) & self.mask) as usize
     }
 
-    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+    fn shard(&self, hash: u64) -> &BiasedRwLock<Shard> {
         &self.shards[self.shard_index(hash)]
     }
 
