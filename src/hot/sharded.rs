@@ -170,7 +170,7 @@ impl HotTier {
     pub(crate) fn hottest(&self, limit: usize) -> Vec<(u32, Box<[u8]>)> {
         let mut all = Vec::new();
         for s in self.shards.iter() {
-            s.read().hottest(&mut all);
+            s.read_real().hottest(&mut all);
         }
         all.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| (a.1, &a.2).cmp(&(b.1, &b.2))));
         all.truncate(limit);
@@ -180,7 +180,7 @@ impl HotTier {
     #[cfg(any(test, feature = "validate"))]
     pub(crate) fn validate(&self) {
         for s in self.shards.iter() {
-            s.read().validate();
+            s.read_real().validate();
         }
     }
 }
