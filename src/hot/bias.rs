@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 
 /// Reads under the real lock, with no write between them, after which a
 /// lock is biased again.
-pub(crate) const REBIAS_AFTER: u32 = 1024;
+const REBIAS_AFTER: u32 = 1024;
 
 /// The address of the lock each owned stripe's thread is reading without
 /// taking it, 0 for none. Only the owning thread stores a lock's address

@@ -142,7 +142,8 @@ pub(crate) struct Entry {
 const ID_SHIFT: u32 = 4;
 const ID_MASK: u32 = u32::MAX >> ID_SHIFT;
 const FREQ_MASK: u32 = 0b11;
-const QUEUE_BIT: u32 = 0b100;
+const QUEUE_SHIFT: u32 = 2;
+const QUEUE_BIT: u32 = 1 << QUEUE_SHIFT;
 
 impl Entry {
     pub(crate) fn new(
@@ -165,7 +166,7 @@ impl Entry {
     }
 
     const fn meta(id: u32, queue: Queue, freq: u8) -> u32 {
-        (id << ID_SHIFT) | ((queue as u32) << 2) | freq as u32
+        (id << ID_SHIFT) | ((queue as u32) << QUEUE_SHIFT) | freq as u32
     }
 
     /// An empty table slot.
@@ -196,7 +197,7 @@ impl Entry {
 
     fn set_queue(&mut self, q: Queue) {
         let m = self.meta.get_mut();
-        *m = (*m & !QUEUE_BIT) | ((q as u32) << 2);
+        *m = (*m & !QUEUE_BIT) | ((q as u32) << QUEUE_SHIFT);
     }
 
     pub(super) fn id(&self) -> u32 {
@@ -460,7 +461,7 @@ impl Shard {
         let charge = entry.charge();
         if charge > self.capacity {
             // Drop any older copy so a read cannot see it.
-            if let Some(i) = self.find_entry(h, &entry)
+            if let Some(i) = self.find(hash, entry.ns, &entry.key)
                 && self.table.get(i).version <= entry.version
             {
                 self.take_slot(i);
@@ -468,7 +469,7 @@ impl Shard {
             }
             return Insert::TooLarge;
         }
-        if let Some(i) = self.find_entry(h, &entry) {
+        if let Some(i) = self.find(hash, entry.ns, &entry.key) {
             let slot = self.table.get_mut(i);
             if slot.version > entry.version {
                 return Insert::Stale;
@@ -506,10 +507,6 @@ impl Shard {
         }
         self.evict_to_fit(is_dead, on_evict);
         Insert::Stored
-    }
-
-    fn find_entry(&self, h: u32, e: &Entry) -> Option<usize> {
-        self.table.find(h, |x| x.is(e.ns, &e.key))
     }
 
     /// Removes a key if its stored version is not newer than `version`.
@@ -661,7 +658,9 @@ impl Shard {
             if e.queue() == Queue::Small {
                 small_used += e.charge();
             }
-            assert_eq!(self.find_entry(h, e), Some(i), "the key finds its entry");
+            // A fingerprint is its own fingerprint (it is below VACANT).
+            let found = self.find(u64::from(h), e.ns, &e.key);
+            assert_eq!(found, Some(i), "the key finds its entry");
             assert!(ids.insert(e.id()), "ids unique among live entries");
             let token = (h, e.id());
             let (q, other) = match e.queue() {
@@ -742,14 +741,13 @@ mod tests {
     fn long_keys_and_ghost_round_trip() {
         let mut s = Shard::new(charge_of(40, 8) * 4);
         let key = |k: u64| format!("{k:040}").into_bytes();
-        let h = hk;
         for k in 0..20 {
             let e = Entry::new(0, &key(k), Bytes::from_static(b"12345678"), u64::MAX, 0, k);
-            s.insert(h(k), e, &|_| false, &mut |_, _| {});
+            s.insert(hk(k), e, &|_| false, &mut |_, _| {});
             s.validate();
         }
-        assert!(s.get(h(19), 0, &key(19)).is_some());
-        assert!(s.get(h(0), 0, &key(0)).is_none());
+        assert!(s.get(hk(19), 0, &key(19)).is_some());
+        assert!(s.get(hk(0), 0, &key(0)).is_none());
         // Key 0 left through small unread: back in, it goes to main.
         let e = Entry::new(
             0,
@@ -759,9 +757,9 @@ mod tests {
             0,
             100,
         );
-        s.insert(h(0), e, &|_| false, &mut |_, _| {});
+        s.insert(hk(0), e, &|_| false, &mut |_, _| {});
         s.validate();
-        let i = s.find(h(0), 0, &key(0)).expect("inserted");
+        let i = s.find(hk(0), 0, &key(0)).expect("inserted");
         assert_eq!(s.table.get(i).queue(), Queue::Main);
     }
 
